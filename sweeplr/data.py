@@ -1,0 +1,324 @@
+"""Data sets, splits and scaling. Plain numpy/scikit-learn: no Hydra, no torch.
+
+Every loader returns a :class:`Table` (features as float32, labels as int codes 0..C-1 and the
+class names those codes stand for); :func:`split` carves train/val/test the tutorial's way and
+:class:`Standardizer` scales with statistics of the training part only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import datasets as skdatasets
+from sklearn.model_selection import train_test_split
+
+from sweeplr.errors import SweeplrError
+
+# The tutorial's two groups; red sits up-right so its example point (1, 1) is red.
+BLOB_CENTERS = np.array([[2.0, 2.0], [-2.0, -2.0]])
+BLOB_CLASS_NAMES = ("red", "blue")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A labelled data set: ``X`` [n, features] float32, ``y`` [n] int64 codes into ``class_names``."""
+
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train, validation (possibly empty) and test parts of one :class:`Table`."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+
+def _table(
+    X: Any, y: np.ndarray, feature_names: Sequence[str], class_names: Sequence[Any]
+) -> Table:
+    return Table(
+        X=np.ascontiguousarray(X, dtype=np.float32),
+        y=np.asarray(y, dtype=np.int64),
+        feature_names=tuple(str(n) for n in feature_names),
+        class_names=tuple(str(n) for n in class_names),
+    )
+
+
+def make_blobs(n_samples: int = 1000, cluster_std: float = 1.0, generator_seed: int = 0) -> Table:
+    """The tutorial's linearly separable 2-D data: class 0 ``red``, class 1 ``blue``."""
+    if n_samples < 2:
+        raise SweeplrError(f"dataset.n_samples={n_samples} is too small; allowed: >= 2")
+    X, y = skdatasets.make_blobs(
+        n_samples=n_samples,
+        centers=BLOB_CENTERS,
+        cluster_std=cluster_std,
+        random_state=generator_seed,
+    )
+    return _table(X, y, ("x1", "x2"), BLOB_CLASS_NAMES)
+
+
+def load_breast_cancer() -> Table:
+    """scikit-learn's bundled copy: real data, no download."""
+    bunch = skdatasets.load_breast_cancer()
+    return _table(bunch.data, bunch.target, bunch.feature_names, bunch.target_names)
+
+
+def load_iris() -> Table:
+    """scikit-learn's bundled iris: three classes."""
+    bunch = skdatasets.load_iris()
+    return _table(bunch.data, bunch.target, bunch.feature_names, bunch.target_names)
+
+
+def make_synthetic(
+    n_samples: int = 10_000,
+    n_features: int = 20,
+    n_informative: int = 10,
+    n_classes: int = 2,
+    class_sep: float = 1.0,
+    generator_seed: int = 0,
+) -> Table:
+    """``make_classification`` data of any size, for scale tests."""
+    if n_informative > n_features:
+        raise SweeplrError(
+            f"dataset.n_informative={n_informative} exceeds dataset.n_features={n_features}; "
+            "allowed: n_informative <= n_features"
+        )
+    if n_classes < 2:
+        raise SweeplrError(f"dataset.n_classes={n_classes} is invalid; allowed: >= 2")
+    X, y = skdatasets.make_classification(
+        n_samples=n_samples,
+        n_features=n_features,
+        n_informative=n_informative,
+        n_redundant=0,
+        n_classes=n_classes,
+        class_sep=class_sep,
+        random_state=generator_seed,
+    )
+    return _table(
+        X, y, [f"f{i}" for i in range(n_features)], [f"class_{c}" for c in range(n_classes)]
+    )
+
+
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file (by extension), with one-line errors for the usual mistakes."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweeplrError(f"dataset.path={path} does not exist; allowed: a CSV or Parquet file")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (ValueError, ImportError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SweeplrError(f"dataset.path={path} could not be read: {first_line}") from exc
+
+
+def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -> np.ndarray:
+    """Columns of ``frame`` as a float32 matrix, or a one-line error naming the first bad cell."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise SweeplrError(
+            f"{source}: column {missing[0]!r} not found; available: {', '.join(map(str, frame.columns))}"
+        )
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise SweeplrError(
+                f"{source}: column {column!r} has non-numeric value {frame[column].iloc[row]!r} "
+                f"(row {row}); allowed: numbers only"
+            )
+    return frame[list(columns)].apply(pd.to_numeric).to_numpy(dtype=np.float32)
+
+
+def load_csv(
+    path: str | Path, target: str, features: Sequence[str] | None = None, missing: str = "error"
+) -> Table:
+    """A user's table: ``target`` names the label column (any values, strings allowed)."""
+    frame = read_frame(path)
+    source = f"dataset.path={path}"
+    if target not in frame.columns:
+        raise SweeplrError(
+            f"dataset.target={target} is not a column of {path}; "
+            f"available: {', '.join(map(str, frame.columns))}"
+        )
+    feature_columns = list(features) if features else [c for c in frame.columns if c != target]
+    if not feature_columns:
+        raise SweeplrError(f"{source} has no feature columns besides the target {target!r}")
+    absent = [c for c in feature_columns if c not in frame.columns]
+    if absent:
+        raise SweeplrError(
+            f"dataset.features names {absent[0]!r}, which is not a column of {path}; "
+            f"available: {', '.join(map(str, frame.columns))}"
+        )
+    used = frame[[*feature_columns, target]]
+    has_missing = used.isna().any(axis=1)
+    if has_missing.any():
+        if missing != "drop":
+            row = int(np.flatnonzero(has_missing.to_numpy())[0])
+            column = str(used.columns[used.iloc[row].isna().to_numpy()][0])
+            raise SweeplrError(
+                f"{source}: missing value in column {column!r} (row {row}); "
+                "allowed: complete rows, or dataset.missing=drop to drop incomplete rows"
+            )
+        used = used.loc[~has_missing]
+    X = numeric_features(used, feature_columns, source)
+    labels = used[target]
+    class_values = sorted(labels.unique(), key=lambda v: (str(type(v)), v))
+    if len(class_values) < 2:
+        raise SweeplrError(
+            f"dataset.target={target} has a single class {class_values[0]!r} "
+            "in the data; allowed: at least 2 classes"
+            if class_values
+            else f"{source} has no rows"
+        )
+    codes = {value: code for code, value in enumerate(class_values)}
+    y = labels.map(codes).to_numpy(dtype=np.int64)
+    return _table(X, y, feature_columns, class_values)
+
+
+def load_dataset(spec: Any) -> Table:
+    """Build the :class:`Table` a dataset config describes (``spec.name`` picks the loader)."""
+    name = spec.name
+    if name == "blobs":
+        return make_blobs(spec.n_samples, spec.cluster_std, spec.generator_seed)
+    if name == "breast_cancer":
+        return load_breast_cancer()
+    if name == "iris":
+        return load_iris()
+    if name == "synthetic":
+        return make_synthetic(
+            spec.n_samples,
+            spec.n_features,
+            spec.n_informative,
+            spec.n_classes,
+            spec.class_sep,
+            spec.generator_seed,
+        )
+    if name == "csv":
+        features = list(spec.features) if spec.features is not None else None
+        return load_csv(spec.path, spec.target, features, spec.missing)
+    raise SweeplrError(
+        f"dataset.name={name} is unknown; allowed: blobs, breast_cancer, iris, synthetic, csv"
+    )
+
+
+def split(
+    table: Table,
+    test_size: float = 0.33,
+    val_size: float = 0.2,
+    random_state: int = 42,
+    stratify: bool = False,
+) -> Splits:
+    """Split as the tutorial does (``train_test_split(test_size=0.33, random_state=42)``), then
+    carve ``val_size`` of the training part off as validation data for tuning.
+    """
+    n = len(table.y)
+    n_test = math.ceil(test_size * n)
+    n_rest = n - n_test
+    n_val = math.ceil(val_size * n_rest) if val_size > 0 else 0
+    if n_test < 1 or n_rest - n_val < 2 or (val_size > 0 and n_val < 1) or n_val >= n_rest:
+        raise SweeplrError(
+            f"the data set has {n} rows, too few for test_size={test_size} and "
+            f"val_size={val_size}; allowed: enough rows for >= 2 train, >= 1 val and >= 1 test row"
+        )
+    labels = table.y if stratify else None
+    try:
+        X_rest, X_test, y_rest, y_test = train_test_split(
+            table.X, table.y, test_size=test_size, random_state=random_state, stratify=labels
+        )
+        if n_val:
+            X_train, X_val, y_train, y_val = train_test_split(
+                X_rest,
+                y_rest,
+                test_size=val_size,
+                random_state=random_state,
+                stratify=y_rest if stratify else None,
+            )
+        else:
+            X_train, y_train = X_rest, y_rest
+            X_val, y_val = X_rest[:0], y_rest[:0]
+    except ValueError as exc:  # stratify with too few members of a class
+        raise SweeplrError(f"cannot split the data set: {str(exc).splitlines()[0]}") from exc
+    if len(np.unique(y_train)) < 2:
+        raise SweeplrError(
+            "the training part holds a single class; allowed: data with >= 2 classes in training"
+        )
+    return Splits(
+        X_train, y_train, X_val, y_val, X_test, y_test, table.feature_names, table.class_names
+    )
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-feature ``(x - mean) / scale``, fit on training data only (no test leakage)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> Standardizer:
+        mean = X.mean(axis=0, dtype=np.float64)
+        scale = X.std(axis=0, dtype=np.float64)
+        scale[scale == 0] = 1.0  # a constant feature stays constant instead of dividing by zero
+        return cls(mean.astype(np.float32), scale.astype(np.float32))
+
+    @classmethod
+    def identity(cls, n_features: int) -> Standardizer:
+        return cls(np.zeros(n_features, np.float32), np.ones(n_features, np.float32))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mean) / self.scale).astype(np.float32, copy=False)
+
+
+def scale_splits(splits: Splits, standardize: bool) -> tuple[Splits, Standardizer]:
+    """Apply a :class:`Standardizer` fit on ``splits.X_train`` (identity if not ``standardize``)."""
+    scaler = (
+        Standardizer.fit(splits.X_train)
+        if standardize
+        else Standardizer.identity(splits.n_features)
+    )
+    if not standardize:
+        return splits, scaler
+    return (
+        Splits(
+            scaler.transform(splits.X_train),
+            splits.y_train,
+            scaler.transform(splits.X_val),
+            splits.y_val,
+            scaler.transform(splits.X_test),
+            splits.y_test,
+            splits.feature_names,
+            splits.class_names,
+        ),
+        scaler,
+    )

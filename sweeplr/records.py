@@ -1,0 +1,99 @@
+"""The run record: ``metrics.json``, ``history.csv`` and ``model.pt`` in a run's directory.
+
+Every file is written to a temporary name in the same directory and renamed into place, so a
+reader (the summary table, a crashed sweep's resume) sees a whole file or none.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from sweeplr.errors import SweeplrError
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.pt"
+SCHEMA_VERSION = 1
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None: strict JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_metrics(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    text = json.dumps(json_safe({"schema": SCHEMA_VERSION, **record}), indent=2, allow_nan=False)
+    return atomic_write_text(Path(run_dir) / METRICS_FILE, text + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``metrics.json``; a one-line error if it is absent or unreadable."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise SweeplrError(f"{path} does not exist; allowed: a run directory") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SweeplrError(f"{path} is corrupt: {exc}") from exc
+
+
+def write_history(run_dir: str | Path, columns: Mapping[str, list[float] | list[int]]) -> Path:
+    """One CSV row per logged epoch; columns in the order given."""
+    names = list(columns)
+    lines = [",".join(names)]
+    for row in zip(*(columns[n] for n in names), strict=True):
+        lines.append(",".join("" if v is None or math.isnan(v) else repr(v) for v in row))
+    return atomic_write_text(Path(run_dir) / HISTORY_FILE, "\n".join(lines) + "\n")
+
+
+def save_model(run_dir: str | Path, payload: Mapping[str, Any]) -> Path:
+    """``torch.save`` of plain tensors, numbers, strings, lists and dicts (loads weights_only)."""
+    buffer = io.BytesIO()
+    torch.save(dict(payload), buffer)
+    return atomic_write(Path(run_dir) / MODEL_FILE, lambda handle: handle.write(buffer.getvalue()))
+
+
+def load_model_payload(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise SweeplrError(f"{path} does not exist; allowed: a run directory holding {MODEL_FILE}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise SweeplrError(f"{path} could not be loaded: {str(exc).splitlines()[0]}") from exc

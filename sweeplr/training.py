@@ -1,0 +1,164 @@
+"""Training and evaluation with ``torch.optim`` and autograd: the reference path. No Hydra.
+
+``train`` runs one configuration; it stops early, with a status instead of an exception, when
+the loss stops being finite (``diverged``) or when ``on_log`` asks it to (``pruned``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sweeplr.metrics import classification_metrics
+from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
+
+OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+COMPLETED, DIVERGED, PRUNED = "completed", "diverged", "pruned"
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Which ``torch.optim`` class to use and its hyperparameters."""
+
+    name: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def build(self, params: object) -> torch.optim.Optimizer:
+        """The real ``torch.optim`` optimizer over ``params``."""
+        if self.name == "sgd":
+            return torch.optim.SGD(
+                params,
+                lr=self.lr,
+                momentum=self.momentum,
+                nesterov=self.nesterov,
+                weight_decay=self.weight_decay,
+            )
+        cls = OPTIMIZER_CLASSES[self.name]
+        return cls(
+            params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
+        )
+
+
+@dataclass
+class History:
+    """One row per logged epoch: train loss (mean over the epoch), val loss and accuracy."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+
+    def append(self, epoch: int, train_loss: float, val_loss: float, val_accuracy: float) -> None:
+        self.epoch.append(epoch)
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+        self.val_accuracy.append(val_accuracy)
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | diverged | pruned
+    epochs_run: int
+    diverged_epoch: int | None
+    history: History
+
+
+# on_log(epoch, train_loss, val_loss, val_accuracy) -> True to stop now (pruning).
+LogCallback = Callable[[int, float, float, float], bool]
+
+
+@torch.no_grad()
+def _val_scores(model: LogisticRegression, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    logits = model(X)
+    loss = loss_on_logits(logits, y).item()
+    predicted = logits.argmax(-1) if logits.shape[-1] > 1 else (logits.squeeze(-1) > 0).long()
+    return loss, (predicted == y).float().mean().item()
+
+
+def train(
+    model: LogisticRegression,
+    X_train: torch.Tensor,
+    y_train: torch.Tensor,
+    X_val: torch.Tensor,
+    y_val: torch.Tensor,
+    optimizer: OptimizerSpec,
+    epochs: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+    log_every: int = 10,
+    on_log: LogCallback | None = None,
+) -> TrainResult:
+    """Fit ``model`` in place; full batch when ``batch_size`` is None, else shuffled mini-batches.
+
+    Every ``log_every`` epochs (and at the last one) a history row is recorded and ``on_log``
+    is called. The loss is checked for finiteness at those points too (the per-epoch losses
+    are kept on the device, so the check costs one sync per log point and still names the
+    first non-finite epoch exactly).
+    """
+    opt = optimizer.build(model.parameters())
+    n = len(y_train)
+    full_batch = batch_size is None or batch_size >= n
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    epoch_losses = torch.zeros(epochs, dtype=X_train.dtype, device=X_train.device)
+    history = History()
+    last_checked = 0
+    for epoch in range(1, epochs + 1):
+        if full_batch:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_on_logits(model(X_train), y_train)
+            loss.backward()
+            opt.step()
+            epoch_losses[epoch - 1] = loss.detach()
+        else:
+            order = torch.randperm(n, generator=generator).to(X_train.device)
+            total = torch.zeros((), dtype=X_train.dtype, device=X_train.device)
+            for start in range(0, n, batch_size):
+                index = order[start : start + batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_on_logits(model(X_train[index]), y_train[index])
+                loss.backward()
+                opt.step()
+                total += loss.detach() * len(index)
+            epoch_losses[epoch - 1] = total / n
+        if epoch % log_every and epoch != epochs:
+            continue
+        window = epoch_losses[last_checked:epoch]
+        finite = torch.isfinite(window)
+        if not bool(finite.all()):
+            first_bad = last_checked + int((~finite).nonzero()[0, 0]) + 1
+            return TrainResult(DIVERGED, first_bad, first_bad, history)
+        last_checked = epoch
+        val_loss, val_accuracy = _val_scores(model, X_val, y_val)
+        train_loss = float(epoch_losses[epoch - 1])
+        history.append(epoch, train_loss, val_loss, val_accuracy)
+        if on_log is not None and on_log(epoch, train_loss, val_loss, val_accuracy):
+            return TrainResult(PRUNED, epoch, None, history)
+    return TrainResult(COMPLETED, epochs, None, history)
+
+
+@torch.no_grad()
+def evaluate(
+    model: LogisticRegression, X: torch.Tensor, y: torch.Tensor
+) -> dict[str, float | None]:
+    """Loss, accuracy, ROC AUC and F1 of ``model`` on one split."""
+    if len(y) == 0:
+        return classification_metrics(np.zeros((0, model.n_classes)), np.zeros(0, np.int64), 0.0)
+    logits = model(X)
+    loss = loss_on_logits(logits, y).item()
+    proba = logits_to_proba(logits).cpu().numpy()
+    return classification_metrics(proba, y.cpu().numpy(), loss)

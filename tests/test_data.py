@@ -1,0 +1,120 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweeplr.data import (
+    Standardizer,
+    load_breast_cancer,
+    load_csv,
+    load_iris,
+    make_blobs,
+    make_synthetic,
+    scale_splits,
+    split,
+)
+from sweeplr.errors import SweeplrError
+
+
+def test_blobs_are_linearly_separable_with_named_classes():
+    table = make_blobs()
+    assert table.X.shape == (1000, 2) and table.X.dtype == np.float32
+    assert table.class_names == ("red", "blue")
+    assert table.feature_names == ("x1", "x2")
+    # The separating line x1 + x2 = 0 splits the two groups (centres at (2,2) and (-2,-2)).
+    predicted_blue = (table.X.sum(axis=1) < 0).astype(int)
+    assert (predicted_blue == table.y).mean() > 0.99
+
+
+def test_split_matches_the_tutorial_then_carves_validation():
+    table = make_blobs()
+    splits = split(table, test_size=0.33, val_size=0.2, random_state=42)
+    assert len(splits.y_test) == 330
+    assert len(splits.y_train) + len(splits.y_val) == 670
+    assert len(splits.y_val) == 134
+    # The test part is exactly the tutorial's: train_test_split(test_size=0.33, random_state=42).
+    from sklearn.model_selection import train_test_split
+
+    _, X_test, _, _ = train_test_split(table.X, table.y, test_size=0.33, random_state=42)
+    np.testing.assert_array_equal(splits.X_test, X_test)
+
+
+def test_no_validation_part_when_val_size_is_zero():
+    splits = split(make_blobs(), val_size=0.0)
+    assert len(splits.y_train) == 670 and len(splits.y_val) == 0
+
+
+def test_standardizer_uses_training_statistics_only():
+    splits = split(make_blobs())
+    scaled, scaler = scale_splits(splits, standardize=True)
+    np.testing.assert_allclose(scaled.X_train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(scaled.X_train.std(axis=0), 1, atol=1e-4)
+    np.testing.assert_allclose(scaler.mean, splits.X_train.mean(axis=0), rtol=1e-5)
+    assert abs(scaled.X_test.mean()) > 1e-4  # test data is not re-centred on itself
+
+
+def test_constant_feature_is_not_divided_by_zero():
+    X = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]], np.float32)
+    scaler = Standardizer.fit(X)
+    assert np.isfinite(scaler.transform(X)).all()
+
+
+def test_bundled_datasets():
+    bc = load_breast_cancer()
+    assert bc.X.shape == (569, 30) and bc.class_names == ("malignant", "benign")
+    iris = load_iris()
+    assert iris.n_classes == 3 and iris.class_names[0] == "setosa"
+    syn = make_synthetic(n_samples=200, n_features=5, n_informative=3, n_classes=3)
+    assert syn.X.shape == (200, 5) and syn.n_classes == 3
+
+
+def test_csv_with_string_classes(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame(
+        {"a": [1, 2, 3, 4], "b": [0.5, 0.1, 0.2, 0.3], "label": ["no", "yes", "no", "yes"]}
+    ).to_csv(path, index=False)
+    table = load_csv(path, "label")
+    assert table.class_names == ("no", "yes")
+    assert table.feature_names == ("a", "b")
+    np.testing.assert_array_equal(table.y, [0, 1, 0, 1])
+
+
+def test_parquet_and_feature_subset(tmp_path):
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "y": [0, 1]}).to_parquet(path)
+    assert load_csv(path, "y", features=["b"]).feature_names == ("b",)
+
+
+@pytest.mark.parametrize(
+    ("frame", "kwargs", "message"),
+    [
+        ({"a": [1, 2], "y": [0, 1]}, {"target": "label"}, "dataset.target=label is not a column"),
+        ({"a": [1, "x"], "y": [0, 1]}, {"target": "y"}, "non-numeric value 'x'"),
+        ({"a": [1.0, None, 3.0], "y": [0, 1, 0]}, {"target": "y"}, "missing value in column 'a'"),
+        ({"a": [1, 2, 3], "y": [1, 1, 1]}, {"target": "y"}, "single class"),
+        ({"a": [1, 2], "y": [0, 1]}, {"target": "y", "features": ["zz"]}, "'zz'"),
+    ],
+)
+def test_csv_mistakes_get_one_line_errors(tmp_path, frame, kwargs, message):
+    path = tmp_path / "d.csv"
+    pd.DataFrame(frame).to_csv(path, index=False)
+    with pytest.raises(SweeplrError, match=message) as info:
+        load_csv(path, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_rows_can_be_dropped_explicitly(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"a": [1.0, None, 3.0, 4.0], "y": [0, 1, 0, 1]}).to_csv(path, index=False)
+    table = load_csv(path, "y", missing="drop")
+    assert len(table.y) == 3
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SweeplrError, match="does not exist"):
+        load_csv(tmp_path / "nope.csv", "y")
+
+
+def test_too_few_rows_for_the_split():
+    tiny = make_blobs(n_samples=4)
+    with pytest.raises(SweeplrError, match="too few"):
+        split(tiny, test_size=0.33, val_size=0.2)

@@ -1,0 +1,141 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression as SkLogisticRegression
+
+from sweeplr.config import validate
+from sweeplr.data import load_dataset, split
+from sweeplr.errors import SweeplrError
+from sweeplr.experiment import prepare_data, run_experiment
+from sweeplr.records import load_model_payload, read_metrics
+
+
+def test_run_writes_a_complete_record(small_cfg, tmp_path):
+    outcome = run_experiment(small_cfg(), tmp_path)
+    record = read_metrics(tmp_path)
+    assert record == json.loads(json.dumps(outcome.record | {"schema": 1}))
+    assert record["status"] == "completed" and record["epochs_run"] == 50
+    for part in ("train", "val", "test"):
+        assert set(record["metrics"][part]) == {"loss", "accuracy", "roc_auc", "f1"}
+        assert 0 <= record["metrics"][part]["accuracy"] <= 1
+    assert record["objective"] == {
+        "name": "val_loss",
+        "direction": "minimize",
+        "value": record["metrics"]["val"]["loss"],
+    }
+    assert record["hyperparameters"]["optimizer"] == "sgd"
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy"]
+    assert history["epoch"].tolist() == list(range(10, 51, 10))
+    payload = load_model_payload(tmp_path)
+    assert payload["class_names"] == ["red", "blue"] and payload["feature_names"] == ["x1", "x2"]
+    assert payload["config"]["lr"] == 0.01
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
+
+
+def test_same_config_same_seed_same_metrics(small_cfg, tmp_path):
+    a = run_experiment(small_cfg("optimizer=adam", "batch_size=32"), tmp_path / "a").record
+    b = run_experiment(small_cfg("optimizer=adam", "batch_size=32"), tmp_path / "b").record
+    assert a["metrics"] == b["metrics"]
+    c = run_experiment(small_cfg("optimizer=adam", "batch_size=32", "seed=1"), tmp_path / "c")
+    assert c.record["metrics"] != a["metrics"]
+
+
+def test_divergence_is_recorded_not_raised(small_cfg, tmp_path):
+    outcome = run_experiment(small_cfg("lr=1e38", "standardize=false"), tmp_path)
+    assert outcome.record["status"] == "diverged"
+    assert outcome.record["diverged_epoch"] >= 1
+    assert outcome.record["objective"]["value"] is None
+    assert outcome.objective == math.inf  # ranks last when minimising
+    maximise = run_experiment(
+        small_cfg("lr=1e38", "standardize=false", "objective=val_accuracy"), tmp_path / "m"
+    )
+    assert maximise.objective == -math.inf
+
+
+def test_multiclass_run_uses_macro_f1(small_cfg, tmp_path):
+    record = run_experiment(small_cfg("dataset=iris", "stratify=true", "lr=0.5"), tmp_path).record
+    assert record["data"]["class_names"] == ["setosa", "versicolor", "virginica"]
+    assert record["metrics"]["test"]["accuracy"] > 0.8
+    assert record["metrics"]["test"]["roc_auc"] is not None
+
+
+def test_matches_sklearn_logistic_regression_on_breast_cancer(small_cfg, tmp_path):
+    # The same split and standardisation; sklearn's default is L2 with C=1 (penalty 1/(2n)||w||^2
+    # on the mean loss), so we train to convergence with the equivalent weight decay.
+    cfg = small_cfg(
+        "dataset=breast_cancer",
+        "optimizer=adam",
+        "lr=0.05",
+        "epochs=3000",
+        "log_every=500",
+        "val_size=0.0",
+        "objective=test_accuracy",
+    )
+    splits, _ = prepare_data(cfg)
+    cfg.optimizer.weight_decay = 1.0 / len(splits.y_train)
+    record = run_experiment(cfg, tmp_path).record
+    sk = SkLogisticRegression(max_iter=5000).fit(splits.X_train, splits.y_train)
+    sk_accuracy = sk.score(splits.X_test, splits.y_test)
+    ours = record["metrics"]["test"]["accuracy"]
+    assert abs(ours - sk_accuracy) <= 1 / len(splits.y_test) + 1e-12, (ours, sk_accuracy)
+
+
+def test_saved_model_reproduces_predictions(small_cfg, tmp_path):
+    from sweeplr.model import LogisticRegression
+
+    cfg = small_cfg()
+    run_experiment(cfg, tmp_path)
+    payload = load_model_payload(tmp_path)
+    model = LogisticRegression(payload["n_features"], payload["n_classes"])
+    model.load_state_dict(payload["state_dict"])
+    splits, _ = prepare_data(cfg)
+    with torch.no_grad():
+        accuracy = (
+            model.predict_proba(torch.from_numpy(splits.X_test)).argmax(1).numpy() == splits.y_test
+        ).mean()
+    assert accuracy == pytest.approx(read_metrics(tmp_path)["metrics"]["test"]["accuracy"])
+    raw = split(load_dataset(cfg.dataset), cfg.test_size, cfg.val_size, cfg.random_state)
+    np.testing.assert_allclose(payload["scaler_mean"].numpy(), raw.X_train.mean(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr=-1", "lr=-1.0 is invalid"),
+        ("epochs=0", "epochs=0 is invalid"),
+        ("test_size=1.5", "test_size=1.5 is out of range"),
+        ("batch_size=0", "batch_size=0 is invalid"),
+        ("device=tpu", "device=tpu is invalid"),
+        ("objective=val_speed", "objective=val_speed is unknown"),
+        ("optimizer.momentum=1.5", "momentum=1.5 is invalid"),
+    ],
+)
+def test_validation_names_the_bad_value(small_cfg, override, message):
+    with pytest.raises(SweeplrError, match=message) as info:
+        validate(small_cfg(override))
+    assert "\n" not in str(info.value) and "allowed" in str(info.value)
+
+
+def test_val_objective_needs_a_validation_split(small_cfg):
+    with pytest.raises(SweeplrError, match="needs a validation split"):
+        validate(small_cfg("val_size=0"))
+
+
+def test_seed_experiment_is_the_tutorial(small_cfg):
+    from tests.conftest import compose_config
+
+    cfg = compose_config("experiment=seed")
+    assert (cfg.dataset.name, cfg.optimizer.name, cfg.lr, cfg.epochs, cfg.batch_size) == (
+        "blobs",
+        "sgd",
+        0.01,
+        200_000,
+        None,
+    )
+    assert (cfg.test_size, cfg.random_state, cfg.standardize) == (0.33, 42, False)
+    validate(cfg)

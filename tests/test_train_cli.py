@@ -1,0 +1,100 @@
+"""train.py as a user runs it: a separate process in a temp dir, with overrides."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_train
+
+pytestmark = pytest.mark.slow
+
+
+def only_record(cwd):
+    records = list(cwd.glob("outputs/*/*/metrics.json"))
+    assert len(records) == 1, records
+    return json.loads(records[0].read_text())
+
+
+def test_default_run_prints_the_report_and_writes_the_record(tmp_path):
+    proc = run_train(tmp_path, "epochs=200")
+    assert proc.returncode == 0, proc.stderr
+    assert "sweeplr: completed after 200 epochs" in proc.stdout
+    for word in ("train", "val", "test", "objective val_loss", "record:"):
+        assert word in proc.stdout
+    assert "Traceback" not in proc.stderr and "epoch 200/200" not in proc.stderr  # no TTY, no bar
+    record = only_record(tmp_path)
+    assert record["metrics"]["test"]["accuracy"] > 0.95
+
+
+def test_adam_on_breast_cancer(tmp_path):
+    proc = run_train(tmp_path, "optimizer=adam", "lr=0.001", "dataset=breast_cancer", "epochs=300")
+    assert proc.returncode == 0, proc.stderr
+    record = only_record(tmp_path)
+    assert record["hyperparameters"]["optimizer"] == "adam"
+    assert record["metrics"]["test"]["accuracy"] > 0.9
+
+
+def test_csv_dataset(tmp_path):
+    frame = pd.DataFrame({"a": range(40), "b": [i % 7 for i in range(40)]})
+    frame["label"] = ["cat" if a < 20 else "dog" for a in frame["a"]]
+    frame.to_csv(tmp_path / "my.csv", index=False)
+    proc = run_train(
+        tmp_path,
+        "dataset=csv",
+        "dataset.path=my.csv",
+        "dataset.target=label",
+        "epochs=100",
+        "lr=0.5",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert only_record(tmp_path)["data"]["class_names"] == ["cat", "dog"]
+
+
+def test_diverged_run_exits_zero_with_status(tmp_path):
+    proc = run_train(tmp_path, "lr=1e38", "standardize=false", "epochs=100")
+    assert proc.returncode == 0, proc.stderr
+    assert "diverged" in proc.stdout
+    assert only_record(tmp_path)["status"] == "diverged"
+
+
+def write_csv(path, frame):
+    pd.DataFrame(frame).to_csv(path, index=False)
+    return path
+
+
+BAD_INPUTS = [
+    (["lr=-1"], "lr=-1.0"),
+    (["lr=abc"], "abc"),
+    (["epochs=0"], "epochs=0"),
+    (["test_size=1.5"], "test_size=1.5"),
+    (["batch_size=0"], "batch_size=0"),
+    (["device=tpu"], "device=tpu"),
+    (["dataset=nope"], "nope"),
+    (["optimizer=lbfgs"], "lbfgs"),
+    (["dataset=csv", "dataset.path=absent.csv", "dataset.target=y"], "absent.csv does not exist"),
+    (["dataset=csv", "dataset.path=d.csv", "dataset.target=label"], "dataset.target=label"),
+    (["dataset=csv", "dataset.path=text.csv", "dataset.target=y"], "non-numeric value"),
+    (["dataset=csv", "dataset.path=holes.csv", "dataset.target=y"], "missing value"),
+    (["dataset=csv", "dataset.path=one.csv", "dataset.target=y"], "single class"),
+    (["dataset=csv", "dataset.path=tiny.csv", "dataset.target=y"], "too few"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(tmp_path, args, needle):
+    write_csv(tmp_path / "d.csv", {"a": [1, 2, 3, 4], "y": [0, 1, 0, 1]})
+    write_csv(tmp_path / "text.csv", {"a": [1, "x", 3, 4], "y": [0, 1, 0, 1]})
+    write_csv(tmp_path / "holes.csv", {"a": [1, None, 3, 4], "y": [0, 1, 0, 1]})
+    write_csv(tmp_path / "one.csv", {"a": [1, 2, 3, 4], "y": [1, 1, 1, 1]})
+    write_csv(tmp_path / "tiny.csv", {"a": [1, 2, 3], "y": [0, 1, 0]})
+    proc = run_train(tmp_path, "epochs=5", *args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr, proc.stderr
+    if needle in ("nope", "lbfgs"):
+        return  # Hydra's own message, which lists the available options
+    if "abc" not in needle:  # Hydra's own type error otherwise
+        error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(error_lines) == 1 and needle in error_lines[0], proc.stderr
+        assert "allowed" in error_lines[0] or "available" in error_lines[0]
