@@ -109,6 +109,7 @@ class Config:
     log_every: int = 10
     progress: bool = True
     plots: bool = True
+    trial: int | None = None  # set by the Optuna sweeper, never by hand
 
 
 def register_configs() -> None:

@@ -277,6 +277,22 @@ def chain(*callbacks: LogCallback | None) -> LogCallback | None:
     return call_all
 
 
+def optuna_reporter(cfg: DictConfig, sweeper_cfg: DictConfig) -> LogCallback | None:
+    """Report to this run's Optuna trial so its pruner can stop it (None without a pruner)."""
+    if not sweeper_cfg.get("pruner"):
+        return None
+    from sweeplr.plugins.optuna_sweeper import make_pruner
+    from sweeplr.studies import pruning_metric, trial_reporter
+
+    return trial_reporter(
+        sweeper_cfg.storage,
+        sweeper_cfg.study_name,
+        int(cfg.trial),
+        make_pruner(sweeper_cfg.pruner),
+        pruning_metric(cfg.objective),
+    )
+
+
 def run(cfg: DictConfig) -> float:
     """Train one configuration inside Hydra; return the objective sweepers optimise.
 
@@ -297,10 +313,14 @@ def run(cfg: DictConfig) -> float:
         "overrides": list(hydra_cfg.overrides.task),
     }
     try:
+        reporter = None
+        if cfg.get("trial") is not None and hydra_cfg.sweeper.get("storage"):
+            reporter = optuna_reporter(cfg, hydra_cfg.sweeper)
+            extra["trial"] = {"number": cfg.trial, "study": hydra_cfg.sweeper.study_name}
         outcome = run_experiment(
             cfg,
             run_dir,
-            on_log=progress_printer(cfg.epochs) if show_progress else None,
+            on_log=chain(progress_printer(cfg.epochs) if show_progress else None, reporter),
             extra=extra,
         )
     except SweeplrError as exc:

@@ -1,0 +1,1 @@
+"""sweeplr's Hydra plugins, found by Hydra through the ``hydra.plugins`` entry points."""

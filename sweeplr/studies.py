@@ -1,0 +1,229 @@
+"""Optuna studies shared between a sweep and its jobs: storage, trial links, liveness. No Hydra.
+
+The sweeper owns the study; each job reaches its own trial through the same storage (a journal
+file in the sweep directory by default, or any Optuna storage URL) to report intermediate values
+and ask whether to stop. Workers stamp the trials they run with who they are and a heartbeat, so
+a later sweep can tell a trial whose process died from one still running elsewhere.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeplr.errors import SweeplrError
+
+DEFAULT_JOURNAL = "optuna.journal"
+WORKER_ATTR = "sweeplr:worker"
+HEARTBEAT_ATTR = "sweeplr:heartbeat"
+RETRY_ATTR = "failed_trial"  # the key Optuna's RetryHeartbeatStaleTrialCallback uses too
+
+
+def storage_url(spec: str | None, sweep_dir: str | Path) -> str:
+    """Normalise a storage spec: None -> the sweep's journal file; paths made absolute."""
+    if spec is None or str(spec) == "":
+        return f"journal:{(Path(sweep_dir) / DEFAULT_JOURNAL).resolve()}"
+    spec = str(spec)
+    if "://" in spec:
+        return spec
+    path = spec.removeprefix("journal:")
+    return f"journal:{Path(path).resolve()}"
+
+
+def open_storage(url: str) -> BaseStorage | str:
+    """An Optuna storage for a URL from :func:`storage_url` (RDB URLs pass through as strings)."""
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return url
+
+
+def lock_path(url: str, sweep_dir: str | Path) -> Path:
+    """The file that serialises trial bookkeeping between workers on one machine."""
+    # Not "<journal>.lock": Optuna's journal backend uses that name for its own lock.
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:") + ".sweeplr-lock")
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///") + ".sweeplr-lock")
+    return Path(sweep_dir) / ".sweeplr-study.lock"
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``), held for the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _process_start_ticks(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time, guards against pid reuse
+
+
+def worker_identity() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
+
+
+def _worker_alive(identity: str) -> bool | None:
+    """True/False for a worker on this host; None when it runs elsewhere (ask the heartbeat)."""
+    host, pid, ticks = identity.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None
+    return _process_start_ticks(int(pid)) == ticks
+
+
+def is_stale(trial: FrozenTrial, grace_period: float, now: float | None = None) -> bool:
+    """A RUNNING trial whose worker is gone (same host) or silent for ``grace_period`` seconds."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    identity = trial.system_attrs.get(WORKER_ATTR)
+    if identity is not None:
+        alive = _worker_alive(identity)
+        if alive is not None:
+            return not alive
+    last_beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if last_beat is None and trial.datetime_start is not None:
+        last_beat = trial.datetime_start.timestamp()
+    if last_beat is None:
+        return False
+    return (now or time.time()) - float(last_beat) > grace_period
+
+
+def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that were re-queued (their retry stands in for them)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def budget_used(trials: list[FrozenTrial]) -> int:
+    """Trials that count towards ``n_trials``: every trial but the re-queued failures."""
+    superseded = superseded_numbers(trials)
+    return sum(1 for t in trials if t.number not in superseded)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Fail a RUNNING trial and queue its parameters again as a WAITING trial."""
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs={RETRY_ATTR: history[0], "retry_history": history},
+        )
+    )
+
+
+def requeue_stale_trials(study: optuna.Study, grace_period: float) -> list[int]:
+    """Fail every stale RUNNING trial and queue its parameters again; returns their numbers.
+
+    Call under :func:`file_lock` so two workers do not re-queue the same trial twice.
+    """
+    stale = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if is_stale(t, grace_period)
+    ]
+    for trial in stale:
+        requeue(study, trial)
+    return [t.number for t in stale]
+
+
+class Heartbeat:
+    """Stamp trials this process runs with a timestamp every ``interval`` seconds."""
+
+    def __init__(self, storage: BaseStorage, interval: float) -> None:
+        self._storage = storage
+        self._interval = interval
+        self._trial_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweeplr-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, trial_id: int) -> None:
+        self._storage.set_trial_system_attr(trial_id, WORKER_ATTR, worker_identity())
+        self._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        with self._lock:
+            self._trial_ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._trial_ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                ids = list(self._trial_ids)
+            for trial_id in ids:
+                try:
+                    self._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                except UpdateFinishedTrialError:  # it finished between the copy and the stamp
+                    self.discard(trial_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._interval + 1)
+
+
+def trial_reporter(
+    storage_url_: str,
+    study_name: str,
+    trial_number: int,
+    pruner: optuna.pruners.BasePruner | None,
+    metric: str,
+) -> Any:
+    """A training callback that reports ``metric`` to the trial and says when to prune.
+
+    ``metric`` is ``train_loss``, ``val_loss`` or ``val_accuracy`` (what the history records).
+    """
+    study = optuna.load_study(
+        study_name=study_name, storage=open_storage(storage_url_), pruner=pruner
+    )
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
+    trial = optuna.Trial(study, trial_id)
+    index = {"train_loss": 0, "val_loss": 1, "val_accuracy": 2}[metric]
+
+    def report(epoch: int, train_loss: float, val_loss: float, val_accuracy: float) -> bool:
+        value = (train_loss, val_loss, val_accuracy)[index]
+        if not math.isfinite(value):
+            return False  # divergence is caught by the training loop itself
+        trial.report(value, step=epoch)
+        return pruner is not None and trial.should_prune()
+
+    return report
+
+
+def pruning_metric(objective: str) -> str:
+    """The history column a pruner can watch for ``objective``, or a one-line error."""
+    if objective in ("train_loss", "val_loss", "val_accuracy"):
+        return objective
+    raise SweeplrError(
+        f"objective={objective} cannot be pruned on; allowed with a pruner: "
+        "val_loss, val_accuracy, train_loss"
+    )
