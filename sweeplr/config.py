@@ -110,6 +110,7 @@ class Config:
     progress: bool = True
     plots: bool = True
     trial: int | None = None  # set by the Optuna sweeper, never by hand
+    engine: str = "batched"  # batched (closed-form, many configs at once) | reference (torch.optim)
 
 
 def register_configs() -> None:
@@ -156,6 +157,10 @@ def validate(cfg: Any) -> None:
     )
     _fraction("test_size", cfg.test_size, allow_zero=False)
     _fraction("val_size", cfg.val_size, allow_zero=True)
+    _check(
+        cfg.engine in ("batched", "reference"),
+        f"engine={cfg.engine} is unknown; allowed: batched, reference",
+    )
     _check(cfg.log_every >= 1, f"log_every={cfg.log_every} is invalid; allowed: an integer >= 1")
     _check(
         cfg.objective in OBJECTIVES,

@@ -1,5 +1,8 @@
 """Training and evaluation with ``torch.optim`` and autograd: the reference path. No Hydra.
 
+Runs use the batched closed-form engine (``sweeplr.engine``); this module is what it is
+checked against, and what a reader of the tutorial recognises.
+
 ``train`` runs one configuration; it stops early, with a status instead of an exception, when
 the loss stops being finite (``diverged``) or when ``on_log`` asks it to (``pruned``).
 """
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sweeplr.engine import dataloader_permutation
 from sweeplr.metrics import classification_metrics
 from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
 
@@ -125,7 +129,8 @@ def train(
             opt.step()
             epoch_losses[epoch - 1] = loss.detach()
         else:
-            order = torch.randperm(n, generator=generator).to(X_train.device)
+            # DataLoader(shuffle=True)'s order, which the batched engine reproduces.
+            order = dataloader_permutation(generator, n).to(X_train.device)
             total = torch.zeros((), dtype=X_train.dtype, device=X_train.device)
             for start in range(0, n, batch_size):
                 index = order[start : start + batch_size]

@@ -1,0 +1,201 @@
+"""Whole-process speed and memory of runs and sweeps, each target measured side by side.
+
+    python bench/bench_sweeps.py                 # all, about 10 minutes on 2 cores
+    python bench/bench_sweeps.py p1 --epochs 20000 --reps 3
+    python bench/bench_sweeps.py p2 p3
+
+Every figure is the median wall time of ``--reps`` runs of a whole ``python ...`` process
+(imports included: that is what a user waits for), variants interleaved rep by rep so that
+background load hits them alike. Peak RSS is the child's own ``ru_maxrss`` (``os.wait4``).
+
+P1  ``python train.py experiment=seed epochs=N`` vs the tutorial's loop (bench/tutorial_loop.py)
+    for the same N: wall-time ratio (target <= 0.15) and both final train losses (equal within
+    1e-4).
+P2  a 64-point learning-rate grid (``--multirun``, blobs, 2,000 epochs) vs one run of the same
+    config (target <= 2.0), and the same grid through Hydra's basic launcher with the
+    torch.optim reference path (the speed-up); peak RSS of the grid vs one run (target <= 1.5).
+P3  a 100-trial Optuna TPE study (blobs, 500 epochs) vs one run (target <= 3.0), and the best
+    value found vs the same study run one trial at a time through the basic launcher with the
+    reference path, for 3 sampler seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Run ``cmd``; return (wall seconds, peak RSS in MiB, stdout)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def median_runs(variants: dict[str, list[str]], reps: int) -> dict[str, dict[str, float | str]]:
+    """Run every variant ``reps`` times, interleaved; medians of wall time and peak RSS."""
+    walls: dict[str, list[float]] = {k: [] for k in variants}
+    rss: dict[str, list[float]] = {k: [] for k in variants}
+    outs: dict[str, str] = {}
+    for _ in range(reps):
+        for name, cmd in variants.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                wall, peak, out = timed(cmd, Path(tmp))
+                outs[name] = out
+            walls[name].append(wall)
+            rss[name].append(peak)
+    return {
+        name: {
+            "wall": statistics.median(walls[name]),
+            "rss": statistics.median(rss[name]),
+            "out": outs[name],
+        }
+        for name in variants
+    }
+
+
+def train(*args: str) -> list[str]:
+    return [PY, str(ROOT / "train.py"), *args]
+
+
+def p1(args: argparse.Namespace) -> None:
+    n = args.epochs
+    res = median_runs(
+        {
+            "tutorial": [PY, str(ROOT / "bench/tutorial_loop.py"), f"--epochs={n}"],
+            "sweeplr": train("experiment=seed", f"epochs={n}", "log_every=1000", "plots=false"),
+        },
+        args.reps,
+    )
+    tut_loss = float(res["tutorial"]["out"].split()[-1])
+    ours = [line for line in res["sweeplr"]["out"].splitlines() if line.strip().startswith("train")]
+    our_loss = float(ours[0].split()[1])
+    ratio = res["sweeplr"]["wall"] / res["tutorial"]["wall"]
+    print(
+        f"P1 epochs={n}: tutorial {res['tutorial']['wall']:.2f} s, sweeplr "
+        f"{res['sweeplr']['wall']:.2f} s, ratio {ratio:.3f} (target <= 0.15); final train "
+        f"loss tutorial {tut_loss:.6f} sweeplr {our_loss:.4f} (report rounds to 4 places)"
+    )
+
+
+def lr_grid(points: int) -> str:
+    values = [10 ** (-4 + 4 * i / (points - 1)) for i in range(points)]
+    return "lr=" + ",".join(f"{v:.6g}" for v in values)
+
+
+def p2(args: argparse.Namespace) -> None:
+    grid = lr_grid(64)
+    common = ["epochs=2000", "plots=false"]
+    res = median_runs(
+        {
+            "one_run": train(*common),
+            "grid_batched": train("--multirun", grid, *common),
+            "grid_basic_reference": train(
+                "--multirun",
+                grid,
+                *common,
+                "hydra/launcher=basic",
+                "hydra/sweeper=basic",
+                "engine=reference",
+            ),
+        },
+        args.reps,
+    )
+    one, batched, basic = (res[k] for k in ("one_run", "grid_batched", "grid_basic_reference"))
+    print(
+        f"P2 64-point grid, 2000 epochs: one run {one['wall']:.2f} s, grid {batched['wall']:.2f}"
+        f" s -> ratio {batched['wall'] / one['wall']:.2f} (target <= 2.0); basic launcher + "
+        f"reference {basic['wall']:.2f} s -> speed-up {basic['wall'] / batched['wall']:.1f}x"
+    )
+    print(
+        f"P2 peak RSS: one run {one['rss']:.0f} MiB, grid {batched['rss']:.0f} MiB -> ratio "
+        f"{batched['rss'] / one['rss']:.2f} (target <= 1.5)"
+    )
+
+
+def best_value(sweep_dir: Path) -> float:
+    text = (sweep_dir / "optimization_results.yaml").read_text()
+    return float(
+        next(line for line in text.splitlines() if line.startswith("best_value:")).split()[1]
+    )
+
+
+def p3(args: argparse.Namespace) -> None:
+    space = ["epochs=choice(500)", "hydra.sweeper.n_trials=100", "plots=false"]
+    seeds = [0, 1, 2][: args.seeds]
+    walls_one, walls_study, ours, basics = [], [], [], []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            wall_one, _, _ = timed(train("epochs=500", "plots=false"), tmp_path)
+            fast = tmp_path / "fast"
+            wall_study, _, _ = timed(
+                train(
+                    "--multirun",
+                    "sweep=optuna",
+                    *space,
+                    f"hydra.sweeper.sampler.seed={seed}",
+                    f"hydra.sweeper.n_jobs={args.n_jobs}",
+                    f"hydra.sweep.dir={fast}",
+                ),
+                tmp_path,
+            )
+            slow = tmp_path / "slow"
+            timed(
+                train(
+                    "--multirun",
+                    "sweep=optuna",
+                    *space,
+                    f"hydra.sweeper.sampler.seed={seed}",
+                    "hydra.sweeper.n_jobs=1",
+                    "hydra/launcher=basic",
+                    "engine=reference",
+                    f"hydra.sweep.dir={slow}",
+                ),
+                tmp_path,
+            )
+            walls_one.append(wall_one)
+            walls_study.append(wall_study)
+            ours.append(best_value(fast))
+            basics.append(best_value(slow))
+            print(
+                f"  seed {seed}: one run {wall_one:.2f} s, study {wall_study:.2f} s, best "
+                f"{ours[-1]:.6f} vs one-at-a-time basic/reference {basics[-1]:.6f}"
+            )
+    ratio = statistics.median(walls_study) / statistics.median(walls_one)
+    gap = statistics.median(ours) / statistics.median(basics) - 1
+    print(
+        f"P3 100-trial TPE (n_jobs={args.n_jobs}): ratio {ratio:.2f} (target <= 3.0); median "
+        f"best {statistics.median(ours):.6f} vs {statistics.median(basics):.6f} "
+        f"({gap:+.2%}, target within 1%)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="*", default=["p1", "p2", "p3"])
+    parser.add_argument("--epochs", type=int, default=200_000, help="P1 epochs")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="P3 sampler seeds")
+    parser.add_argument("--n-jobs", type=int, default=10, help="P3 trials per batch")
+    args = parser.parse_args()
+    for name in args.which:
+        {"p1": p1, "p2": p2, "p3": p3}[name](args)
+
+
+if __name__ == "__main__":
+    main()

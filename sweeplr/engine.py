@@ -1,0 +1,809 @@
+"""Batched, closed-form-gradient training of many logistic-regression configurations at once.
+
+Logistic regression is so small that a conventional training step (``nn.Linear`` forward,
+autograd backward, ``torch.optim`` step) spends almost all of its time in Python and dispatcher
+overhead.  This engine trains K configurations of the *same* data set in one pass:
+
+* the K weight matrices are stacked, so the logits of every configuration come from one matmul
+  ``W_all @ X^T`` and the weight gradients from one matmul ``dZ @ X`` -- X is read twice per
+  step however large K is;
+* the gradient of the mean (binary) cross-entropy is written in closed form, so no autograd
+  graph is built;
+* the optimizer updates are the exact update rules of ``torch.optim.SGD`` / ``Adam`` / ``AdamW``
+  written as in-place tensor ops whose hyperparameters are per-configuration tensors, so a grid
+  over learning rates is a single call.
+
+Configurations whose loss becomes non-finite are detected every ``check_every`` epochs and
+removed from the batch (so they cannot slow down or contaminate the others); a callback can
+prune configurations early.  The module deliberately does not import Hydra: it is the numeric
+core, and the sweep layer maps configurations onto it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Status = Literal["completed", "diverged", "pruned"]
+OptimizerKind = Literal["sgd", "adam", "adamw"]
+HParam = float | Sequence[float] | Tensor
+"""A hyperparameter: one value shared by all K configurations, or one value per configuration."""
+
+ReportCallback = Callable[[int, Tensor, Tensor], "Tensor | Sequence[bool] | None"]
+"""``on_report(epoch, active_mask[K], train_loss[K]) -> stop_mask[K]`` (see `train_batched`)."""
+
+_BIAS_CORRECTION_CHUNK = 64  # Adam bias corrections are tabulated this many steps at a time.
+# Batches of at least _BLOCKED_MIN_ROWS rows run both matmuls blockwise (see _Workspace).
+_BLOCK_ROWS = 2048
+_BLOCKED_MIN_ROWS = 16 * _BLOCK_ROWS
+
+
+def n_outputs(n_classes: int) -> int:
+    """Number of logits: one for binary classification (BCE), one per class otherwise (CE)."""
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    return 1 if n_classes == 2 else n_classes
+
+
+def linear_init(
+    n_features: int,
+    n_classes: int,
+    seeds: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Initial ``(weight [K, out, F], bias [K, out])``, one configuration per seed.
+
+    Entry k is exactly what ``torch.manual_seed(seeds[k]); torch.nn.Linear(n_features, out,
+    dtype=dtype)`` produces, so a reference model built that way starts from the same point as
+    the engine.  The layers are literally constructed (rather than re-implementing Kaiming-uniform
+    initialisation) so that this stays true if torch changes its default init.  The global CPU
+    RNG state is restored afterwards.
+    """
+    out = n_outputs(n_classes)
+    weights, biases = [], []
+    with torch.random.fork_rng(devices=[]):
+        for seed in seeds:
+            torch.manual_seed(seed)
+            layer = torch.nn.Linear(n_features, out, dtype=dtype)
+            weights.append(layer.weight.detach())
+            biases.append(layer.bias.detach())
+    return torch.stack(weights).to(device), torch.stack(biases).to(device)
+
+
+def dataloader_permutation(generator: torch.Generator, n: int) -> Tensor:
+    """Sample order of one epoch of ``DataLoader(ds, shuffle=True, generator=generator)``.
+
+    Consumes the generator exactly as one full iteration over such a loader does (with
+    ``num_workers=0`` and ``len(ds) == n``), so the engine and a DataLoader-based reference loop
+    driven by equally seeded generators see the same batches in every epoch:
+
+    1. creating the iterator draws one int64 (the worker base seed);
+    2. ``RandomSampler`` yields ``torch.randperm(n)``;
+    3. exhausting the sampler evaluates a second ``randperm(n)`` whose first
+       ``num_samples % n == 0`` entries it yields.
+
+    ``tests/test_engine.py`` checks this against a real DataLoader, so a change in torch's
+    sampling is caught there.
+    """
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    perm = torch.randperm(n, generator=generator)
+    torch.randperm(n, generator=generator)
+    return perm
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer kind and per-configuration hyperparameters, with ``torch.optim`` semantics.
+
+    Every numeric field is a scalar (shared) or a length-K sequence/tensor (one value per
+    configuration).  ``None`` means the ``torch.optim`` default of the kind: SGD
+    ``momentum=0, dampening=0, weight_decay=0``; Adam ``betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0``; AdamW the same but ``weight_decay=1e-2``.  Options of another kind
+    (e.g. ``momentum`` for Adam) are rejected rather than silently ignored.  Weight decay applies
+    to weight and bias alike, as with ``torch.optim.X(model.parameters())``.
+    """
+
+    kind: OptimizerKind
+    lr: HParam
+    momentum: HParam | None = None
+    dampening: HParam | None = None
+    nesterov: bool = False
+    weight_decay: HParam | None = None
+    betas: tuple[HParam, HParam] | None = None
+    eps: HParam | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    """Metrics at the logged epochs (every ``log_every`` epochs and the last epoch run).
+
+    ``train_loss[t, k]`` is the loss of epoch ``epochs[t]`` as training saw it: the full-batch
+    loss before that epoch's update, or the mean of the epoch's mini-batch losses.
+    ``val_loss``/``val_accuracy`` are evaluated with the parameters at the end of that epoch.
+    Entries after a configuration stopped (pruned, or diverged) are NaN.  Tensors are on the CPU.
+    """
+
+    epochs: list[int]
+    train_loss: Tensor
+    val_loss: Tensor | None
+    val_accuracy: Tensor | None
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """Outcome of `train_batched` for K configurations (index k matches the inputs).
+
+    ``status[k]`` is ``"completed"``, ``"diverged"`` (its train loss became non-finite, or the
+    final update made its parameters non-finite) or ``"pruned"`` (stopped by ``on_report``).
+    ``diverged_epoch[k]`` is the first (1-based) epoch whose train loss was non-finite -- or the
+    last epoch if only the final update broke the parameters -- and ``None`` otherwise.
+    ``epochs_run[k]`` is the number of epochs until the configuration stopped (its diverged or
+    pruning epoch included).  ``weight``/``bias`` of a diverged configuration are its state when
+    the divergence was detected and carry no meaning.
+    """
+
+    weight: Tensor
+    bias: Tensor
+    status: list[Status]
+    epochs_run: list[int]
+    diverged_epoch: list[int | None]
+    history: History
+
+
+def train_batched(
+    X: Tensor,
+    y: Tensor,
+    n_classes: int,
+    weight: Tensor,
+    bias: Tensor,
+    optimizer: OptimizerConfig,
+    epochs: int,
+    *,
+    batch_size: int | None = None,
+    shuffle_seed: int = 0,
+    val: tuple[Tensor, Tensor] | None = None,
+    log_every: int = 0,
+    on_report: ReportCallback | None = None,
+    report_every: int = 1,
+    check_every: int = 10,
+) -> EngineResult:
+    """Train K logistic-regression configurations on ``(X, y)`` simultaneously.
+
+    Each configuration k behaves like ``nn.Linear(F, out)`` initialised to ``(weight[k],
+    bias[k])``, trained for ``epochs`` epochs with ``torch.optim`` of ``optimizer.kind`` and its
+    k-th hyperparameters on the mean BCE-with-logits (``n_classes == 2``, one logit) or mean
+    cross-entropy (C > 2 logits) loss.
+
+    Args:
+        X: ``[n, F]`` features; the engine runs on its device and dtype.
+        y: ``[n]`` int64 class codes ``0..n_classes-1``.
+        n_classes: number of classes (2 = binary).
+        weight: ``[K, out, F]`` initial weights (``nn.Linear.weight`` layout); not modified.
+        bias: ``[K, out]`` initial biases; not modified.
+        optimizer: optimizer kind (shared) and per-configuration hyperparameters.
+        epochs: number of passes over the data.
+        batch_size: ``None`` for full-batch gradient descent; otherwise mini-batches in the order
+            of ``DataLoader(TensorDataset(X, y), batch_size, shuffle=True, generator=g)`` with
+            ``g = torch.Generator().manual_seed(shuffle_seed)`` (see `dataloader_permutation`),
+            shared by all configurations so that they can share each matmul.
+        shuffle_seed: seed of that generator.
+        val: optional ``(X_val, y_val)`` whose loss and accuracy are recorded at logged epochs.
+        log_every: record `History` every this many epochs (and at the last one); 0 disables.
+        on_report: called every ``report_every`` epochs as ``on_report(epoch, active_mask,
+            train_loss)`` with CPU tensors of length K (``train_loss`` is NaN where inactive);
+            configurations for which it returns True are stopped with status ``"pruned"``.
+        report_every: period of ``on_report``.
+        check_every: how often (in epochs) the per-epoch losses, kept in a small buffer, are
+            synchronised to the host and checked for non-finite values.  Larger values save a
+            host sync per epoch; the recorded divergence epoch is exact either way.
+    """
+    _validate_inputs(X, y, n_classes, weight, bias, epochs, batch_size, val)
+    for name, value in (("log_every", log_every), ("report_every", report_every)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    if on_report is not None and report_every < 1:
+        raise ValueError("on_report needs report_every >= 1")
+    with torch.no_grad():
+        run = _Run(X, y, n_classes, weight, bias, optimizer, batch_size, shuffle_seed, val)
+        return run.train(epochs, log_every, on_report, report_every, check_every)
+
+
+def _validate_inputs(
+    X: Tensor,
+    y: Tensor,
+    n_classes: int,
+    weight: Tensor,
+    bias: Tensor,
+    epochs: int,
+    batch_size: int | None,
+    val: tuple[Tensor, Tensor] | None,
+) -> None:
+    """Fail early, with a readable message, on shapes/dtypes the kernels would mangle."""
+    out = n_outputs(n_classes)
+    if X.ndim != 2 or not X.is_floating_point():
+        raise ValueError(f"X must be a 2-D floating tensor, got {tuple(X.shape)} {X.dtype}")
+    n, n_features = X.shape
+    if n == 0:
+        raise ValueError("X has no rows")
+    pairs = [(X, y)] if val is None else [(X, y), val]
+    for features, labels in pairs:
+        if features.ndim != 2 or features.shape[1] != n_features:
+            raise ValueError(f"features must be [n, {n_features}], got {tuple(features.shape)}")
+        if features.dtype != X.dtype or features.device != X.device:
+            raise ValueError("all feature tensors must share X's dtype and device")
+        if labels.shape != (features.shape[0],) or labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64 [{features.shape[0]}], got {labels.dtype}")
+        if labels.device != X.device:
+            raise ValueError("labels must be on X's device")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+            raise ValueError(f"labels must lie in [0, {n_classes})")
+    if weight.ndim != 3 or weight.shape[1:] != (out, n_features):
+        raise ValueError(f"weight must be [K, {out}, {n_features}], got {tuple(weight.shape)}")
+    if bias.shape != weight.shape[:2]:
+        raise ValueError(f"bias must be [K, {out}], got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.dtype != X.dtype or t.device != X.device:
+            raise ValueError(f"{name} must share X's dtype and device")
+    if weight.shape[0] == 0:
+        raise ValueError("need at least one configuration")
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+
+
+def _per_config(name: str, value: HParam, k: int) -> Tensor:
+    """A hyperparameter as a float64 CPU vector of length K."""
+    t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    if t.ndim == 0:
+        t = t.expand(k).clone()
+    if t.shape != (k,):
+        raise ValueError(f"{name} must be a scalar or have length {k}, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite")
+    return t
+
+
+def _resolve_hparams(cfg: OptimizerConfig, k: int) -> dict[str, Tensor]:
+    """Per-configuration float64 hyperparameters with torch.optim's defaults and checks."""
+    if cfg.kind not in ("sgd", "adam", "adamw"):
+        raise ValueError(f"unknown optimizer kind {cfg.kind!r}")
+    sgd = cfg.kind == "sgd"
+    foreign = ("betas", "eps") if sgd else ("momentum", "dampening")
+    for name in foreign:
+        if getattr(cfg, name) is not None:
+            raise ValueError(f"{name} is not an option of {cfg.kind}")
+    if cfg.nesterov and not sgd:
+        raise ValueError(f"nesterov is not an option of {cfg.kind}")
+    default_wd = 1e-2 if cfg.kind == "adamw" else 0.0
+    wd = default_wd if cfg.weight_decay is None else cfg.weight_decay
+    hp = {"lr": _per_config("lr", cfg.lr, k), "weight_decay": _per_config("weight_decay", wd, k)}
+    if sgd:
+        hp["momentum"] = _per_config("momentum", 0.0 if cfg.momentum is None else cfg.momentum, k)
+        damp = 0.0 if cfg.dampening is None else cfg.dampening
+        hp["dampening"] = _per_config("dampening", damp, k)
+    else:
+        beta1, beta2 = (0.9, 0.999) if cfg.betas is None else cfg.betas
+        hp["beta1"] = _per_config("beta1", beta1, k)
+        hp["beta2"] = _per_config("beta2", beta2, k)
+        hp["eps"] = _per_config("eps", 1e-8 if cfg.eps is None else cfg.eps, k)
+        for name in ("beta1", "beta2"):
+            if bool(((hp[name] < 0) | (hp[name] >= 1)).any()):
+                raise ValueError(f"{name} must lie in [0, 1)")
+    for name in ("lr", "weight_decay", "momentum", "eps"):
+        if name in hp and bool((hp[name] < 0).any()):
+            raise ValueError(f"{name} must be >= 0")
+    if cfg.nesterov and bool(((hp["momentum"] <= 0) | (hp["dampening"] != 0)).any()):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    return hp
+
+
+class _SGD:
+    """``torch.optim.SGD`` (``_single_tensor_sgd``) with per-configuration hyperparameters.
+
+    Hyperparameter tensors are ``[Ka, 1, 1]`` so that they broadcast over ``[Ka, out, F+1]``.
+    Products are formed as in torch (``alpha * other``), so each configuration gets torch's
+    update up to floating-point contraction differences in the kernels.
+    """
+
+    def __init__(self, hp: dict[str, Tensor], nesterov: bool, like: Tensor) -> None:
+        def col(t: Tensor) -> Tensor:
+            return t.to(dtype=like.dtype, device=like.device).view(-1, 1, 1)
+
+        self.nesterov = nesterov
+        self.neg_lr = col(-hp["lr"])
+        self.weight_decay = col(hp["weight_decay"]) if bool(hp["weight_decay"].any()) else None
+        momentum = hp["momentum"]
+        self.momentum = col(momentum) if bool(momentum.any()) else None
+        # torch skips the buffer when momentum == 0, i.e. uses the plain gradient; with a shared
+        # buffer that is buf = 0 * buf + 1 * grad, so such configurations get no dampening.
+        self.one_minus_dampening = col(torch.where(momentum > 0, 1 - hp["dampening"], 1.0))
+        self.buf: Tensor | None = None
+
+    def step(self, p: Tensor, g: Tensor) -> None:
+        """One update of all active configurations; ``g`` is scratch and may be overwritten."""
+        if self.weight_decay is not None:
+            g.addcmul_(p, self.weight_decay)
+        if self.momentum is not None:
+            if self.buf is None:  # torch: buf = grad.clone() on the first step, no dampening
+                self.buf = g.clone()
+            else:
+                self.buf.mul_(self.momentum).addcmul_(g, self.one_minus_dampening)
+            if self.nesterov:
+                g.addcmul_(self.buf, self.momentum)
+            else:
+                g = self.buf
+        p.addcmul_(g, self.neg_lr)
+
+    def select(self, keep: Tensor) -> None:
+        """Keep only the configurations at positions ``keep`` (after some stopped)."""
+        for name in ("neg_lr", "weight_decay", "momentum", "one_minus_dampening", "buf"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, keep))
+
+
+class _Adam:
+    """``torch.optim.Adam``/``AdamW`` (``_single_tensor_adam``, no amsgrad), batched over K.
+
+    Follows torch's order of operations: decoupled decay ``p *= 1 - lr*wd`` (AdamW) or L2
+    ``g += wd*p`` (Adam); ``m.lerp_(g, 1-beta1)``; ``v = v*beta2 + (1-beta2)*g*g``;
+    ``denom = sqrt(v) / sqrt(1-beta2^t) + eps``; ``p += (-lr/(1-beta1^t)) * m / denom``.  The
+    scalar factors are computed in float64 and rounded to the parameter dtype, like the Python
+    floats torch passes to its kernels; the bias corrections are tabulated for a chunk of steps
+    at a time to keep them off the per-step path.
+    """
+
+    def __init__(self, hp: dict[str, Tensor], decoupled: bool, like: Tensor) -> None:
+        def col(t: Tensor) -> Tensor:
+            return t.to(dtype=like.dtype, device=like.device).view(-1, 1, 1)
+
+        lr, wd = hp["lr"], hp["weight_decay"]
+        has_wd = bool(wd.any())
+        self.decay = col(1 - lr * wd) if decoupled and has_wd else None
+        self.l2 = col(wd) if has_wd and not decoupled else None
+        self.one_minus_beta1 = col(1 - hp["beta1"])
+        self.beta2 = col(hp["beta2"])
+        self.one_minus_beta2 = col(1 - hp["beta2"])
+        self.eps = col(hp["eps"])
+        device = like.device
+        self.lr64 = lr.to(device)
+        self.beta1_64 = hp["beta1"].to(device)
+        self.beta2_64 = hp["beta2"].to(device)
+        self.exp_avg = torch.zeros_like(like)
+        self.exp_avg_sq = torch.zeros_like(like)
+        self.denom = torch.empty_like(like)
+        self.scratch = torch.empty_like(like)
+        self.step_count = 0
+        # (-lr/(1-beta1^t), sqrt(1-beta2^t)) for t = table_start, ..., [chunk, Ka, 1, 1] each;
+        # None before the first step and after the batch shrank.
+        self.table_start = 0
+        self.tables: tuple[Tensor, Tensor] | None = None
+
+    def _tabulate(self) -> tuple[Tensor, Tensor]:
+        """Bias-correction factors for `_BIAS_CORRECTION_CHUNK` steps from the current one."""
+        like = self.exp_avg
+        self.table_start = self.step_count
+        steps = torch.arange(
+            self.step_count,
+            self.step_count + _BIAS_CORRECTION_CHUNK,
+            dtype=torch.float64,
+            device=like.device,
+        )
+        bc1 = 1 - self.beta1_64[None, :] ** steps[:, None]  # [chunk, Ka]
+        bc2 = 1 - self.beta2_64[None, :] ** steps[:, None]
+        shape = (_BIAS_CORRECTION_CHUNK, -1, 1, 1)
+        neg_step_size = (-(self.lr64 / bc1)).to(like.dtype).view(shape)
+        return neg_step_size, bc2.sqrt().to(like.dtype).view(shape)
+
+    def step(self, p: Tensor, g: Tensor) -> None:
+        """One update of all active configurations; ``g`` is scratch and may be overwritten."""
+        self.step_count += 1
+        row = self.step_count - self.table_start
+        tables = self.tables
+        if tables is None or row >= _BIAS_CORRECTION_CHUNK:
+            tables = self.tables = self._tabulate()
+            row = 0
+        neg_step_size, bc2_sqrt = tables
+        if self.decay is not None:
+            p.mul_(self.decay)
+        if self.l2 is not None:
+            g.addcmul_(p, self.l2)
+        self.exp_avg.lerp_(g, self.one_minus_beta1)
+        torch.mul(g, self.one_minus_beta2, out=self.scratch)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(self.scratch, g)
+        torch.sqrt(self.exp_avg_sq, out=self.denom)
+        self.denom.div_(bc2_sqrt[row]).add_(self.eps)
+        torch.mul(self.exp_avg, neg_step_size[row], out=self.scratch)
+        p.addcdiv_(self.scratch, self.denom)
+
+    def select(self, keep: Tensor) -> None:
+        """Keep only the configurations at positions ``keep`` (after some stopped)."""
+        names = (
+            "decay",
+            "l2",
+            "one_minus_beta1",
+            "beta2",
+            "one_minus_beta2",
+            "eps",
+            "lr64",
+            "beta1_64",
+            "beta2_64",
+            "exp_avg",
+            "exp_avg_sq",
+        )
+        for name in names:
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, keep))
+        self.denom = torch.empty_like(self.exp_avg)
+        self.scratch = torch.empty_like(self.exp_avg)
+        self.tables = None
+
+
+class _Workspace:
+    """Buffers and views for steps on ``nb`` rows with the current ``Ka`` configurations.
+
+    ``x``/``targets`` are X and the run's targets for the full batch, and buffers that
+    `_Run._mini_batch_epoch` fills for mini-batches.  ``dz`` is the buffer in which the loss
+    kernels leave dL/dz (times n): the logits buffer ``z`` (binary) or ``ls`` (multi-class).
+
+    Batches of at least `_BLOCKED_MIN_ROWS` rows run both matmuls as batched matmuls over
+    blocks of `_BLOCK_ROWS` rows (plus the remainder rows), on views -- X is not copied.  A single
+    ``[Ka*out, F] @ [F, n]`` or ``[Ka*out, n] @ [n, F]`` with tiny ``Ka*out`` is a skinny
+    gemv-like product that MKL runs well below memory bandwidth; per-block products keep each
+    block in cache and parallelise over blocks, which made a 1e6 x 100 float32 epoch ~1.5x
+    faster (the gradient's per-block partial sums are then added up).
+    """
+
+    def __init__(self, run: _Run, nb: int) -> None:
+        ka, out, fp1 = run.P.shape
+        ko, n_features = ka * out, fp1 - 1
+        like = run.P
+        p2, g2 = run.P.view(ko, fp1), run.G.view(ko, fp1)
+        self.pw, self.pb = p2[:, :n_features], p2[:, n_features:]
+        self.gw, self.gb = g2[:, :n_features], g2[:, n_features]
+        self.z = like.new_empty(ko, nb)
+        self.ls = like.new_empty(ka, out, nb) if out > 1 else None
+        self.dz = self.z if self.ls is None else self.ls.view(ko, nb)
+        self.inv_n = 1.0 / nb
+        self.inv_n_vec = like.new_full((nb,), self.inv_n)
+        self.ones = like.new_ones(nb)
+        self.ka = ka
+        self.x: Tensor
+        self.targets: tuple[Tensor, ...]
+        if run.batch_size is None:
+            self.x, self.targets = run.X, run.targets
+        else:
+            self.x = like.new_empty(nb, n_features)
+            self.targets = tuple(t.new_empty(*t.shape[:-1], nb) for t in run.targets)
+        self.xt = self.x.t()
+        n_blocks = nb // _BLOCK_ROWS if nb >= _BLOCKED_MIN_ROWS else 0
+        self.blocked = n_blocks > 0
+        if not self.blocked:
+            return
+        main = n_blocks * _BLOCK_ROWS
+        self.has_rest = main < nb
+
+        def blocks(t: Tensor) -> Tensor:  # [ko, main] -> [n_blocks, ko, _BLOCK_ROWS] view
+            return t[:, :main].view(ko, n_blocks, _BLOCK_ROWS).transpose(0, 1)
+
+        self.x3 = self.x[:main].view(n_blocks, _BLOCK_ROWS, n_features)
+        self.x3t = self.x3.transpose(1, 2)
+        self.z3, self.dz3 = blocks(self.z), blocks(self.dz)
+        self.pw3 = self.pw.unsqueeze(0).expand(n_blocks, ko, n_features)
+        self.pb3 = self.pb.unsqueeze(0)
+        self.partial_gw = like.new_empty(n_blocks, ko, n_features)
+        self.x_rest, self.xt_rest = self.x[main:], self.xt[:, main:]
+        self.z_rest, self.dz_rest = self.z[:, main:], self.dz[:, main:]
+
+    def forward(self) -> Tensor:
+        """Logits ``z = W x^T + b``, ``[Ka*out, nb]``."""
+        if not self.blocked:
+            return torch.addmm(self.pb, self.pw, self.xt, out=self.z)
+        torch.baddbmm(self.pb3, self.pw3, self.x3t, out=self.z3)
+        if self.has_rest:
+            torch.addmm(self.pb, self.pw, self.xt_rest, out=self.z_rest)
+        return self.z
+
+    def backward(self) -> None:
+        """Gradient from ``dz`` (which holds n * dL/dz) into the run's G."""
+        if not self.blocked:
+            self.gw.addmm_(self.dz, self.x, beta=0, alpha=self.inv_n)
+        else:
+            torch.bmm(self.dz3, self.x3, out=self.partial_gw)
+            torch.sum(self.partial_gw, 0, out=self.gw)
+            self.gw.mul_(self.inv_n)
+            if self.has_rest:
+                self.gw.addmm_(self.dz_rest, self.x_rest, alpha=self.inv_n)
+        torch.mv(self.dz, self.inv_n_vec, out=self.gb)
+
+
+class _Run:
+    """State of one `train_batched` call: the *active* configurations, stacked.
+
+    Stopped configurations are written to ``final`` and removed from every per-configuration
+    tensor (``_stop``), so the epoch loop never masks, and NaNs of a diverged configuration can
+    reach no other row: every op is row-wise in the configuration dimension.
+    """
+
+    def __init__(
+        self,
+        X: Tensor,
+        y: Tensor,
+        n_classes: int,
+        weight: Tensor,
+        bias: Tensor,
+        optimizer: OptimizerConfig,
+        batch_size: int | None,
+        shuffle_seed: int,
+        val: tuple[Tensor, Tensor] | None,
+    ) -> None:
+        k = weight.shape[0]
+        self.X, self.y, self.val = X, y, val
+        self.n_classes = n_classes
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(shuffle_seed)
+        # Parameters of configuration k live in P[k] = [W | b]: [out, F+1].  One tensor means
+        # one op per optimizer update for weight and bias together.
+        self.P = torch.cat([weight, bias.unsqueeze(-1)], dim=2)
+        self.G = torch.empty_like(self.P)
+        self.final = self.P.clone()
+        hp = _resolve_hparams(optimizer, k)
+        if optimizer.kind == "sgd":
+            self.opt: _SGD | _Adam = _SGD(hp, optimizer.nesterov, self.P)
+        else:
+            self.opt = _Adam(hp, optimizer.kind == "adamw", self.P)
+        self.active = list(range(k))
+        self.active_t = torch.arange(k, device=X.device)
+        self.status: list[Status] = ["completed"] * k
+        self.epochs_run = [0] * k
+        self.diverged_epoch: list[int | None] = [None] * k
+        # Targets in the form the loss kernels want (see _loss_and_grad): binary (1 - 2y,),
+        # multi-class (y, -onehot(y)^T).
+        self.targets: tuple[Tensor, ...]
+        if n_classes == 2:
+            self.targets = (1 - 2 * y.to(X.dtype),)
+        else:
+            self.targets = (y, -F.one_hot(y, n_classes).to(X.dtype).t().contiguous())
+        self.workspaces: dict[int, _Workspace] = {}
+        # Epoch train loss = ring value / loss_divisor: full batch stores the loss sum; mini-
+        # batch the mean over batches of sum_j / n_j, via these weights 1 / (n_j * n_batches).
+        n = X.shape[0]
+        if batch_size is None:
+            self.loss_divisor = float(n)
+        else:
+            self.loss_divisor = 1.0
+            sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+            self.batch_weights = X.new_tensor([1 / (nb * len(sizes)) for nb in sizes])
+
+    # ----- per-step kernels ------------------------------------------------------------------
+
+    def _workspace(self, nb: int) -> _Workspace:
+        ws = self.workspaces.get(nb)
+        if ws is None:
+            ws = self.workspaces[nb] = _Workspace(self, nb)
+        return ws
+
+    def _loss_and_grad(self, ws: _Workspace, loss_sum_out: Tensor, want_loss: bool) -> None:
+        """Forward; summed loss per configuration into ``loss_sum_out``; gradient into G.
+
+        The loss is *summed* like torch's mean reduction
+        (which divides afterwards) so that it overflows to inf exactly when torch's would; the
+        division happens where the value is read.  The 1/n of the gradient is folded into the
+        matmul's alpha and into the bias reduction (``mv`` with a 1/n vector).
+
+        Binary, with s = 1 - 2y: BCE(z, y) = softplus(s*z) and sigmoid(z) - y = s*sigmoid(s*z),
+        so one scaled copy u = s*z gives both (more accurately than sigmoid(z) - y for confident
+        predictions).  torch's BCE is NaN for an infinite logit even where softplus(u) is 0, so
+        u - u (NaN exactly there) is added.  Epochs that are neither logged nor reported need
+        only the loss's finiteness: silu(u) is finite exactly when u is and within O(1) of
+        softplus(u), so its sum overflows when the loss's would -- at a quarter of the cost of
+        softplus, a fifth of the whole epoch at K=64.
+
+        Multi-class: log-softmax gives the loss (its entries at the labels) and the gradient
+        softmax - onehot; the loss is always computed since, as in torch, a -inf logit leaves it
+        finite or not depending on the label.
+        """
+        z = ws.forward()  # [Ka*out, nb]
+        if ws.ls is None:
+            (sign,) = ws.targets
+            u = z.mul_(sign)
+            per_sample = F.softplus(u).add_(u - u) if want_loss else F.silu(u)
+            torch.mv(per_sample, ws.ones, out=loss_sum_out)
+            u.sigmoid_().mul_(sign)
+        else:
+            labels, neg_onehot = ws.targets
+            ls = torch.log_softmax(z.view(ws.ka, -1, z.shape[1]), 1, out=ws.ls)
+            nll = F.nll_loss(ls, labels.expand(ws.ka, -1), reduction="none")
+            torch.mv(nll, ws.ones, out=loss_sum_out)
+            ls.exp_().add_(neg_onehot)
+        ws.backward()
+
+    def _full_batch_epoch(self, loss_out: Tensor, want_loss: bool) -> None:
+        """One step on all of X; ``loss_out`` gets the loss *sum* (see ``loss_divisor``)."""
+        ws = self._workspace(self.X.shape[0])
+        self._loss_and_grad(ws, loss_out, want_loss)
+        self.opt.step(self.P, self.G)
+
+    def _mini_batch_epoch(self, loss_out: Tensor, want_loss: bool) -> None:
+        """One step per mini-batch; ``loss_out`` gets the mean of the batch means."""
+        n = self.X.shape[0]
+        bs = self.batch_size
+        assert bs is not None
+        perm = dataloader_permutation(self.generator, n).to(self.X.device)
+        batch_sums = self.P.new_empty(len(self.active), self.batch_weights.shape[0])
+        for j, start in enumerate(range(0, n, bs)):
+            idx = perm[start : start + bs]
+            ws = self._workspace(idx.shape[0])
+            torch.index_select(self.X, 0, idx, out=ws.x)
+            for full, buf in zip(self.targets, ws.targets, strict=True):
+                torch.index_select(full, full.ndim - 1, idx, out=buf)
+            self._loss_and_grad(ws, batch_sums[:, j], want_loss)
+            self.opt.step(self.P, self.G)
+        # sum_j sum_j / (n_j * n_batches): each term is at most a finite batch mean, so this
+        # is non-finite exactly when some batch loss is, like the reference's Python mean.
+        torch.mv(batch_sums, self.batch_weights, out=loss_out)
+
+    # ----- bookkeeping -----------------------------------------------------------------------
+
+    def _stop(self, positions: list[int], status: Status, epochs: list[int]) -> None:
+        """Freeze the active configurations at ``positions`` and drop them from the batch."""
+        if not positions:
+            return
+        for pos, epoch in zip(positions, epochs, strict=True):
+            k = self.active[pos]
+            self.status[k] = status
+            self.epochs_run[k] = epoch
+            if status == "diverged":
+                self.diverged_epoch[k] = epoch
+        stopped = torch.tensor(positions, device=self.P.device)
+        self.final.index_copy_(0, self.active_t[stopped], self.P[stopped])
+        dropped = set(positions)
+        kept = [i for i in range(len(self.active)) if i not in dropped]
+        keep = torch.tensor(kept, dtype=torch.int64, device=self.P.device)
+        self.active = [self.active[i] for i in kept]
+        self.active_t = self.active_t[keep]
+        self.P = self.P.index_select(0, keep)
+        self.G = torch.empty_like(self.P)
+        self._set_ring(self.ring.index_select(0, keep))
+        self.opt.select(keep)
+        self.workspaces.clear()
+
+    def _set_ring(self, ring: Tensor) -> None:
+        """``ring[:, j]``: train loss of the j-th epoch since the last divergence check."""
+        self.ring = ring
+        self.ring_cols = ring.unbind(1)
+
+    def _check_divergence(self, epoch: int) -> None:
+        """Stop configurations with a non-finite loss in the epochs since the last check.
+
+        One host sync per check: a non-finite sum of the buffered losses (all >= 0) is the cheap
+        signal; only then is the buffer searched for each configuration's first bad epoch.
+        """
+        window = self.ring[:, : self.ring_pos]
+        first_epoch = epoch - self.ring_pos + 1
+        self.ring_pos = 0
+        if window.shape[1] == 0 or math.isfinite(window.sum().item()):
+            return
+        bad = ~torch.isfinite(window)
+        positions = bad.any(1).nonzero().flatten().tolist()
+        first_bad = bad.to(torch.uint8).argmax(1).tolist()
+        self._stop(positions, "diverged", [first_epoch + first_bad[i] for i in positions])
+
+    def _evaluate(self) -> tuple[Tensor, Tensor]:
+        """Validation loss and accuracy of the active configurations, ``[Ka]`` each."""
+        assert self.val is not None
+        xv, yv = self.val
+        ka, out, fp1 = self.P.shape
+        p2 = self.P.view(ka * out, fp1)
+        z = torch.addmm(p2[:, fp1 - 1 :], p2[:, : fp1 - 1], xv.t())
+        if out == 1:
+            target = yv.to(z.dtype).expand_as(z)
+            loss = F.binary_cross_entropy_with_logits(z, target, reduction="none").mean(1)
+            correct = (z > 0) == yv.bool()
+        else:
+            z3 = z.view(ka, out, -1)
+            loss = F.cross_entropy(z3, yv.expand(ka, -1), reduction="none").mean(1)
+            correct = z3.argmax(1) == yv
+        return loss, correct.to(z.dtype).mean(1)
+
+    def train(
+        self,
+        epochs: int,
+        log_every: int,
+        on_report: ReportCallback | None,
+        report_every: int,
+        check_every: int,
+    ) -> EngineResult:
+        """The epoch loop; see `train_batched`."""
+        k = len(self.active)
+        like = self.P
+        self._set_ring(like.new_empty(k, check_every))
+        self.ring_pos = 0
+        logged = [e for e in range(1, epochs + 1) if log_every and (e % log_every == 0)]
+        if log_every and epochs and epochs % log_every:
+            logged.append(epochs)
+        hist_epochs: list[int] = []
+        hist = like.new_full((1 if self.val is None else 3, len(logged), k), math.nan)
+        epoch_loss = like.new_empty(k)
+        epoch = 0
+        for epoch in range(1, epochs + 1):
+            logging = bool(logged) and epoch == logged[len(hist_epochs)]
+            reporting = on_report is not None and epoch % report_every == 0
+            loss_out = self.ring_cols[self.ring_pos]
+            self.ring_pos += 1
+            if self.batch_size is None:
+                self._full_batch_epoch(loss_out, logging or reporting)
+            else:
+                self._mini_batch_epoch(loss_out, logging or reporting)
+            if logging:
+                t = len(hist_epochs)
+                hist_epochs.append(epoch)
+                hist[0, t].index_copy_(0, self.active_t, loss_out / self.loss_divisor)
+                if self.val is not None:
+                    val_loss, val_accuracy = self._evaluate()
+                    hist[1, t].index_copy_(0, self.active_t, val_loss)
+                    hist[2, t].index_copy_(0, self.active_t, val_accuracy)
+            if reporting:
+                epoch_loss.fill_(math.nan)
+                epoch_loss.index_copy_(0, self.active_t, loss_out / self.loss_divisor)
+            if reporting or self.ring_pos == check_every or epoch == epochs:
+                self._check_divergence(epoch)
+            if reporting and self.active:
+                assert on_report is not None
+                self._report(on_report, epoch, epoch_loss.cpu())
+            if not self.active:
+                break
+        return self._finish(epoch, hist_epochs, hist)
+
+    def _report(self, on_report: ReportCallback, epoch: int, loss: Tensor) -> None:
+        """Call ``on_report`` (with fresh tensors it may keep) and prune what it flags."""
+        active_mask = torch.zeros(loss.shape[0], dtype=torch.bool)
+        active_mask[self.active] = True
+        loss = torch.where(active_mask, loss, math.nan)
+        stop = on_report(epoch, active_mask.clone(), loss)
+        if stop is None:
+            return
+        stop = torch.as_tensor(stop, dtype=torch.bool).cpu()
+        if stop.shape != active_mask.shape:
+            raise ValueError(f"on_report must return {active_mask.shape[0]} flags")
+        positions = [i for i, k in enumerate(self.active) if stop[k]]
+        self._stop(positions, "pruned", [epoch] * len(positions))
+
+    def _finish(self, last_epoch: int, hist_epochs: list[int], hist: Tensor) -> EngineResult:
+        """Final parameter check, gather all configurations, and clean the history."""
+        if self.active:
+            broken = ~torch.isfinite(self.P).flatten(1).all(1)
+            positions = broken.nonzero().flatten().tolist()
+            self._stop(positions, "diverged", [last_epoch] * len(positions))
+            self._stop(list(range(len(self.active))), "completed", [last_epoch] * len(self.active))
+        hist = hist[:, : len(hist_epochs)].cpu()
+        logged = torch.tensor(hist_epochs, dtype=torch.int64)
+        for k, status in enumerate(self.status):
+            if status != "completed":
+                hist[:, logged > self.epochs_run[k], k] = math.nan
+        n_features = self.final.shape[2] - 1
+        return EngineResult(
+            weight=self.final[..., :n_features].contiguous(),
+            bias=self.final[..., n_features].contiguous(),
+            status=self.status,
+            epochs_run=self.epochs_run,
+            diverged_epoch=self.diverged_epoch,
+            history=History(
+                epochs=hist_epochs,
+                train_loss=hist[0],
+                val_loss=hist[1] if self.val is not None else None,
+                val_accuracy=hist[2] if self.val is not None else None,
+            ),
+        )

@@ -1,0 +1,219 @@
+"""Use a trained run on new data: ``sweeplr predict``. No Hydra.
+
+A run's ``model.pt`` holds everything a prediction needs (weights, the training part's scaler,
+class and feature names), so new data goes in as raw feature values, exactly as the data set
+holds them, and comes out as class names: the user never repeats the scaling by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sweeplr.data import Standardizer, numeric_features, read_frame
+from sweeplr.errors import SweeplrError
+from sweeplr.model import LogisticRegression
+from sweeplr.records import METRICS_FILE, MODEL_FILE, atomic_write_text, load_model_payload
+
+DIVERGED = "diverged"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A run's model with what it needs to take raw features: the scaler and the names."""
+
+    model: LogisticRegression
+    scaler: Standardizer
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    run_dir: Path
+    config: dict[str, Any]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def features(self, X: np.ndarray | pd.DataFrame | Sequence[float]) -> np.ndarray:
+        """Raw features as a float32 [n, F] matrix in the saved order; one-line errors otherwise.
+
+        float32 because the model was trained on float32: the same arithmetic as in training
+        gives the same probabilities, bit for bit.
+        """
+        expected = f"{self.n_features} features ({', '.join(self.feature_names)})"
+        if isinstance(X, pd.DataFrame):
+            extra = [str(c) for c in X.columns if str(c) not in self.feature_names]
+            if extra:
+                raise SweeplrError(
+                    f"unexpected column {extra[0]!r}; expected exactly the columns "
+                    f"{', '.join(self.feature_names)}"
+                )
+            frame = X.rename(columns=str)
+            matrix = numeric_features(frame, self.feature_names, "input")
+        else:
+            try:
+                matrix = np.asarray(X, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise SweeplrError(
+                    f"input is not numeric ({str(exc).splitlines()[0]}); expected {expected}"
+                ) from exc
+            if matrix.ndim == 1:
+                matrix = matrix[None, :]
+            if matrix.ndim != 2 or matrix.shape[1] != self.n_features:
+                got = matrix.shape[-1] if matrix.ndim == 2 else f"shape {matrix.shape}"
+                raise SweeplrError(f"expected {expected}, got {got}")
+        bad = ~np.isfinite(matrix)
+        if bad.any():
+            row, col = (int(i[0]) for i in np.nonzero(bad))
+            raise SweeplrError(
+                f"feature {self.feature_names[col]!r} has value {matrix[row, col]} (row {row}); "
+                "expected a finite number in every cell"
+            )
+        return matrix
+
+    def predict_proba(self, X: np.ndarray | pd.DataFrame | Sequence[float]) -> np.ndarray:
+        """Class probabilities [n, C] (columns in ``class_names`` order) for raw features."""
+        scaled = self.scaler.transform(self.features(X))
+        with torch.no_grad():
+            return self.model.predict_proba(torch.from_numpy(scaled)).numpy()
+
+    def predict(self, X: np.ndarray | pd.DataFrame | Sequence[float]) -> np.ndarray:
+        """The most probable class name of each row."""
+        return np.asarray(self.class_names, dtype=object)[self.predict_proba(X).argmax(axis=1)]
+
+
+def load_run(run_dir: str | Path) -> TrainedModel:
+    """The model of a finished run, ready for raw features; refuses a diverged run's NaN weights."""
+    run_dir = Path(run_dir)
+    payload = load_model_payload(run_dir)
+    if payload.get("status") == DIVERGED:
+        raise SweeplrError(
+            f"{run_dir} holds a diverged run (its weights are not finite); "
+            "allowed: a completed run, e.g. the best run of a sweep (--best)"
+        )
+    model = LogisticRegression(int(payload["n_features"]), int(payload["n_classes"]))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise SweeplrError(f"{run_dir}/{MODEL_FILE} has non-finite weights; allowed: a usable run")
+    return TrainedModel(
+        model=model,
+        scaler=Standardizer(payload["scaler_mean"].numpy(), payload["scaler_scale"].numpy()),
+        class_names=tuple(payload["class_names"]),
+        feature_names=tuple(payload["feature_names"]),
+        run_dir=run_dir,
+        config=payload["config"],
+    )
+
+
+def best_run_dir(sweep_dir: str | Path) -> Path:
+    """The completed run of a sweep (one sub-directory per job) with the best objective value."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SweeplrError(f"{sweep_dir} does not exist; allowed: a sweep directory")
+    best: tuple[float, Path] | None = None
+    for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=_job_order):
+        record = json.loads(path.read_text())
+        objective = record["objective"]
+        if record["status"] != "completed" or objective["value"] is None:
+            continue
+        sign = 1.0 if objective["direction"] == "minimize" else -1.0
+        key = sign * float(objective["value"])
+        if best is None or key < best[0]:
+            best = (key, path.parent)
+    if best is None:
+        raise SweeplrError(
+            f"{sweep_dir} holds no completed run with an objective value; "
+            f"allowed: a sweep directory with */{METRICS_FILE}"
+        )
+    return best[1]
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    """Job directories in numeric order (2 before 10), so ties go to the earlier job."""
+    name = path.parent.name
+    return (int(name), name) if name.isdigit() else (math.inf, name)  # type: ignore[return-value]
+
+
+def _parse_point(values: Sequence[str], trained: TrainedModel) -> np.ndarray:
+    expected = f"{trained.n_features} numbers ({', '.join(trained.feature_names)})"
+    if len(values) != trained.n_features:
+        raise SweeplrError(
+            f"expected {trained.n_features} features ({', '.join(trained.feature_names)}), "
+            f"got {len(values)}"
+        )
+    point = []
+    for value in values:
+        try:
+            point.append(float(value))
+        except ValueError as exc:
+            raise SweeplrError(f"value {value!r} is not a number; expected {expected}") from exc
+    return np.asarray(point)
+
+
+def predictions_frame(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """The input rows with their predicted class and one ``p_<class>`` column per class."""
+    proba = trained.predict_proba(frame)
+    out = frame.copy()
+    out["predicted"] = np.asarray(trained.class_names, dtype=object)[proba.argmax(axis=1)]
+    for k, name in enumerate(trained.class_names):
+        out[f"p_{name}"] = proba[:, k]
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict one point given on the command line, or every row of a CSV file."""
+    run_dir = Path(args.run_dir)
+    if args.best:
+        run_dir = best_run_dir(run_dir)
+        print(f"best run: {run_dir}")
+    elif not (run_dir / MODEL_FILE).exists() and any(run_dir.glob(f"*/{METRICS_FILE}")):
+        raise SweeplrError(f"{run_dir} is a sweep directory; add --best to use its best run")
+    trained = load_run(run_dir)
+    if args.csv is not None:
+        if args.values:
+            raise SweeplrError("give feature values or --csv, not both")
+        out = predictions_frame(trained, read_frame(args.csv))
+        text = out.to_csv(index=False)
+        if args.out is None:
+            print(text, end="")
+        else:
+            atomic_write_text(args.out, text)
+            print(f"wrote {len(out)} predictions to {args.out}")
+        return 0
+    if not args.values:
+        raise SweeplrError(
+            f"no input; allowed: {trained.n_features} feature values "
+            f"({', '.join(trained.feature_names)}) or --csv FILE"
+        )
+    if args.out is not None:
+        raise SweeplrError("--out needs --csv")
+    proba = trained.predict_proba(_parse_point(args.values, trained))[0]
+    best = int(proba.argmax())
+    print(f"{trained.class_names[best]}  p={proba[best]:.4f}")
+    print("  " + "  ".join(f"p_{n}={p:.4f}" for n, p in zip(trained.class_names, proba, strict=True)))
+    return 0
+
+
+def add_predict_parser(commands: Any) -> None:
+    """Register ``sweeplr predict`` on the subparsers object of ``build_parser``."""
+    parser = commands.add_parser(
+        "predict",
+        help="predict classes of new data with a trained run",
+        description="Predict with a run's model from raw feature values (the run's scaler is "
+        "applied). Negative values: put them after --, e.g. `predict RUN -- -1 2`.",
+    )
+    parser.add_argument("run_dir", help="a run directory (holds model.pt), or a sweep with --best")
+    parser.add_argument("values", nargs="*", help="one point's feature values, in the run's order")
+    parser.add_argument("--csv", help="predict every row of this CSV (columns: the features)")
+    parser.add_argument("--out", help="with --csv: write the predictions to this CSV file")
+    parser.add_argument("--best", action="store_true", help="RUN_DIR is a sweep: use its best run")
+    parser.set_defaults(func=cmd_predict)
