@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ def default_study_name(task_overrides: list[str], sweeper_cfg: DictConfig) -> st
     }
     text = json.dumps([sorted(task_overrides), searched], sort_keys=True, default=str)
     return "optuna-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def quote(value: str) -> str:
@@ -223,6 +228,8 @@ class SweeplrOptunaSweeper(Sweeper):
 
         heartbeat = Heartbeat(study._storage, self.heartbeat_interval)
         in_flight: list[optuna.Trial] = []
+        # SIGTERM (a scheduler's stop, `kill`) takes the same way out as Ctrl-C, below.
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
         try:
             while True:
                 with file_lock(lock):
@@ -258,6 +265,7 @@ class SweeplrOptunaSweeper(Sweeper):
                         requeue(study, frozen)
             raise
         finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
             heartbeat.close()
         self._write_results(study, sweep_dir, url)
 
