@@ -16,7 +16,7 @@ from sweeplr.experiment import run
 register_configs()
 
 
-@hydra.main(config_path="conf", config_name="config")
+@hydra.main(config_path="conf", config_name="config", execution_whitelist=["sweeplr.*"])
 def main(cfg: DictConfig) -> float:
     """Return the objective, so sweepers (grid, Optuna) can rank the run."""
     return run(cfg)

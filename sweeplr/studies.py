@@ -9,6 +9,7 @@ a later sweep can tell a trial whose process died from one still running elsewhe
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 import socket
@@ -61,6 +62,35 @@ def lock_path(url: str, sweep_dir: str | Path) -> Path:
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///") + ".sweeplr-lock")
     return Path(sweep_dir) / ".sweeplr-study.lock"
+
+
+_engines: dict[str, Any] = {}
+
+
+@contextmanager
+def study_lock(url: str, sweep_dir: str | Path, study_name: str) -> Iterator[None]:
+    """Serialise trial bookkeeping (counting, asking, re-queueing) between workers.
+
+    A PostgreSQL storage is shared by machines, so its lock is a PostgreSQL advisory lock;
+    a journal or SQLite file is shared through a file system, so a ``flock`` beside it. Any
+    other URL gets a lock file in the sweep directory: exact between workers of one machine.
+    """
+    if url.startswith(("postgresql", "postgres")):
+        import sqlalchemy
+
+        engine = _engines.get(url) or _engines.setdefault(
+            url, sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        )
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return
+    with file_lock(lock_path(url, sweep_dir)):
+        yield
 
 
 @contextmanager

@@ -62,7 +62,8 @@ def test_sigint_or_sigterm_leave_whole_records_and_a_consistent_study(tmp_path):
         "--multirun",
         "sweep=optuna",
         "hydra.sweeper.n_trials=6",
-        "epochs=choice(30000)", "log_every=1000",
+        "epochs=choice(30000)",
+        "log_every=1000",
         "plots=false",
     ]
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,3 +84,84 @@ def test_sigint_or_sigterm_leave_whole_records_and_a_consistent_study(tmp_path):
     trials = study_of(sweep).trials
     assert budget_used(trials) == 6
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
+
+
+def run_identity(path):
+    """A record without the trial state, which the sweeper adds after the run wrote it."""
+    record = json.loads(path.read_text())
+    record.pop("trial", None)
+    return record
+
+
+def postgres_url() -> str:
+    """The PostgreSQL server .ci/run starts; outside CI, a test without one is skipped."""
+    url = os.environ.get("SWEEPLR_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must start PostgreSQL and set SWEEPLR_TEST_POSTGRES (see .ci/run)")
+        pytest.skip("set SWEEPLR_TEST_POSTGRES=postgresql://... to run against PostgreSQL")
+    return url
+
+
+def test_three_workers_on_postgresql_share_one_study_exactly(tmp_path):
+    url = postgres_url()
+    name = f"pg-{tmp_path.name}"
+    workers = [
+        start(
+            tmp_path,
+            [
+                "--multirun",
+                "sweep=optuna",
+                "hydra.sweeper.n_trials=30",
+                "epochs=choice(30,60)",
+                "plots=false",
+                f"hydra.sweeper.storage={url}",
+                f"hydra.sweeper.study_name={name}",
+                f"hydra.sweep.dir=worker{i}",
+            ],  # each worker its own directory, as on 3 machines
+        )
+        for i in range(3)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-2000:]
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert len(trials) == 30 and all(t.state == TrialState.COMPLETE for t in trials)
+    table = load_sweep([tmp_path / f"worker{i}" for i in range(3)])
+    assert len(table) == 30 and sorted(table["trial"]) == list(range(30))
+
+
+def test_soak_four_workers_300_trials_with_a_kill_and_restart(tmp_path):
+    args = [
+        "--multirun",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=300",
+        "epochs=choice(20,40)",
+        "plots=false",
+        "hydra.sweeper.n_jobs=4",
+    ]
+    workers = [start(tmp_path, args) for _ in range(4)]
+    deadline = time.monotonic() + 300
+    while (
+        time.monotonic() < deadline
+        and len(list(tmp_path.glob("multirun/optuna/*/*/metrics.json"))) < 150
+    ):
+        time.sleep(0.2)
+    os.killpg(workers[0].pid, signal.SIGKILL)  # half way: one worker dies mid-batch
+    workers[0].communicate()
+    (sweep,) = tmp_path.glob("multirun/optuna/*")
+    before = {p: run_identity(p) for p in sweep.glob("*/metrics.json")}
+    workers[0] = start(tmp_path, args)  # and is restarted
+    for worker in workers:
+        _, err = worker.communicate(timeout=900)
+        assert worker.returncode in (0, -signal.SIGKILL), err[-2000:]
+    trials = study_of(sweep).trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert budget_used(trials) == 300
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 300
+    table = load_sweep(sweep)
+    done = table[table["status"] == "completed"]
+    assert sorted(done["trial"]) == sorted(t.number for t in finished)  # nothing lost
+    for path, identity in before.items():  # nothing overwritten
+        assert run_identity(path) == identity

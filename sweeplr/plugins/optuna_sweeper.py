@@ -18,11 +18,13 @@ import hashlib
 import json
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -41,12 +43,11 @@ from sweeplr.records import METRICS_FILE, atomic_write_text
 from sweeplr.studies import (
     Heartbeat,
     budget_used,
-    file_lock,
-    lock_path,
     open_storage,
     requeue,
     requeue_stale_trials,
     storage_url,
+    study_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,14 @@ def default_study_name(task_overrides: list[str], sweeper_cfg: DictConfig) -> st
     }
     text = json.dumps([sorted(task_overrides), searched], sort_keys=True, default=str)
     return "optuna-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+# What a storage that went away raises: a database (SQLAlchemy) or a journal file (OSError).
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, OSError, ImportError)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -201,21 +210,21 @@ class SweeplrOptunaSweeper(Sweeper):
                     f"hydra.sweeper.storage={quote(url)}",
                 ]
             )
-        storage = open_storage(url)
-        lock = lock_path(url, sweep_dir)
         pruner = make_pruner(self.pruner_cfg)
         direction = self._direction()
-
-        with file_lock(lock):
-            study = optuna.create_study(
-                study_name=study_name,
-                storage=storage,
-                direction=direction,
-                pruner=pruner,
-                load_if_exists=True,
-            )
-            requeued = requeue_stale_trials(study, self.grace_period)
-            n_existing = len(study.get_trials(deepcopy=False))
+        try:
+            with study_lock(url, sweep_dir, study_name):
+                study = optuna.create_study(
+                    study_name=study_name,
+                    storage=open_storage(url),
+                    direction=direction,
+                    pruner=pruner,
+                    load_if_exists=True,
+                )
+                requeued = requeue_stale_trials(study, self.grace_period)
+                n_existing = len(study.get_trials(deepcopy=False))
+        except STORAGE_ERRORS as exc:
+            sys.exit(f"error: hydra.sweeper.storage={url} is unreachable: {first_line(exc)}")
         if self._is_grid():
             study.sampler = self._grid_sampler(distributions)
         else:
@@ -232,7 +241,7 @@ class SweeplrOptunaSweeper(Sweeper):
         previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
         try:
             while True:
-                with file_lock(lock):
+                with study_lock(url, sweep_dir, study_name):
                     trials = study.get_trials(deepcopy=False)
                     waiting = sum(t.state == TrialState.WAITING for t in trials)
                     room = max(0, impl.n_trials - budget_used(trials)) + waiting
@@ -255,9 +264,14 @@ class SweeplrOptunaSweeper(Sweeper):
                 returns = impl.launcher.launch(overrides, initial_job_idx=in_flight[0].number)
                 self._tell_all(study, in_flight, returns, heartbeat)
                 in_flight = []
+        except STORAGE_ERRORS as exc:
+            sys.exit(
+                f"error: lost the study storage {url}: {first_line(exc)}; the finished runs "
+                f"are kept in {sweep_dir}; rerun the same command to resume"
+            )
         except BaseException:
             # Ctrl-C or a crash: hand the trials in flight back so a resume runs them again.
-            with file_lock(lock):
+            with study_lock(url, sweep_dir, study_name):
                 for trial in in_flight:
                     heartbeat.discard(trial._trial_id)
                     frozen = study._storage.get_trial(trial._trial_id)
