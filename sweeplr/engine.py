@@ -35,11 +35,13 @@ OptimizerKind = Literal["sgd", "adam", "adamw"]
 HParam = float | Sequence[float] | Tensor
 """A hyperparameter: one value shared by all K configurations, or one value per configuration."""
 
-ReportCallback = Callable[[int, Tensor, Tensor], "Tensor | Sequence[bool] | None"]
-"""``on_report(epoch, active_mask[K], train_loss[K]) -> stop_mask[K]`` (see `train_batched`)."""
+ReportCallback = Callable[[int, Tensor, Tensor, Tensor, Tensor], "Tensor | Sequence[bool] | None"]
+"""``on_report(epoch, active_mask[K], train_loss[K], val_loss[K], val_accuracy[K]) -> stop[K]``
+(see `train_batched`); the validation scores are NaN unless the epoch is also a logged one."""
 
 _BIAS_CORRECTION_CHUNK = 64  # Adam bias corrections are tabulated this many steps at a time.
-# Batches of at least _BLOCKED_MIN_ROWS rows run both matmuls blockwise (see _Workspace).
+# A single binary configuration on >= _BLOCKED_MIN_ROWS rows runs its matmuls blockwise
+# (see _Workspace).
 _BLOCK_ROWS = 2048
 _BLOCKED_MIN_ROWS = 16 * _BLOCK_ROWS
 
@@ -87,8 +89,8 @@ def dataloader_permutation(generator: torch.Generator, n: int) -> Tensor:
 
     1. creating the iterator draws one int64 (the worker base seed);
     2. ``RandomSampler`` yields ``torch.randperm(n)``;
-    3. exhausting the sampler evaluates a second ``randperm(n)`` whose first
-       ``num_samples % n == 0`` entries it yields.
+    3. exhausting the sampler draws a second ``randperm(n)``, of which it yields the first
+       ``num_samples % n``, i.e. none.
 
     ``tests/test_engine.py`` checks this against a real DataLoader, so a change in torch's
     sampling is caught there.
@@ -123,12 +125,12 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class History:
-    """Metrics at the logged epochs (every ``log_every`` epochs and the last epoch run).
+    """Metrics at the logged epochs (every ``log_every`` epochs, and the final epoch).
 
-    ``train_loss[t, k]`` is the loss of epoch ``epochs[t]`` as training saw it: the full-batch
+    The tensors are ``[T, K]`` with ``T = len(epochs)``, on the CPU.  ``train_loss[t, k]`` is the loss of epoch ``epochs[t]`` as training saw it: the full-batch
     loss before that epoch's update, or the mean of the epoch's mini-batch losses.
     ``val_loss``/``val_accuracy`` are evaluated with the parameters at the end of that epoch.
-    Entries after a configuration stopped (pruned, or diverged) are NaN.  Tensors are on the CPU.
+    Entries after a configuration stopped (pruned, or diverged) are NaN.
     """
 
     epochs: list[int]
@@ -318,7 +320,7 @@ class _SGD:
 
     def __init__(self, hp: dict[str, Tensor], nesterov: bool, like: Tensor) -> None:
         def col(t: Tensor) -> Tensor:
-            return t.to(dtype=like.dtype, device=like.device).view(-1, 1, 1)
+            return t.to(like.dtype).to(like.device).view(-1, 1, 1)
 
         self.nesterov = nesterov
         self.neg_lr = col(-hp["lr"])
@@ -366,7 +368,7 @@ class _Adam:
 
     def __init__(self, hp: dict[str, Tensor], decoupled: bool, like: Tensor) -> None:
         def col(t: Tensor) -> Tensor:
-            return t.to(dtype=like.dtype, device=like.device).view(-1, 1, 1)
+            return t.to(like.dtype).to(like.device).view(-1, 1, 1)
 
         lr, wd = hp["lr"], hp["weight_decay"]
         has_wd = bool(wd.any())
@@ -376,10 +378,8 @@ class _Adam:
         self.beta2 = col(hp["beta2"])
         self.one_minus_beta2 = col(1 - hp["beta2"])
         self.eps = col(hp["eps"])
-        device = like.device
-        self.lr64 = lr.to(device)
-        self.beta1_64 = hp["beta1"].to(device)
-        self.beta2_64 = hp["beta2"].to(device)
+        # float64 copies on the CPU (which every backend has) for the bias-correction tables
+        self.lr64, self.beta1_64, self.beta2_64 = lr, hp["beta1"], hp["beta2"]
         self.exp_avg = torch.zeros_like(like)
         self.exp_avg_sq = torch.zeros_like(like)
         self.denom = torch.empty_like(like)
@@ -394,17 +394,13 @@ class _Adam:
         """Bias-correction factors for `_BIAS_CORRECTION_CHUNK` steps from the current one."""
         like = self.exp_avg
         self.table_start = self.step_count
-        steps = torch.arange(
-            self.step_count,
-            self.step_count + _BIAS_CORRECTION_CHUNK,
-            dtype=torch.float64,
-            device=like.device,
-        )
-        bc1 = 1 - self.beta1_64[None, :] ** steps[:, None]  # [chunk, Ka]
-        bc2 = 1 - self.beta2_64[None, :] ** steps[:, None]
+        end = self.step_count + _BIAS_CORRECTION_CHUNK
+        steps = torch.arange(self.step_count, end, dtype=torch.float64)[:, None]
+        bc1 = 1 - self.beta1_64[None, :] ** steps  # [chunk, Ka]
+        bc2 = 1 - self.beta2_64[None, :] ** steps
         shape = (_BIAS_CORRECTION_CHUNK, -1, 1, 1)
-        neg_step_size = (-(self.lr64 / bc1)).to(like.dtype).view(shape)
-        return neg_step_size, bc2.sqrt().to(like.dtype).view(shape)
+        neg_step_size = (-(self.lr64 / bc1)).to(like.dtype).to(like.device).view(shape)
+        return neg_step_size, bc2.sqrt().to(like.dtype).to(like.device).view(shape)
 
     def step(self, p: Tensor, g: Tensor) -> None:
         """One update of all active configurations; ``g`` is scratch and may be overwritten."""
@@ -445,7 +441,7 @@ class _Adam:
         for name in names:
             t = getattr(self, name)
             if t is not None:
-                setattr(self, name, t.index_select(0, keep))
+                setattr(self, name, t.index_select(0, keep.to(t.device)))
         self.denom = torch.empty_like(self.exp_avg)
         self.scratch = torch.empty_like(self.exp_avg)
         self.tables = None
@@ -456,14 +452,17 @@ class _Workspace:
 
     ``x``/``targets`` are X and the run's targets for the full batch, and buffers that
     `_Run._mini_batch_epoch` fills for mini-batches.  ``dz`` is the buffer in which the loss
-    kernels leave dL/dz (times n): the logits buffer ``z`` (binary) or ``ls`` (multi-class).
+    kernels leave n * dL/dz: the logits buffer ``z`` (binary) or ``ls`` (multi-class).  All
+    per-step temporaries are preallocated: on large data a fresh allocation per op costs page
+    faults on every epoch.
 
-    Batches of at least `_BLOCKED_MIN_ROWS` rows run both matmuls as batched matmuls over
-    blocks of `_BLOCK_ROWS` rows (plus the remainder rows), on views -- X is not copied.  A single
-    ``[Ka*out, F] @ [F, n]`` or ``[Ka*out, n] @ [n, F]`` with tiny ``Ka*out`` is a skinny
-    gemv-like product that MKL runs well below memory bandwidth; per-block products keep each
-    block in cache and parallelise over blocks, which made a 1e6 x 100 float32 epoch ~1.5x
-    faster (the gradient's per-block partial sums are then added up).
+    A single binary configuration on at least `_BLOCKED_MIN_ROWS` rows runs both matmuls as
+    batched matmuls over blocks of `_BLOCK_ROWS` rows (plus the remainder rows), on views -- X is
+    not copied.  ``[1, F] @ [F, n]`` and ``[1, n] @ [n, F]`` are matrix-vector products that
+    MKL runs well below memory bandwidth; per-block products keep each block in cache and
+    parallelise over blocks, making a 1e6 x 100 float32 epoch ~1.5x faster.  With more output
+    rows the single matmul is a real gemm and at least as fast (and the blocked logits would
+    need a transposing copy), so the blocked path is for this case only.
     """
 
     def __init__(self, run: _Run, nb: int) -> None:
@@ -476,6 +475,8 @@ class _Workspace:
         self.z = like.new_empty(ko, nb)
         self.ls = like.new_empty(ka, out, nb) if out > 1 else None
         self.dz = self.z if self.ls is None else self.ls.view(ko, nb)
+        # binary: sigmoid(u); multi-class: log-probabilities of the labels
+        self.scratch = like.new_empty(ko, nb) if self.ls is None else like.new_empty(ka, 1, nb)
         self.inv_n = 1.0 / nb
         self.inv_n_vec = like.new_full((nb,), self.inv_n)
         self.ones = like.new_ones(nb)
@@ -488,24 +489,21 @@ class _Workspace:
             self.x = like.new_empty(nb, n_features)
             self.targets = tuple(t.new_empty(*t.shape[:-1], nb) for t in run.targets)
         self.xt = self.x.t()
-        n_blocks = nb // _BLOCK_ROWS if nb >= _BLOCKED_MIN_ROWS else 0
+        if self.ls is not None:  # gather index of the labels, [Ka, 1, nb]
+            self.label_index = self.targets[0].view(1, 1, nb).expand(ka, 1, nb)
+        n_blocks = nb // _BLOCK_ROWS if ko == 1 and nb >= _BLOCKED_MIN_ROWS else 0
         self.blocked = n_blocks > 0
         if not self.blocked:
             return
         main = n_blocks * _BLOCK_ROWS
         self.has_rest = main < nb
-
-        def blocks(t: Tensor) -> Tensor:  # [ko, main] -> [n_blocks, ko, _BLOCK_ROWS] view
-            return t[:, :main].view(ko, n_blocks, _BLOCK_ROWS).transpose(0, 1)
-
         self.x3 = self.x[:main].view(n_blocks, _BLOCK_ROWS, n_features)
         self.x3t = self.x3.transpose(1, 2)
-        self.z3, self.dz3 = blocks(self.z), blocks(self.dz)
-        self.pw3 = self.pw.unsqueeze(0).expand(n_blocks, ko, n_features)
+        self.z3 = self.z[:, :main].view(n_blocks, 1, _BLOCK_ROWS)  # contiguous as ko == 1
+        self.pw3 = self.pw.unsqueeze(0).expand(n_blocks, 1, n_features)
         self.pb3 = self.pb.unsqueeze(0)
-        self.partial_gw = like.new_empty(n_blocks, ko, n_features)
-        self.x_rest, self.xt_rest = self.x[main:], self.xt[:, main:]
-        self.z_rest, self.dz_rest = self.z[:, main:], self.dz[:, main:]
+        self.partial_gw = like.new_empty(n_blocks, 1, n_features)
+        self.x_rest, self.xt_rest, self.z_rest = self.x[main:], self.xt[:, main:], self.z[:, main:]
 
     def forward(self) -> Tensor:
         """Logits ``z = W x^T + b``, ``[Ka*out, nb]``."""
@@ -520,12 +518,12 @@ class _Workspace:
         """Gradient from ``dz`` (which holds n * dL/dz) into the run's G."""
         if not self.blocked:
             self.gw.addmm_(self.dz, self.x, beta=0, alpha=self.inv_n)
-        else:
-            torch.bmm(self.dz3, self.x3, out=self.partial_gw)
+        else:  # binary, one configuration: dz is z
+            torch.bmm(self.z3, self.x3, out=self.partial_gw)
             torch.sum(self.partial_gw, 0, out=self.gw)
             self.gw.mul_(self.inv_n)
             if self.has_rest:
-                self.gw.addmm_(self.dz_rest, self.x_rest, alpha=self.inv_n)
+                self.gw.addmm_(self.z_rest, self.x_rest, alpha=self.inv_n)
         torch.mv(self.dz, self.inv_n_vec, out=self.gb)
 
 
@@ -550,8 +548,7 @@ class _Run:
         val: tuple[Tensor, Tensor] | None,
     ) -> None:
         k = weight.shape[0]
-        self.X, self.y, self.val = X, y, val
-        self.n_classes = n_classes
+        self.X, self.val = X, val
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(shuffle_seed)
         # Parameters of configuration k live in P[k] = [W | b]: [out, F+1].  One tensor means
@@ -598,36 +595,37 @@ class _Run:
     def _loss_and_grad(self, ws: _Workspace, loss_sum_out: Tensor, want_loss: bool) -> None:
         """Forward; summed loss per configuration into ``loss_sum_out``; gradient into G.
 
-        The loss is *summed* like torch's mean reduction
-        (which divides afterwards) so that it overflows to inf exactly when torch's would; the
-        division happens where the value is read.  The 1/n of the gradient is folded into the
-        matmul's alpha and into the bias reduction (``mv`` with a 1/n vector).
+        The loss is *summed*, as torch's mean reduction does before dividing, so that it
+        overflows to inf exactly when torch's would; the division happens where the value is
+        read.  The 1/n of the gradient is folded into the gradient matmul and bias reduction.
 
         Binary, with s = 1 - 2y: BCE(z, y) = softplus(s*z) and sigmoid(z) - y = s*sigmoid(s*z),
         so one scaled copy u = s*z gives both (more accurately than sigmoid(z) - y for confident
         predictions).  torch's BCE is NaN for an infinite logit even where softplus(u) is 0, so
         u - u (NaN exactly there) is added.  Epochs that are neither logged nor reported need
-        only the loss's finiteness: silu(u) is finite exactly when u is and within O(1) of
-        softplus(u), so its sum overflows when the loss's would -- at a quarter of the cost of
-        softplus, a fifth of the whole epoch at K=64.
+        only the loss's finiteness: silu(u) = u * sigmoid(u) is finite exactly when u is and
+        within O(1) of softplus(u), so its sum overflows when the loss's would; it reuses the
+        sigmoid the gradient needs, so the check costs one multiply instead of a softplus (a
+        fifth of the whole epoch at K=64).
 
-        Multi-class: log-softmax gives the loss (its entries at the labels) and the gradient
-        softmax - onehot; the loss is always computed since, as in torch, a -inf logit leaves it
-        finite or not depending on the label.
+        Multi-class: log-softmax gives the loss (its entries at the labels, gathered) and the
+        gradient softmax - onehot.  The loss is always computed: as in torch, a -inf logit leaves
+        it finite or not depending on the label.
         """
         z = ws.forward()  # [Ka*out, nb]
         if ws.ls is None:
             (sign,) = ws.targets
             u = z.mul_(sign)
-            per_sample = F.softplus(u).add_(u - u) if want_loss else F.silu(u)
+            sigmoid_u = torch.sigmoid(u, out=ws.scratch)
+            # softplus(u) is the BCE; silu(u) = u * sigmoid(u) the cheap finiteness surrogate
+            per_sample = F.softplus(u).add_(u - u) if want_loss else u.mul_(sigmoid_u)
             torch.mv(per_sample, ws.ones, out=loss_sum_out)
-            u.sigmoid_().mul_(sign)
+            torch.mul(sigmoid_u, sign, out=z)
         else:
-            labels, neg_onehot = ws.targets
             ls = torch.log_softmax(z.view(ws.ka, -1, z.shape[1]), 1, out=ws.ls)
-            nll = F.nll_loss(ls, labels.expand(ws.ka, -1), reduction="none")
-            torch.mv(nll, ws.ones, out=loss_sum_out)
-            ls.exp_().add_(neg_onehot)
+            label_log_prob = torch.gather(ls, 1, ws.label_index, out=ws.scratch)
+            torch.mv(label_log_prob.view(ws.ka, -1), ws.ones, out=loss_sum_out).neg_()
+            ls.exp_().add_(ws.targets[1])
         ws.backward()
 
     def _full_batch_epoch(self, loss_out: Tensor, want_loss: bool) -> None:
@@ -762,17 +760,25 @@ class _Run:
                 self._check_divergence(epoch)
             if reporting and self.active:
                 assert on_report is not None
-                self._report(on_report, epoch, epoch_loss.cpu())
+                # The validation scores of this epoch, for callbacks that prune on them.
+                val_now = (
+                    hist[1:, len(hist_epochs) - 1] if logging and self.val is not None else None
+                )
+                self._report(on_report, epoch, epoch_loss.cpu(), val_now)
             if not self.active:
                 break
         return self._finish(epoch, hist_epochs, hist)
 
-    def _report(self, on_report: ReportCallback, epoch: int, loss: Tensor) -> None:
+    def _report(
+        self, on_report: ReportCallback, epoch: int, loss: Tensor, val: Tensor | None
+    ) -> None:
         """Call ``on_report`` (with fresh tensors it may keep) and prune what it flags."""
         active_mask = torch.zeros(loss.shape[0], dtype=torch.bool)
         active_mask[self.active] = True
         loss = torch.where(active_mask, loss, math.nan)
-        stop = on_report(epoch, active_mask.clone(), loss)
+        nan = torch.full_like(loss, math.nan)
+        val_loss, val_accuracy = (nan, nan) if val is None else (val[0].cpu(), val[1].cpu())
+        stop = on_report(epoch, active_mask.clone(), loss, val_loss, val_accuracy)
         if stop is None:
             return
         stop = torch.as_tensor(stop, dtype=torch.bool).cpu()

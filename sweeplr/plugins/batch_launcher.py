@@ -78,8 +78,9 @@ class JobComposer:
         structural = tuple(
             text for text, o in zip(overrides, parsed, strict=True) if self._is_structural(o, text)
         )
-        values = [o for text, o in zip(overrides, parsed, strict=True)
-                  if not self._is_structural(o, text)]
+        values = [
+            o for text, o in zip(overrides, parsed, strict=True) if not self._is_structural(o, text)
+        ]
         if structural not in self.compositions:
             self.compositions[structural] = pickle.dumps(
                 self.loader.load_sweep_config(self.master, list(structural))

@@ -1,0 +1,556 @@
+"""A sweep's run records as one pandas table: load, rank, group over seeds, print, save.
+
+Every run directory of a sweep becomes one row, including runs that never wrote
+``metrics.json`` (status ``missing``) or wrote a damaged one (status ``corrupt``), so a crashed
+job shows up instead of silently shrinking the sweep. This module reads files only: it imports
+neither Hydra nor torch, so ``sweeplr summary`` and notebooks load it quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from sweeplr.errors import SweeplrError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"  # sweeplr.records.METRICS_FILE; that module imports torch
+SUMMARY_FILE = "summary.csv"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+SPLITS = ("train", "val", "test")
+METRICS = ("loss", "accuracy", "roc_auc", "f1")
+METRIC_COLUMNS = tuple(f"{split}_{metric}" for split in SPLITS for metric in METRICS)
+MISSING, CORRUPT = "missing", "corrupt"
+UNFINISHED = (MISSING, CORRUPT)  # statuses of runs that left no readable record
+FORMATS = ("table", "csv", "markdown", "json")
+# Columns a run always has; an override key that would collide with one is renamed.
+FIXED_COLUMNS = (
+    "job",
+    "status",
+    "objective",
+    *METRIC_COLUMNS,
+    "epochs_run",
+    "wall_seconds",
+    "trial",
+    "trial_state",
+    "sweep_dir",
+    "run_dir",
+)
+# Override keys naming a record's hyperparameter under another name (``optimizer.X`` is X).
+OVERRIDE_ALIASES = {
+    "optimizer.name": "optimizer",
+    "dataset.name": "dataset",
+    "objective": "objective_name",  # the metric's name; the ``objective`` column is its value
+}
+PATH_COLUMNS = ("run_dir", "sweep_dir")
+# The record's ``hyperparameters`` keys (sweeplr.experiment.hyperparameters), so overrides map
+# to these names even when no run of the sweep wrote a record.
+HYPERPARAMETERS = (
+    "dataset",
+    "optimizer",
+    "lr",
+    "epochs",
+    "batch_size",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "beta1",
+    "beta2",
+    "eps",
+    "seed",
+    "standardize",
+    "test_size",
+    "val_size",
+)
+
+
+def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """One row per run directory of one or more sweeps (or a single run directory), best first.
+
+    ``df.attrs`` holds ``objective_name``, ``direction`` and ``swept`` (the columns set by the
+    runs' command-line overrides, varying ones first). Several directories add a ``sweep_dir``
+    column so rows from different sweeps stay told apart.
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths:
+        raise SweeplrError("no directory given; allowed: one or more sweep or run directories")
+    runs: list[_Run] = []
+    for sweep in paths:
+        runs.extend(_read_run(run_dir, Path(sweep)) for run_dir in run_dirs(sweep))
+    rows, swept = _rows(runs, with_sweep_dir=len(paths) > 1)
+    df = pd.DataFrame(rows)
+    for column in df.columns:
+        values = [row[column] for row in rows if row.get(column) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            # Integers stay integers where a missing run leaves a hole (epochs_run, seed, job).
+            df[column] = df[column].astype("Int64" if df[column].isna().any() else "int64")
+    df.attrs.update(_objective_attrs(runs))
+    df.attrs["swept"] = swept
+    return sort_runs(df, "objective")
+
+
+def run_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """The run directories under a sweep directory, by job number; ``[path]`` for a run's own.
+
+    A job directory is a non-hidden folder named by a number or holding ``metrics.json`` or
+    ``.hydra/``: Hydra creates it before the job starts, so an empty numbered folder is a
+    job that never finished, not clutter.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise SweeplrError(f"{root} does not exist; allowed: a sweep directory or a run directory")
+    if not root.is_dir():
+        raise SweeplrError(f"{root} is not a directory; allowed: a sweep or run directory")
+    if _is_run_dir(root):
+        return [root]
+    found = [
+        child
+        for child in root.iterdir()
+        if child.is_dir()
+        and not child.name.startswith(".")
+        and (_job_number(child.name) is not None or _is_run_dir(child))
+    ]
+    if not found:
+        raise SweeplrError(
+            f"{root} holds no run directories (numbered job folders with {METRICS_FILE} or "
+            ".hydra/); allowed: a sweep directory or a run directory"
+        )
+    return sorted(found, key=lambda p: (_job_number(p.name) is None, _job_number(p.name), p.name))
+
+
+def sort_runs(df: pd.DataFrame, column: str, ascending: bool | None = None) -> pd.DataFrame:
+    """Rows ordered by ``column``, best first unless ``ascending`` says otherwise.
+
+    Missing values go last. Sorting by ``objective`` ranks completed runs, then pruned ones
+    (stopped early, so not comparable: Optuna leaves them out of its best trial too), then
+    diverged, missing and corrupt runs. Ties keep job order. On a grouped table, a metric
+    name means its mean (``val_loss`` sorts by ``val_loss_mean``).
+    """
+    column = _resolve_column(df, column)
+    if ascending is None:
+        ascending = _best_first_ascending(column, df.attrs.get("direction"))
+    keys = pd.DataFrame({"value": df[column]}, index=df.index)
+    by, order = ["value"], [ascending]
+    if column == "objective" and "status" in df:
+        unranked = df["objective"].isna() | ~df["status"].isin(["completed", "pruned"])
+        pruned = (df["status"] == "pruned").astype(int)
+        keys.insert(0, "tier", pruned.where(~unranked, 2))
+        by, order = ["tier", "value"], [True, ascending]
+    for tie in ("job", "run_dir"):
+        if tie in df and tie != column:
+            keys[tie] = df[tie]
+            by.append(tie)
+            order.append(True)
+    index = keys.sort_values(by, ascending=order, na_position="last", kind="stable").index
+    out = df.loc[index].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def group_runs(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Mean and standard deviation (ddof=1) of every metric over rows sharing the ``by`` values.
+
+    Used to average over seeds: one row per configuration, ``count`` runs of which
+    ``n_completed`` completed; a run without a value (diverged, missing) counts in ``count``
+    but not in the mean. Best ``objective_mean`` first; ``attrs["grouped_by"]`` names ``by``.
+    """
+    by = list(by)
+    if not by:
+        raise SweeplrError("no column to group by; allowed: one or more column names")
+    for name in by:
+        _check_column(df, name)
+    metrics = [
+        c
+        for c in ("objective", *METRIC_COLUMNS, "epochs_run", "wall_seconds")
+        if c in df and c not in by
+    ]
+    keys = [df[name] for name in by]
+    grouped = df[metrics].astype("float64").groupby(keys, dropna=False)
+    completed = df["status"] == "completed"
+    counts = pd.DataFrame(
+        {
+            "count": grouped.size(),
+            "n_completed": completed.groupby(keys, dropna=False).sum(),
+        }
+    )
+    means, stds = grouped.mean(), grouped.std(ddof=1)
+    stats = {}
+    for name in metrics:
+        stats[f"{name}_mean"] = means[name]
+        stats[f"{name}_std"] = stds[name]
+    out = counts.join(pd.DataFrame(stats)).reset_index()
+    out.attrs = {
+        **{k: v for k, v in df.attrs.items() if k != "swept"},
+        "grouped_by": by,
+    }
+    return sort_runs(out, "objective_mean") if "objective_mean" in out else out
+
+
+def format_table(df: pd.DataFrame, fmt: str = "table", top: int | None = None) -> str:
+    """The table as text: ``table`` for a terminal, ``markdown``, ``csv`` or ``json`` (records).
+
+    ``table`` and ``markdown`` round floats to 4 significant digits, show paths relative to
+    the current directory and put a grouped table's ``mean ± std`` in one cell per metric;
+    ``csv`` and ``json`` keep every digit and every column as is, for programs.
+    """
+    if fmt not in FORMATS:
+        raise SweeplrError(f"format {fmt!r} is invalid; allowed: {', '.join(FORMATS)}")
+    if top is not None:
+        df = df.head(top)
+    if fmt == "csv":
+        return df.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        rows = [{k: _json_value(v) for k, v in row.items()} for row in df.to_dict("records")]
+        return json.dumps(rows, indent=2, allow_nan=False)
+    header, right, cells = _display_cells(df)
+    if fmt == "markdown":
+        lines = [
+            _pipe_row(header),
+            _pipe_row(["---:" if r else "---" for r in right]),
+            *(_pipe_row(row) for row in cells),
+        ]
+        return "\n".join(lines)
+    widths = [max(len(text) for text in column) for column in zip(header, *cells, strict=True)]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [
+            text.rjust(w) if r else text.ljust(w)
+            for text, w, r in zip(row, widths, right, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in cells)])
+
+
+def write_summary(sweep_dir: str | os.PathLike[str], df: pd.DataFrame | None = None) -> Path:
+    """Write ``summary.csv`` (the full table, best first) at the sweep's root, atomically.
+
+    ``df`` is the already loaded table, if the caller has one, to avoid reading every run twice.
+    """
+    from sweeplr.records import atomic_write_text  # imports torch: only when writing
+
+    table = load_sweep(sweep_dir) if df is None else df
+    path = Path(sweep_dir) / SUMMARY_FILE
+    return atomic_write_text(path, table.to_csv(index=False))
+
+
+def add_summary_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``sweeplr summary`` on the ``sweeplr`` command's subparsers."""
+    parser = commands.add_parser(
+        "summary",
+        help="a sweep's runs as one table, best first",
+        description="One row per run directory of the given sweeps, best objective first.",
+    )
+    parser.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="a sweep directory (multirun/...) or run directory"
+    )
+    parser.add_argument("--sort", metavar="COL", help="sort by this column (default: objective)")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--ascending", action="store_true", help="smallest first")
+    order.add_argument("--descending", dest="ascending", action="store_false", help="largest first")
+    parser.set_defaults(ascending=None)  # neither: best first, judged from the column's name
+    parser.add_argument("--top", type=_positive_int, metavar="N", help="show the first N rows")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    parser.add_argument(
+        "--group-by",
+        metavar="COL1,COL2",
+        help="one row per distinct value of these columns: mean and std over the rest (seeds)",
+    )
+    parser.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
+    parser.set_defaults(func=cmd_summary)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """``sweeplr summary``: print (or save) the table of one or more sweeps."""
+    df = load_sweep(args.dirs)
+    if args.group_by is not None:
+        df = group_runs(df, [c.strip() for c in args.group_by.split(",") if c.strip()])
+    if args.sort is not None or args.ascending is not None:
+        df = sort_runs(df, args.sort or "objective", args.ascending)
+    text = format_table(df, args.format, args.top)
+    if args.out is None:
+        print(text)
+        return 0
+    from sweeplr.records import atomic_write_text  # imports torch: only when writing
+
+    atomic_write_text(args.out, text + "\n")
+    return 0
+
+
+class _Run:
+    """What one run directory says about its run, before it becomes a row."""
+
+    def __init__(self, path: Path, sweep: Path, status: str, record: dict[str, Any] | None) -> None:
+        self.path = path
+        self.sweep = sweep
+        self.status = status
+        self.record = record or {}
+        overrides = self.record.get("overrides")
+        if not isinstance(overrides, list):  # the run crashed first: Hydra's copy still exists
+            overrides = _read_overrides(path / OVERRIDES_FILE)
+        self.overrides = [str(o) for o in overrides]
+        number = _job_number(path.name)
+        if number is None:
+            num = (self.record.get("job") or {}).get("num")
+            number = num if isinstance(num, int) else None
+        self.job = number
+
+
+def _read_run(path: Path, sweep: Path) -> _Run:
+    metrics = path / METRICS_FILE
+    try:
+        record = json.loads(metrics.read_text())
+    except FileNotFoundError:
+        return _Run(path, sweep, MISSING, None)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s is unreadable (%s); listed with status %s", metrics, exc, CORRUPT)
+        return _Run(path, sweep, CORRUPT, None)
+    if not isinstance(record, dict):
+        log.warning("%s is not a run record; listed with status %s", metrics, CORRUPT)
+        return _Run(path, sweep, CORRUPT, None)
+    return _Run(path, sweep, str(record.get("status")), record)
+
+
+def _read_overrides(path: Path) -> list[Any]:
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return overrides if isinstance(overrides, list) else []
+
+
+def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows with their columns in the documented order, and the swept columns."""
+    hyper_names = dict.fromkeys(HYPERPARAMETERS)  # names known even if every run crashed
+    for run in runs:
+        hyper_names.update(dict.fromkeys(run.record.get("hyperparameters") or {}))
+    parsed = [_parse_overrides(run.overrides, hyper_names) for run in runs]
+    swept_names = list(dict.fromkeys(k for overrides in parsed for k in overrides if k != "trial"))
+    has_trial = any(
+        "trial" in run.record or "trial" in p for run, p in zip(runs, parsed, strict=True)
+    )
+    rows = []
+    for run, overrides in zip(runs, parsed, strict=True):
+        record = run.record
+        hyper = record.get("hyperparameters") or {}
+        metrics = record.get("metrics") or {}
+        objective = (record.get("objective") or {}).get("value")
+        row: dict[str, Any] = {"job": run.job}
+        for name in swept_names:
+            # The record's value is the one the run used; the override is all a crashed run has.
+            row[name] = hyper[name] if name in hyper else overrides.get(name)
+        row["status"] = run.status
+        row["objective"] = math.nan if objective is None else float(objective)
+        for split in SPLITS:
+            values = metrics.get(split) or {}
+            for metric in METRICS:
+                value = values.get(metric)
+                row[f"{split}_{metric}"] = math.nan if value is None else float(value)
+        row["epochs_run"] = record.get("epochs_run")
+        row["wall_seconds"] = record.get("wall_seconds")
+        for name in hyper_names:
+            if name not in row:
+                row[name] = hyper.get(name)
+        if has_trial:
+            trial = record.get("trial") or {}
+            row["trial"] = trial.get("number", overrides.get("trial"))
+            row["trial_state"] = trial.get("state")
+        if with_sweep_dir:
+            row["sweep_dir"] = str(run.sweep)
+        row["run_dir"] = str(run.path)
+        rows.append(row)
+    swept = _order_swept(swept_names, rows)
+    order = ["job", *swept, *(k for k in rows[0] if k != "job" and k not in swept)]
+    return [{k: row[k] for k in order} for row in rows], swept
+
+
+def _parse_overrides(overrides: Iterable[str], hyper_names: Mapping[str, None]) -> dict[str, Any]:
+    """``lr=0.1`` -> ``{"lr": 0.1}``, keyed by the record's column name for the same quantity."""
+    parsed = {}
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key or key.startswith("~"):  # a deletion sets nothing to show
+            continue
+        parsed[_column_name(key, hyper_names)] = _parse_value(raw)
+    return parsed
+
+
+def _column_name(key: str, hyper_names: Mapping[str, None]) -> str:
+    group, _, leaf = key.partition(".")
+    if key in OVERRIDE_ALIASES:
+        return OVERRIDE_ALIASES[key]
+    if group == "optimizer" and leaf in hyper_names:
+        return leaf
+    if key != "trial" and key in FIXED_COLUMNS:
+        return f"{key}_override"
+    return key
+
+
+def _parse_value(raw: str) -> Any:
+    """A Python literal where the text is one (``0.1``, ``2``, Hydra's ``null``), else the text."""
+    hydra_words = {"null": None, "true": True, "false": False}
+    if raw.lower() in hydra_words:
+        return hydra_words[raw.lower()]
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
+    return tuple(value) if isinstance(value, list) else value  # hashable, for grouping
+
+
+def _order_swept(names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Swept columns whose values differ between runs first, then those set the same in all."""
+
+    def varies(name: str) -> bool:
+        return len({_hashable(row.get(name)) for row in rows}) > 1
+
+    return [n for n in names if varies(n)] + [n for n in names if not varies(n)]
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return repr(value) if isinstance(value, dict | list) else value
+
+
+def _objective_attrs(runs: Sequence[_Run]) -> dict[str, Any]:
+    """The sweep's objective name and direction: the most common, with a warning if they differ."""
+    seen = Counter(
+        (objective.get("name"), objective.get("direction"))
+        for objective in (run.record.get("objective") for run in runs)
+        if isinstance(objective, dict)
+    )
+    if not seen:
+        return {"objective_name": None, "direction": None}
+    (name, direction), _ = seen.most_common(1)[0]
+    if len(seen) > 1:
+        others = ", ".join(f"{n} ({d})" for n, d in seen if (n, d) != (name, direction))
+        log.warning(
+            "runs optimise different objectives; ranking by %s (%s), not %s",
+            name,
+            direction,
+            others,
+        )
+    return {"objective_name": name, "direction": direction}
+
+
+def _job_number(name: str) -> int | None:
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / METRICS_FILE).is_file() or (path / ".hydra").is_dir()
+
+
+def _check_column(df: pd.DataFrame, name: str) -> None:
+    if name not in df:
+        raise SweeplrError(
+            f"column {name!r} does not exist; allowed: {', '.join(map(str, df.columns))}"
+        )
+
+
+def _resolve_column(df: pd.DataFrame, name: str) -> str:
+    if name not in df and f"{name}_mean" in df:
+        return f"{name}_mean"
+    _check_column(df, name)
+    return name
+
+
+def _best_first_ascending(column: str, direction: str | None) -> bool:
+    """Whether small values are the good ones, judged from the column's name."""
+    base = column.removesuffix("_mean")
+    if column.endswith("_std"):
+        return True  # the steadiest configuration first
+    if base == "objective":
+        return direction != "maximize"
+    # Scores are best high; losses, wall_seconds, epochs_run and anything else best low.
+    return not any(word in base for word in ("accuracy", "roc_auc", "f1"))
+
+
+def _display_cells(df: pd.DataFrame) -> tuple[list[str], list[bool], list[list[str]]]:
+    """Header, right-alignment flags and cell texts; ``X_mean``/``X_std`` pairs merge into X."""
+    columns: list[tuple[str, list[str], bool]] = []
+    for name in df.columns:
+        if name.endswith("_std") and f"{name.removesuffix('_std')}_mean" in df:
+            continue
+        if name.endswith("_mean") and f"{name.removesuffix('_mean')}_std" in df:
+            base = name.removesuffix("_mean")
+            texts = [
+                _mean_std(mean, std)
+                for mean, std in zip(df[name].tolist(), df[f"{base}_std"].tolist(), strict=True)
+            ]
+            columns.append((base, texts, True))
+            continue
+        numeric = pd.api.types.is_numeric_dtype(df[name])
+        texts = [_cell(value, path=name in PATH_COLUMNS) for value in df[name].tolist()]
+        columns.append((str(name), texts, numeric))
+    header = [name for name, _, _ in columns]
+    right = [numeric for _, _, numeric in columns]
+    cells = [list(row) for row in zip(*(texts for _, texts, _ in columns), strict=True)]
+    return header, right, cells
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell(value: Any, *, path: bool = False) -> str:
+    if _is_missing(value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if path:
+        return _relative(str(value))
+    return str(value)
+
+
+def _mean_std(mean: Any, std: Any) -> str:
+    """``mean ± std``; the mean alone where one run leaves the spread undefined."""
+    if _is_missing(mean):
+        return "-"
+    return _cell(float(mean)) if _is_missing(std) else f"{float(mean):.4g} ± {float(std):.4g}"
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return path
+
+
+def _pipe_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def _json_value(value: Any) -> Any:
+    """Plain JSON: numpy scalars as numbers, NaN and infinities as null."""
+    if _is_missing(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid; allowed: an integer >= 1")
+    return value

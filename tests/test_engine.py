@@ -1,0 +1,436 @@
+"""The batched engine must reproduce ``nn.Linear`` + autograd + ``torch.optim`` training.
+
+The reference trainer below is the plain loop a user would write; every engine feature is
+checked against it, so a change in torch's optimizers or data loading shows up here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from sweeplr import engine
+from sweeplr.engine import (
+    EngineResult,
+    OptimizerConfig,
+    dataloader_permutation,
+    linear_init,
+    n_outputs,
+    train_batched,
+)
+
+# Both give > 64 optimizer steps, so Adam's bias-correction tables are rebuilt at least once.
+EPOCHS, MINIBATCH_EPOCHS = 70, 15
+N_ROWS, N_FEATURES, BATCH = 150, 3, 32  # 150 % 32 != 0: the last mini-batch is smaller
+
+OPTIMIZERS = torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW
+OPTIMIZER_CASES = [  # per-configuration lists are hyperparameters that differ across K=2
+    pytest.param("sgd", {"lr": [0.05, 0.5]}, id="sgd"),
+    pytest.param(
+        "sgd", {"lr": 0.1, "momentum": [0.9, 0.5], "weight_decay": 0.01}, id="sgd-momentum-wd"
+    ),
+    pytest.param("sgd", {"lr": 0.1, "momentum": [0.9, 0.0], "dampening": 0.3}, id="sgd-dampening"),
+    pytest.param(
+        "sgd",
+        {"lr": [0.05, 0.2], "momentum": 0.9, "nesterov": True, "weight_decay": [0.0, 0.1]},
+        id="sgd-nesterov-wd",
+    ),
+    pytest.param("adam", {"lr": [0.01, 0.1]}, id="adam"),
+    pytest.param(
+        "adam",
+        {"lr": 0.05, "betas": ([0.8, 0.95], 0.99), "eps": 1e-6, "weight_decay": 0.05},
+        id="adam-betas-eps-wd",
+    ),
+    pytest.param("adamw", {"lr": [0.01, 0.1]}, id="adamw"),
+    pytest.param(
+        "adamw",
+        {"lr": 0.05, "betas": (0.85, [0.9, 0.999]), "eps": [1e-8, 1e-3], "weight_decay": 0.1},
+        id="adamw-betas-eps-wd",
+    ),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """Run this module on one thread.
+
+    Its tensors are tiny, so threads buy nothing, while on a shared 2-core machine OpenMP's
+    barriers made the module 5x slower (50 s instead of 10 s) whenever another process was busy.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_data(
+    n_classes: int, dtype: torch.dtype = torch.float64, n: int = N_ROWS, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Overlapping, unstandardised classes, so that training neither stalls nor separates."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    centers = torch.randn(n_classes, N_FEATURES, generator=g, dtype=torch.float64)
+    X = centers[y] + 1.5 * torch.randn(n, N_FEATURES, generator=g, dtype=torch.float64) + 2.0
+    return X.to(dtype), y
+
+
+def config_k(hparams: dict[str, Any], k: int) -> dict[str, Any]:
+    """Configuration k's torch.optim keyword arguments from per-configuration lists."""
+
+    def pick(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return tuple(pick(x) for x in v)
+        return v[k] if isinstance(v, list) else v
+
+    return {name: pick(value) for name, value in hparams.items()}
+
+
+def reference_train(
+    X: Tensor,
+    y: Tensor,
+    n_classes: int,
+    weight: Tensor,
+    bias: Tensor,
+    kind: str,
+    hparams: dict[str, Any],
+    epochs: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, list[float]]:
+    """The textbook loop: returns final (weight, bias) and each epoch's (mean batch) loss."""
+    model = torch.nn.Linear(X.shape[1], n_outputs(n_classes), dtype=X.dtype)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+        model.bias.copy_(bias)
+    optimizer_cls = dict(zip(("sgd", "adam", "adamw"), OPTIMIZERS, strict=True))[kind]
+    optimizer = optimizer_cls(model.parameters(), **hparams)
+    if batch_size is None:
+        loader: Any = [(X, y)]
+    else:
+        g = torch.Generator().manual_seed(seed)
+        loader = DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=True, generator=g)
+    losses = []
+    for _ in range(epochs):
+        batch_losses = []
+        for xb, yb in loader:
+            logits = model(xb)
+            if n_classes == 2:
+                loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), yb.to(X.dtype))
+            else:
+                loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            batch_losses.append(loss.item())
+        losses.append(sum(batch_losses) / len(batch_losses))
+    return model.weight.detach(), model.bias.detach(), losses
+
+
+def first_nonfinite_epoch(losses: list[float]) -> int | None:
+    return next((e for e, v in enumerate(losses, 1) if not math.isfinite(v)), None)
+
+
+def run_engine(
+    X: Tensor, y: Tensor, n_classes: int, seeds: list[int], cfg: OptimizerConfig, **kwargs: Any
+) -> tuple[EngineResult, Tensor, Tensor]:
+    weight, bias = linear_init(X.shape[1], n_classes, seeds, dtype=X.dtype)
+    return train_batched(X, y, n_classes, weight, bias, cfg, **kwargs), weight, bias
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(150, 32), (128, 32), (10, 64)])
+def test_dataloader_permutation_matches_dataloader(n: int, batch_size: int) -> None:
+    loader = DataLoader(
+        TensorDataset(torch.arange(n)),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(7),
+    )
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        seen = torch.cat([batch for (batch,) in loader])
+        torch.testing.assert_close(seen, dataloader_permutation(g, n), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_size", [None, BATCH], ids=["full", "minibatch"])
+@pytest.mark.parametrize("n_classes", [2, 3], ids=["binary", "multiclass"])
+@pytest.mark.parametrize(("kind", "hparams"), OPTIMIZER_CASES)
+@pytest.mark.parametrize(
+    ("dtype", "tol"),
+    # float64: agreement is ~1e-14 in practice.  float32: the engine's matmuls are laid out
+    # differently from nn.Linear's (W @ X^T for all K at once) and its BCE gradient is computed
+    # as (1-2y) sigmoid((1-2y) z), more accurately than sigmoid(z) - y, so rounding differs.
+    [(torch.float64, {"rtol": 1e-5, "atol": 1e-8}), (torch.float32, {"rtol": 1e-4, "atol": 1e-5})],
+    ids=["f64", "f32"],
+)
+def test_matches_torch_optim(
+    kind: str,
+    hparams: dict[str, Any],
+    n_classes: int,
+    batch_size: int | None,
+    dtype: torch.dtype,
+    tol: dict[str, float],
+) -> None:
+    X, y = make_data(n_classes, dtype)
+    cfg = OptimizerConfig(kind, **hparams)  # type: ignore[arg-type]
+    epochs = EPOCHS if batch_size is None else MINIBATCH_EPOCHS
+    result, w0, b0 = run_engine(
+        X, y, n_classes, [1, 2], cfg, epochs=epochs, batch_size=batch_size, log_every=1
+    )
+    assert result.status == ["completed", "completed"]
+    assert result.epochs_run == [epochs, epochs]
+    assert result.history.epochs == list(range(1, epochs + 1))
+    for k in range(2):
+        w, b, losses = reference_train(
+            X, y, n_classes, w0[k], b0[k], kind, config_k(hparams, k), epochs, batch_size
+        )
+        torch.testing.assert_close(result.weight[k], w, **tol)
+        torch.testing.assert_close(result.bias[k], b, **tol)
+        torch.testing.assert_close(
+            result.history.train_loss[:, k], torch.tensor(losses, dtype=dtype), **tol
+        )
+
+
+@pytest.mark.parametrize("batch_size", [None, BATCH], ids=["full", "minibatch"])
+@pytest.mark.parametrize("n_classes", [2, 3], ids=["binary", "multiclass"])
+def test_blocked_matmuls_match_torch_optim(
+    n_classes: int, batch_size: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large batches use blockwise matmuls; shrink the blocks so that small data takes that path.
+
+    Full batch: 150 rows = 9 blocks of 16 + 6 remainder rows.  Mini-batch: batches of 32 rows
+    are 2 blocks with no remainder, the last batch of 22 rows is below the threshold.
+    """
+    monkeypatch.setattr(engine, "_BLOCK_ROWS", 16)
+    monkeypatch.setattr(engine, "_BLOCKED_MIN_ROWS", 32)
+    X, y = make_data(n_classes)
+    hparams = {"lr": [0.01, 0.1], "weight_decay": 0.01}
+    epochs = 20
+    cfg = OptimizerConfig("adam", **hparams)  # type: ignore[arg-type]
+    result, w0, b0 = run_engine(
+        X, y, n_classes, [1, 2], cfg, epochs=epochs, batch_size=batch_size, log_every=1
+    )
+    for k in range(2):
+        w, b, losses = reference_train(
+            X, y, n_classes, w0[k], b0[k], "adam", config_k(hparams, k), epochs, batch_size
+        )
+        torch.testing.assert_close(result.weight[k], w, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(result.bias[k], b, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(
+            result.history.train_loss[:, k], torch.tensor(losses, dtype=X.dtype)
+        )
+
+
+def test_linear_init_is_nn_linear_under_manual_seed() -> None:
+    state = torch.get_rng_state()
+    weight, bias = linear_init(4, 3, [3, 5], dtype=torch.float64)
+    assert torch.equal(torch.get_rng_state(), state)
+    for k, seed in enumerate([3, 5]):
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(4, 3, dtype=torch.float64)
+        assert torch.equal(weight[k], layer.weight.detach())
+        assert torch.equal(bias[k], layer.bias.detach())
+    assert linear_init(4, 2, [0])[0].shape == (1, 1, 4)
+
+
+def diverging_sgd(lrs: list[float], weight_decays: list[float]) -> OptimizerConfig:
+    """SGD with momentum; lr * weight_decay >> 2 makes the parameters grow geometrically."""
+    return OptimizerConfig("sgd", lr=lrs, momentum=0.5, weight_decay=weight_decays)
+
+
+def test_config_is_independent_of_its_batch_mates() -> None:
+    """Config A trained alone and inside a batch of five (one of which diverges)."""
+    X, y = make_data(2, torch.float32)
+    alone, _, _ = run_engine(X, y, 2, [1], diverging_sgd([0.1], [0.0]), epochs=EPOCHS)
+    lrs, wds = [0.3, 0.1, 30.0, 0.01, 0.05], [0.0, 0.0, 1.0, 0.0, 0.01]
+    batch, _, _ = run_engine(X, y, 2, [7, 1, 3, 4, 5], diverging_sgd(lrs, wds), epochs=EPOCHS)
+    assert batch.status == ["completed", "completed", "diverged", "completed", "completed"]
+    assert alone.status == ["completed"]
+    # Not bit-identical, for two reasons outside the engine's control: MKL picks its gemm kernel
+    # by shape (K=1 vs K=5, and K=4 once the diverged row is dropped), and torch's elementwise
+    # sigmoid gives 1-ulp different results in the vectorised body and in the scalar tail of
+    # its loop, where a row's elements land depending on the row's position in the batch.
+    # (float64 agrees to ~1e-16.)  Real coupling, such as a leaked NaN, would be far above 1e-6.
+    torch.testing.assert_close(batch.weight[1], alone.weight[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(batch.bias[1], alone.bias[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("n_classes", "batch_size", "check_every", "log_every"),
+    # log_every=1 computes the binary loss value every epoch; otherwise most epochs only check
+    # its finiteness via the cheaper surrogate (see engine._Run._loss_and_grad).
+    [(2, None, 1, 1), (2, None, 7, 5), (2, None, 100, 0), (2, BATCH, 7, 3), (3, None, 7, 5)],
+)
+def test_divergence_is_detected_at_the_first_nonfinite_loss(
+    n_classes: int, batch_size: int | None, check_every: int, log_every: int
+) -> None:
+    X, y = make_data(n_classes, torch.float32)
+    lrs, wds = [0.01, 30.0, 0.1, 8.0], [0.0, 1.0, 0.0, 1.0]
+    result, w0, b0 = run_engine(
+        X,
+        y,
+        n_classes,
+        [0, 1, 2, 3],
+        diverging_sgd(lrs, wds),
+        epochs=EPOCHS,
+        batch_size=batch_size,
+        log_every=log_every,
+        check_every=check_every,
+    )
+    assert result.status == ["completed", "diverged", "completed", "diverged"]
+    history = result.history
+    logged = torch.tensor(history.epochs, dtype=torch.int64)
+    for k in range(4):
+        hparams = {"lr": lrs[k], "momentum": 0.5, "weight_decay": wds[k]}
+        w, b, losses = reference_train(
+            X, y, n_classes, w0[k], b0[k], "sgd", hparams, EPOCHS, batch_size
+        )
+        epoch = first_nonfinite_epoch(losses)
+        assert result.diverged_epoch[k] == epoch
+        if epoch is None:
+            assert result.epochs_run[k] == EPOCHS
+            torch.testing.assert_close(result.weight[k], w, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(result.bias[k], b, rtol=1e-4, atol=1e-5)
+            assert torch.isfinite(history.train_loss[:, k]).all()
+        else:
+            assert 1 < epoch < EPOCHS
+            assert result.epochs_run[k] == epoch
+            assert history.train_loss[logged > epoch, k].isnan().all()
+            assert torch.isfinite(history.train_loss[logged < epoch, k]).all()
+            assert not torch.isfinite(history.train_loss[logged == epoch, k]).any()
+
+
+def test_divergence_in_the_final_update_is_detected() -> None:
+    """All losses finite, but the last step overflows the parameters: still "diverged"."""
+    X, y = make_data(2, torch.float32)
+    X = X * 1e3  # gradients ~1e2..1e3, so lr * grad overflows float32
+    cfg = OptimizerConfig("sgd", lr=[1e-6, 1e37])
+    result, _, _ = run_engine(X, y, 2, [0, 1], cfg, epochs=1, log_every=1)
+    assert torch.isfinite(result.history.train_loss).all()
+    assert result.status == ["completed", "diverged"]
+    assert result.diverged_epoch == [None, 1]
+    assert result.epochs_run == [1, 1]
+
+
+def test_pruning_callback_freezes_flagged_configs() -> None:
+    X, y = make_data(3)
+    hparams = {"lr": [0.01, 0.05, 0.1], "weight_decay": 0.01}
+    cfg = OptimizerConfig("adamw", **hparams)  # type: ignore[arg-type]
+    calls: list[tuple[int, list[bool], Tensor]] = []
+
+    def on_report(epoch: int, active: Tensor, train_loss: Tensor, *val: Tensor) -> Tensor:
+        calls.append((epoch, active.tolist(), train_loss))
+        return torch.tensor([False, epoch == 20, False])
+
+    result, w0, b0 = run_engine(
+        X,
+        y,
+        3,
+        [0, 1, 2],
+        cfg,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        on_report=on_report,
+        report_every=10,
+    )
+    assert result.status == ["completed", "pruned", "completed"]
+    assert result.epochs_run == [EPOCHS, 20, EPOCHS]
+    assert result.diverged_epoch == [None, None, None]
+    assert [epoch for epoch, _, _ in calls] == list(range(10, EPOCHS + 1, 10))
+    assert calls[1][1] == [True, True, True] and calls[2][1] == [True, False, True]
+    assert calls[2][2][1].isnan() and not calls[2][2][[0, 2]].isnan().any()
+    for k in range(3):
+        epochs = result.epochs_run[k]
+        w, b, losses = reference_train(
+            X, y, 3, w0[k], b0[k], "adamw", config_k(hparams, k), epochs, BATCH
+        )
+        torch.testing.assert_close(result.weight[k], w, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(result.bias[k], b, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(calls[0][2][k].item(), losses[9], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_validation_metrics(n_classes: int) -> None:
+    X, y = make_data(n_classes)
+    X_val, y_val = make_data(n_classes, n=60, seed=1)
+    cfg = OptimizerConfig("sgd", lr=[0.01, 0.1], momentum=0.9)
+    result, _, _ = run_engine(
+        X, y, n_classes, [0, 1], cfg, epochs=25, val=(X_val, y_val), log_every=10
+    )
+    history = result.history
+    assert history.epochs == [10, 20, 25]
+    assert history.val_loss is not None and history.val_accuracy is not None
+    assert history.val_loss.shape == history.val_accuracy.shape == (3, 2)
+    for k in range(2):
+        logits = X_val @ result.weight[k].T + result.bias[k]
+        if n_classes == 2:
+            loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), y_val.to(X.dtype))
+            accuracy = ((logits.squeeze(-1) > 0) == y_val.bool()).double().mean()
+        else:
+            loss = F.cross_entropy(logits, y_val)
+            accuracy = (logits.argmax(1) == y_val).double().mean()
+        torch.testing.assert_close(history.val_loss[-1, k], loss)
+        torch.testing.assert_close(history.val_accuracy[-1, k], accuracy)
+
+
+def test_runs_are_bit_identical() -> None:
+    X, y = make_data(2, torch.float32)
+    X_val, y_val = make_data(2, torch.float32, n=40, seed=1)
+    cfg = OptimizerConfig("adam", lr=[1e-3, 1e-2, 1e-1], betas=(0.9, [0.99, 0.999, 0.9]))
+
+    def run() -> EngineResult:
+        result, _, _ = run_engine(
+            X,
+            y,
+            2,
+            [0, 1, 2],
+            cfg,
+            epochs=30,
+            batch_size=BATCH,
+            shuffle_seed=3,
+            val=(X_val, y_val),
+            log_every=3,
+        )
+        return result
+
+    first, second = run(), run()
+    assert torch.equal(first.weight, second.weight)
+    assert torch.equal(first.bias, second.bias)
+    assert first.history.epochs == second.history.epochs
+    for a, b in zip(
+        (first.history.train_loss, first.history.val_loss, first.history.val_accuracy),
+        (second.history.train_loss, second.history.val_loss, second.history.val_accuracy),
+        strict=True,
+    ):
+        assert torch.equal(a, b)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (OptimizerConfig("adam", lr=0.1, momentum=0.9), "momentum is not an option of adam"),
+        (OptimizerConfig("sgd", lr=0.1, nesterov=True), "Nesterov"),
+        (OptimizerConfig("sgd", lr=[0.1, 0.2, 0.3]), "length 2"),
+        (OptimizerConfig("adamw", lr=0.1, betas=(1.0, 0.9)), "beta1"),
+        (OptimizerConfig("sgd", lr=-1.0), "lr must be >= 0"),
+    ],
+)
+def test_rejects_invalid_optimizer_configs(cfg: OptimizerConfig, message: str) -> None:
+    X, y = make_data(2)
+    with pytest.raises(ValueError, match=message):
+        run_engine(X, y, 2, [0, 1], cfg, epochs=1)
+
+
+def test_rejects_mismatched_inputs() -> None:
+    X, y = make_data(3)
+    weight, bias = linear_init(N_FEATURES, 2, [0], dtype=X.dtype)
+    with pytest.raises(ValueError, match="weight must be"):
+        train_batched(X, y, 3, weight, bias, OptimizerConfig("sgd", lr=0.1), 1)
+    with pytest.raises(ValueError, match="labels must lie"):
+        train_batched(X, y, 2, weight, bias, OptimizerConfig("sgd", lr=0.1), 1)

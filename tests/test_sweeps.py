@@ -1,0 +1,198 @@
+"""Sweeps as a user runs them: `python train.py --multirun ...` in a temp dir (slow)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from sweeplr.studies import budget_used, open_storage
+from tests.conftest import ROOT, run_train
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Small, fast Optuna searches: few epochs, log every 10 so pruners see several steps.
+FAST_SPACE = [
+    "epochs=choice(40,60)",
+    "lr=tag(log, interval(1e-5, 1.0))",
+]
+
+
+def load_study(sweep_dir: Path) -> optuna.Study:
+    journal = sweep_dir / "optuna.journal"
+    return optuna.load_study(study_name=None, storage=open_storage(f"journal:{journal}"))
+
+
+def records(sweep_dir: Path) -> dict[int, dict]:
+    return {int(p.parent.name): json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")}
+
+
+def test_optuna_sweep_trials_rows_and_best(tmp_path):
+    sweep = tmp_path / "s"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=5",
+        *FAST_SPACE,
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load_study(sweep)
+    assert len(study.trials) == 5
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    recs = records(sweep)
+    assert sorted(recs) == [t.number for t in study.trials]
+    assert all(r["trial"]["state"] == "COMPLETE" for r in recs.values())
+    best = study.best_trial
+    assert recs[best.number]["objective"]["value"] == pytest.approx(best.value)
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert len(summary) == 5
+    assert summary.iloc[0]["objective"] == pytest.approx(best.value)
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert f"best_trial: {best.number}" in results and f"{sweep}/{best.number}" in results
+
+
+def test_resume_after_kill_finishes_exactly_n_trials(tmp_path):
+    n_trials = 8
+    args = [
+        "--multirun",
+        "sweep=optuna",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "epochs=choice(3000)",  # about a second a trial: time to kill one
+        "lr=tag(log, interval(1e-3, 1.0))",
+    ]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline
+        and len(list(tmp_path.glob("multirun/optuna/*/*/metrics.json"))) < 3
+    ):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the real thing: no chance to clean up
+    proc.wait()
+    (sweep,) = tmp_path.glob("multirun/optuna/*")
+    before = {n: (sweep / str(n) / "metrics.json").read_bytes() for n in records(sweep)}
+    assert 3 <= len(before) < n_trials
+
+    again = run_train(tmp_path, *args)  # the same command, in the same place
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert list(tmp_path.glob("multirun/optuna/*")) == [sweep]  # same study, same directory
+    study = load_study(sweep)
+    trials = study.trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert budget_used(trials) == n_trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    recs = records(sweep)
+    assert sorted(recs) == sorted(t.number for t in finished)
+    for number, content in before.items():  # nothing written before the kill was overwritten
+        assert (sweep / str(number) / "metrics.json").read_bytes() == content
+    # A killed trial, if any, was failed and its configuration re-queued, not lost.
+    for failed in (t for t in trials if t.state == TrialState.FAIL):
+        retries = [t for t in trials if failed.number in t.system_attrs.get("retry_history", [])]
+        assert len(retries) == 1 and retries[0].params == failed.params
+    # The re-seeded sampler proposed no configuration twice (retries aside).
+    fresh = [t for t in finished if "retry_history" not in t.system_attrs]
+    assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)
+
+
+def test_pruner_stops_bad_trials_early(tmp_path):
+    sweep = tmp_path / "s"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "sweep=optuna",
+        "pruner=median",
+        "hydra.sweeper.n_trials=10",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=10",
+        "epochs=choice(200)",
+        # Deliberately bad learning rates beside good ones.
+        "lr=choice(0.00001,0.00003,1.0,0.5)",
+        "optimizer=choice(sgd)",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load_study(sweep)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned
+    recs = records(sweep)
+    for trial in pruned:
+        assert recs[trial.number]["status"] == "pruned"
+        assert recs[trial.number]["epochs_run"] < 200
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert set(summary.loc[summary["trial"].isin([t.number for t in pruned]), "status"]) == {
+        "pruned"
+    }
+
+
+def test_diverged_trials_never_rank_best_in_optuna(tmp_path):
+    sweep = tmp_path / "s"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=6",
+        "standardize=false",
+        "epochs=choice(50)",
+        "lr=choice(1e38,0.01)",
+        "optimizer=choice(sgd)",
+        "hydra.sweeper.sampler.n_startup_trials=6",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load_study(sweep)
+    diverged = [t for t in study.trials if t.user_attrs.get("status") == "diverged"]
+    assert diverged and all(t.state == TrialState.PRUNED for t in diverged)
+    assert study.best_trial.params["lr"] == 0.01
+
+
+def test_grid_with_a_diverging_learning_rate_completes(tmp_path):
+    sweep = tmp_path / "g"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "lr=0.1,1e38",
+        "optimizer=sgd,adam",
+        "standardize=false",
+        "epochs=50",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert len(summary) == 4
+    assert set(summary.loc[summary["lr"] == 1e38, "status"]) == {"diverged"}
+    assert set(summary.loc[summary["lr"] == 0.1, "status"]) == {"completed"}
+    assert summary["status"].iloc[-2:].tolist() == ["diverged", "diverged"]  # ranked last
+
+
+def test_two_sweeps_started_together_never_share_a_directory(tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--multirun", "lr=0.1,0.2", "epochs=5"]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    sweeps = list(tmp_path.glob("multirun/*/*"))
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        assert len(list(sweep.glob("*/metrics.json"))) == 2
