@@ -12,7 +12,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeplr.results import METRICS_FILE, UNFINISHED, format_table, load_sweep, write_summary
+from sweeplr.results import (
+    METRICS_FILE,
+    UNFINISHED,
+    compact,
+    format_table,
+    load_sweep,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,7 @@ class SummaryCallback(Callback):
                 return
             shown = f"best {self.top} of {len(df)}" if len(df) > self.top else f"all {len(df)}"
             print(f"sweeplr: {path} ({shown} runs below, best first)")
-            print(format_table(df, "table", self.top))
+            print(format_table(compact(df), "table", self.top))
         except Exception as exc:  # noqa: BLE001 - a summary must never fail the sweep
             lines = str(exc).strip().splitlines()
             log.warning(f"sweeplr: no sweep summary: {lines[0] if lines else type(exc).__name__}")

@@ -234,6 +234,43 @@ def format_table(df: pd.DataFrame, fmt: str = "table", top: int | None = None) -
     return "\n".join([line(header), *(line(row) for row in cells)])
 
 
+# What a terminal shows by default: the metrics people compare runs by (the CSV has them all).
+COMPACT_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "test_roc_auc",
+    "test_f1",
+)
+
+
+def compact(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns worth a terminal's width: job, what was swept or varies, status, objective,
+    the main metrics, epochs, time, trial state and run directory; constants dropped."""
+    swept = list(df.attrs.get("swept", []))
+    varying = [c for c in HYPERPARAMETERS if c in df and c not in swept and df[c].nunique() > 1]
+    keep = [
+        "job",
+        *[c for c in swept if c in df and df[c].nunique(dropna=False) > 1],
+        *varying,
+        "status",
+        "objective",
+        *COMPACT_METRICS,
+        "epochs_run",
+        "wall_seconds",
+        "trial_state",
+        "sweep_dir",
+        "run_dir",
+    ]
+    if "job" not in df:  # a grouped table keeps all its columns
+        return df
+    out = df[[c for c in dict.fromkeys(keep) if c in df]]
+    out.attrs = dict(df.attrs)
+    return out
+
+
 def write_summary(sweep_dir: str | os.PathLike[str], df: pd.DataFrame | None = None) -> Path:
     """Write ``summary.csv`` (the full table, best first) at the sweep's root, atomically.
 
@@ -269,6 +306,11 @@ def add_summary_parser(commands: argparse._SubParsersAction) -> None:
         help="one row per distinct value of these columns: mean and std over the rest (seeds)",
     )
     parser.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
+    parser.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="table/markdown: every column (default: swept values and main metrics)",
+    )
     parser.set_defaults(func=cmd_summary)
 
 
@@ -279,6 +321,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         df = group_runs(df, [c.strip() for c in args.group_by.split(",") if c.strip()])
     if args.sort is not None or args.ascending is not None:
         df = sort_runs(df, args.sort or "objective", args.ascending)
+    if args.format in ("table", "markdown") and not args.all_columns:
+        df = compact(df)
     text = format_table(df, args.format, args.top)
     if args.out is None:
         print(text)

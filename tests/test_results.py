@@ -474,3 +474,17 @@ def test_multirun_writes_and_prints_summary_csv(tmp_path):
     assert set(summary["optimizer"]) == {"sgd", "adam"}
     assert summary["objective"].is_monotonic_increasing  # val_loss: best (lowest) first
     assert f"{sweep / 'summary.csv'}" in proc.stdout
+
+
+def test_compact_table_keeps_what_varies_and_the_main_metrics(grid, capsys):
+    from sweeplr.results import compact
+
+    df = load_sweep(grid)
+    short = compact(df)
+    assert {"job", "status", "objective", "val_loss", "test_accuracy", "run_dir"} <= set(short)
+    assert "beta2" not in short and "train_roc_auc" not in short  # constants and extras dropped
+    assert short.attrs["swept"] == df.attrs["swept"]
+    assert main(["summary", str(grid)]) == 0
+    assert "beta2" not in capsys.readouterr().out
+    assert main(["summary", str(grid), "--all-columns"]) == 0
+    assert "beta2" in capsys.readouterr().out

@@ -165,3 +165,24 @@ def test_soak_four_workers_300_trials_with_a_kill_and_restart(tmp_path):
     assert sorted(done["trial"]) == sorted(t.number for t in finished)  # nothing lost
     for path, identity in before.items():  # nothing overwritten
         assert run_identity(path) == identity
+
+
+@pytest.mark.parametrize(
+    "launcher", ["launcher=joblib", "launcher=submitit_local"], ids=["joblib", "submitit_local"]
+)
+def test_other_hydra_launchers_write_the_same_records(tmp_path, launcher):
+    sweep = tmp_path / "s"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        launcher,
+        "lr=0.1,0.01",
+        "epochs=30",
+        "plots=false",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = load_sweep(sweep)
+    assert len(table) == 2 and set(table["status"]) == {"completed"}
+    assert sorted(table["lr"]) == [0.01, 0.1]
+    assert (sweep / "summary.csv").is_file()
