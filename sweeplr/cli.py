@@ -12,6 +12,9 @@ from pathlib import Path
 
 from sweeplr import __version__
 from sweeplr.errors import SweeplrError
+from sweeplr.plots import add_plot_parser
+from sweeplr.predict import add_predict_parser
+from sweeplr.results import add_summary_parser
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -33,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print a run's results again")
     show.add_argument("run_dir", help="a run directory (holds metrics.json)")
     show.set_defaults(func=cmd_show)
+    add_summary_parser(commands)
+    add_predict_parser(commands)
+    add_plot_parser(commands)
     return parser
 
 

@@ -3,27 +3,31 @@
 A run's ``model.pt`` holds everything a prediction needs (weights, the training part's scaler,
 class and feature names), so new data goes in as raw feature values, exactly as the data set
 holds them, and comes out as class names: the user never repeats the scaling by hand.
+
+torch and scikit-learn (through ``sweeplr.data``) are imported where they are used: the
+``sweeplr`` command imports this module for its parser, and ``sweeplr summary`` or ``--help``
+should not wait seconds for them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from sweeplr.data import Standardizer, numeric_features, read_frame
 from sweeplr.errors import SweeplrError
-from sweeplr.model import LogisticRegression
-from sweeplr.records import METRICS_FILE, MODEL_FILE, atomic_write_text, load_model_payload
+from sweeplr.results import METRICS_FILE, load_sweep
 
+if TYPE_CHECKING:
+    from sweeplr.data import Standardizer
+    from sweeplr.model import LogisticRegression
+
+MODEL_FILE = "model.pt"  # sweeplr.records.MODEL_FILE; that module imports torch
 DIVERGED = "diverged"
 
 
@@ -35,52 +39,67 @@ class TrainedModel:
     scaler: Standardizer
     class_names: tuple[str, ...]
     feature_names: tuple[str, ...]
-    run_dir: Path
-    config: dict[str, Any]
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
 
-    def features(self, X: np.ndarray | pd.DataFrame | Sequence[float]) -> np.ndarray:
+    def features(
+        self, X: np.ndarray | pd.DataFrame | Sequence[float], source: str = "input"
+    ) -> np.ndarray:
         """Raw features as a float32 [n, F] matrix in the saved order; one-line errors otherwise.
 
         float32 because the model was trained on float32: the same arithmetic as in training
-        gives the same probabilities, bit for bit.
+        gives the same probabilities, bit for bit. ``source`` names the input in error messages.
         """
+        from sweeplr.data import numeric_features
+
         expected = f"{self.n_features} features ({', '.join(self.feature_names)})"
         if isinstance(X, pd.DataFrame):
-            extra = [str(c) for c in X.columns if str(c) not in self.feature_names]
+            frame = X.rename(columns=str)
+            columns = ", ".join(self.feature_names)
+            extra = [c for c in frame.columns if c not in self.feature_names]
             if extra:
                 raise SweeplrError(
-                    f"unexpected column {extra[0]!r}; expected exactly the columns "
-                    f"{', '.join(self.feature_names)}"
+                    f"{source}: unexpected column {extra[0]!r}; "
+                    f"expected exactly the columns {columns}"
                 )
-            frame = X.rename(columns=str)
-            matrix = numeric_features(frame, self.feature_names, "input")
+            missing = [c for c in self.feature_names if c not in frame.columns]
+            if missing:
+                raise SweeplrError(
+                    f"{source}: column {missing[0]!r} is missing; expected the columns {columns}"
+                )
+            matrix = numeric_features(frame, self.feature_names, source)
         else:
             try:
                 matrix = np.asarray(X, dtype=np.float32)
             except (TypeError, ValueError) as exc:
                 raise SweeplrError(
-                    f"input is not numeric ({str(exc).splitlines()[0]}); expected {expected}"
+                    f"{source} is not numeric ({str(exc).splitlines()[0]}); expected {expected}"
                 ) from exc
             if matrix.ndim == 1:
                 matrix = matrix[None, :]
             if matrix.ndim != 2 or matrix.shape[1] != self.n_features:
                 got = matrix.shape[-1] if matrix.ndim == 2 else f"shape {matrix.shape}"
-                raise SweeplrError(f"expected {expected}, got {got}")
+                raise SweeplrError(f"{source}: expected {expected}, got {got}")
+        # Row-major like the training data: torch's matmul sums in another order for a
+        # column-major input (what a DataFrame gives), which changes the last bits.
+        matrix = np.ascontiguousarray(matrix)
         bad = ~np.isfinite(matrix)
         if bad.any():
             row, col = (int(i[0]) for i in np.nonzero(bad))
+            value = matrix[row, col]
+            found = "a missing value" if np.isnan(value) else f"value {value}"
             raise SweeplrError(
-                f"feature {self.feature_names[col]!r} has value {matrix[row, col]} (row {row}); "
+                f"{source}: feature {self.feature_names[col]!r} has {found} (row {row}); "
                 "expected a finite number in every cell"
             )
         return matrix
 
     def predict_proba(self, X: np.ndarray | pd.DataFrame | Sequence[float]) -> np.ndarray:
         """Class probabilities [n, C] (columns in ``class_names`` order) for raw features."""
+        import torch
+
         scaled = self.scaler.transform(self.features(X))
         with torch.no_grad():
             return self.model.predict_proba(torch.from_numpy(scaled)).numpy()
@@ -92,8 +111,19 @@ class TrainedModel:
 
 def load_run(run_dir: str | Path) -> TrainedModel:
     """The model of a finished run, ready for raw features; refuses a diverged run's NaN weights."""
-    run_dir = Path(run_dir)
-    payload = load_model_payload(run_dir)
+    from sweeplr.records import load_model_payload
+
+    return model_from_payload(load_model_payload(run_dir), Path(run_dir))
+
+
+def model_from_payload(payload: dict[str, Any], run_dir: Path) -> TrainedModel:
+    """:func:`load_run` on an already loaded ``model.pt`` payload (``plot_run`` reads it once);
+    ``run_dir`` names the run in error messages."""
+    import torch
+
+    from sweeplr.data import Standardizer
+    from sweeplr.model import LogisticRegression
+
     if payload.get("status") == DIVERGED:
         raise SweeplrError(
             f"{run_dir} holds a diverged run (its weights are not finite); "
@@ -109,38 +139,22 @@ def load_run(run_dir: str | Path) -> TrainedModel:
         scaler=Standardizer(payload["scaler_mean"].numpy(), payload["scaler_scale"].numpy()),
         class_names=tuple(payload["class_names"]),
         feature_names=tuple(payload["feature_names"]),
-        run_dir=run_dir,
-        config=payload["config"],
     )
 
 
 def best_run_dir(sweep_dir: str | Path) -> Path:
-    """The completed run of a sweep (one sub-directory per job) with the best objective value."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise SweeplrError(f"{sweep_dir} does not exist; allowed: a sweep directory")
-    best: tuple[float, Path] | None = None
-    for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=_job_order):
-        record = json.loads(path.read_text())
-        objective = record["objective"]
-        if record["status"] != "completed" or objective["value"] is None:
-            continue
-        sign = 1.0 if objective["direction"] == "minimize" else -1.0
-        key = sign * float(objective["value"])
-        if best is None or key < best[0]:
-            best = (key, path.parent)
-    if best is None:
+    """The sweep's best completed run: the top row of :func:`sweeplr.results.load_sweep`.
+
+    That table ranks completed runs first (pruned and diverged ones are not comparable), so
+    a top row that is not completed means no run of the sweep completed.
+    """
+    top = load_sweep(sweep_dir).iloc[0]
+    if top["status"] != "completed" or pd.isna(top["objective"]):
         raise SweeplrError(
             f"{sweep_dir} holds no completed run with an objective value; "
-            f"allowed: a sweep directory with */{METRICS_FILE}"
+            "allowed: a sweep directory with at least one completed run"
         )
-    return best[1]
-
-
-def _job_order(path: Path) -> tuple[int, str]:
-    """Job directories in numeric order (2 before 10), so ties go to the earlier job."""
-    name = path.parent.name
-    return (int(name), name) if name.isdigit() else (math.inf, name)  # type: ignore[return-value]
+    return Path(top["run_dir"])
 
 
 def _parse_point(values: Sequence[str], trained: TrainedModel) -> np.ndarray:
@@ -159,9 +173,11 @@ def _parse_point(values: Sequence[str], trained: TrainedModel) -> np.ndarray:
     return np.asarray(point)
 
 
-def predictions_frame(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
+def predictions_frame(
+    trained: TrainedModel, frame: pd.DataFrame, source: str = "input"
+) -> pd.DataFrame:
     """The input rows with their predicted class and one ``p_<class>`` column per class."""
-    proba = trained.predict_proba(frame)
+    proba = trained.predict_proba(trained.features(frame, source))
     out = frame.copy()
     out["predicted"] = np.asarray(trained.class_names, dtype=object)[proba.argmax(axis=1)]
     for k, name in enumerate(trained.class_names):
@@ -171,17 +187,23 @@ def predictions_frame(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFram
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict one point given on the command line, or every row of a CSV file."""
+    from sweeplr.data import read_frame
+    from sweeplr.records import atomic_write_text
+
     run_dir = Path(args.run_dir)
-    if args.best:
+    values = [*args.values, *(args.best or [])]
+    if args.best is not None:
         run_dir = best_run_dir(run_dir)
         print(f"best run: {run_dir}")
     elif not (run_dir / MODEL_FILE).exists() and any(run_dir.glob(f"*/{METRICS_FILE}")):
         raise SweeplrError(f"{run_dir} is a sweep directory; add --best to use its best run")
     trained = load_run(run_dir)
     if args.csv is not None:
-        if args.values:
+        if values:
             raise SweeplrError("give feature values or --csv, not both")
-        out = predictions_frame(trained, read_frame(args.csv))
+        if not Path(args.csv).is_file():
+            raise SweeplrError(f"--csv {args.csv} does not exist; allowed: a CSV or Parquet file")
+        out = predictions_frame(trained, read_frame(args.csv), source=args.csv)
         text = out.to_csv(index=False)
         if args.out is None:
             print(text, end="")
@@ -189,17 +211,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
             atomic_write_text(args.out, text)
             print(f"wrote {len(out)} predictions to {args.out}")
         return 0
-    if not args.values:
+    if not values:
         raise SweeplrError(
             f"no input; allowed: {trained.n_features} feature values "
             f"({', '.join(trained.feature_names)}) or --csv FILE"
         )
     if args.out is not None:
         raise SweeplrError("--out needs --csv")
-    proba = trained.predict_proba(_parse_point(args.values, trained))[0]
+    proba = trained.predict_proba(_parse_point(values, trained))[0]
     best = int(proba.argmax())
     print(f"{trained.class_names[best]}  p={proba[best]:.4f}")
-    print("  " + "  ".join(f"p_{n}={p:.4f}" for n, p in zip(trained.class_names, proba, strict=True)))
+    print(
+        "  " + "  ".join(f"p_{n}={p:.4f}" for n, p in zip(trained.class_names, proba, strict=True))
+    )
     return 0
 
 
@@ -208,12 +232,19 @@ def add_predict_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "predict",
         help="predict classes of new data with a trained run",
-        description="Predict with a run's model from raw feature values (the run's scaler is "
-        "applied). Negative values: put them after --, e.g. `predict RUN -- -1 2`.",
+        description="Predict with a run's model from raw feature values, as the data set holds "
+        "them (the run's own scaler is applied).",
     )
     parser.add_argument("run_dir", help="a run directory (holds model.pt), or a sweep with --best")
     parser.add_argument("values", nargs="*", help="one point's feature values, in the run's order")
     parser.add_argument("--csv", help="predict every row of this CSV (columns: the features)")
     parser.add_argument("--out", help="with --csv: write the predictions to this CSV file")
-    parser.add_argument("--best", action="store_true", help="RUN_DIR is a sweep: use its best run")
+    # nargs="*": argparse gives a positional nothing once an option comes between, so
+    # `predict SWEEP --best 1 1` would leave "1 1" unparsed; --best collects them instead.
+    parser.add_argument(
+        "--best",
+        nargs="*",
+        metavar="VALUE",
+        help="RUN_DIR is a sweep: use its best run (the point's feature values may follow)",
+    )
     parser.set_defaults(func=cmd_predict)

@@ -1,0 +1,511 @@
+"""Pictures, predictions and the sweep report, checked on real (short) runs.
+
+The decision-boundary test recomputes the test accuracy from the drawn line itself rather than
+trusting the picture; the prediction tests compare a reloaded run with the model that trained.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sweeplr import experiment
+from sweeplr.cli import main
+from sweeplr.data import load_dataset, split
+from sweeplr.errors import SweeplrError
+from sweeplr.plots import boundary_line, plot_optuna_study, plot_run, plot_sweep
+from sweeplr.predict import best_run_dir, load_run
+from sweeplr.records import read_metrics
+from sweeplr.report import write_report
+from sweeplr.results import load_sweep
+from tests.conftest import compose_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def quick_cfg(*overrides: str) -> Any:
+    return compose_config("epochs=200", "device=cpu", "progress=false", *overrides)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the IHDR chunk, after checking the PNG signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_picture(path: Path, min_width: int = 300) -> None:
+    width, height = png_size(path)
+    assert width > min_width and height > 200, (path, width, height)
+    assert path.stat().st_size > 5_000, path
+
+
+def raw_splits(run_dir: Path) -> Any:
+    """The run's train/test split in raw (unscaled) features, re-created from its config."""
+    cfg = OmegaConf.create(torch.load(run_dir / "model.pt", weights_only=True)["config"])
+    table = load_dataset(cfg.dataset)
+    return split(table, cfg.test_size, cfg.val_size, cfg.random_state, cfg.stratify)
+
+
+@pytest.fixture(scope="module")
+def blobs_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A blobs run, plus the model object and scaled test data it was evaluated with."""
+    captured: dict[str, Any] = {}
+    write_run = experiment._write_run
+
+    def spy(cfg: Any, run_dir: Path, data: Any, trained: Any, **kwargs: Any) -> Any:
+        captured.update(model=trained.model, X_test_scaled=data.test[0])
+        return write_run(cfg, run_dir, data, trained, **kwargs)
+
+    run_dir = tmp_path_factory.mktemp("blobs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "_write_run", spy)
+        experiment.run_experiment(quick_cfg(), run_dir)
+    yield {"run_dir": run_dir, **captured}
+
+
+@pytest.fixture(scope="module")
+def shifted_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Overlapping binary classes whose features are far from 0 and on very different scales,
+    so a boundary that ignores the scaler would land in the wrong place."""
+    rng = np.random.default_rng(3)
+    n = 300
+    label = rng.integers(0, 2, n)
+    x1 = 500 + 40 * (label + rng.normal(0, 0.8, n))
+    x2 = -3 + 0.01 * (label + rng.normal(0, 0.8, n))
+    path = tmp_path_factory.mktemp("data") / "shifted.csv"
+    pd.DataFrame({"x1": x1, "x2": x2, "label": np.where(label, "yes", "no")}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def three_class_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2-D data with three classes whose names are not colours (the colormap path)."""
+    rng = np.random.default_rng(0)
+    centers = {"alpha": (0, 4), "beta": (-3, -2), "gamma": (3, -2)}
+    rows = [
+        (cx + rng.normal(), cy + rng.normal(), name)
+        for name, (cx, cy) in centers.items()
+        for _ in range(80)
+    ]
+    path = tmp_path_factory.mktemp("data") / "three.csv"
+    pd.DataFrame(rows, columns=["u", "v", "kind"]).to_csv(path, index=False)
+    return path
+
+
+def test_the_command_line_does_not_import_torch_or_sklearn() -> None:
+    """``sweeplr`` imports these modules for their parsers; ``--help`` must not wait for torch."""
+    code = "import sys, sweeplr.predict, sweeplr.plots, sweeplr.report; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {name.split(".")[0] for name in ast.literal_eval(done.stdout)}
+    assert not loaded & {"torch", "sklearn", "hydra"}
+
+
+# --- run pictures ---------------------------------------------------------------------------
+
+
+def test_run_pictures_are_real_pngs(blobs_run: dict[str, Any]) -> None:
+    written = plot_run(blobs_run["run_dir"])
+    assert [p.name for p in written] == ["loss.png", "decision_boundary.png"]
+    for path in written:
+        assert_picture(path)
+    assert png_size(written[1])[0] > png_size(written[0])[0]  # two panels side by side
+
+
+@pytest.mark.parametrize("data", ["noisy_blobs", "shifted_csv"])
+def test_boundary_line_separates_test_points_with_the_runs_accuracy(
+    data: str, shifted_csv: Path, tmp_path: Path
+) -> None:
+    overrides = (
+        ["dataset.cluster_std=2.5"]
+        if data == "noisy_blobs"
+        else ["dataset=csv", f"dataset.path={shifted_csv}", "dataset.target=label"]
+    )
+    run_dir = tmp_path / "run"
+    record = experiment.run_experiment(quick_cfg(*overrides), run_dir).record
+    recorded = record["metrics"]["test"]["accuracy"]
+    assert recorded < 0.95  # overlapping classes: many points near the line, a real check
+
+    a, c = boundary_line(load_run(run_dir))
+    splits = raw_splits(run_dir)
+    from_line = np.where(splits.X_test.astype(np.float64) @ a + c > 0, 1, 0)
+    correct = int((from_line == splits.y_test).sum())
+    assert correct == round(recorded * len(splits.y_test))
+    assert plot_run(run_dir)[1].name == "decision_boundary.png"
+
+
+def test_three_classes_get_regions_and_no_line(three_class_csv: Path, tmp_path: Path) -> None:
+    cfg = quick_cfg("dataset=csv", f"dataset.path={three_class_csv}", "dataset.target=kind")
+    record = experiment.run_experiment(cfg, tmp_path).record
+    model = load_run(tmp_path)
+    assert model.class_names == ("alpha", "beta", "gamma")
+    with pytest.raises(SweeplrError, match="2 classes"):
+        boundary_line(model)
+    written = plot_run(tmp_path)
+    assert_picture(written[1])
+    splits = raw_splits(tmp_path)
+    accuracy = np.mean(model.predict(splits.X_test) == np.array(model.class_names)[splits.y_test])
+    assert accuracy == pytest.approx(record["metrics"]["test"]["accuracy"], abs=1e-12)
+
+
+def test_diverged_run_gets_a_loss_plot_and_no_predictions(tmp_path: Path) -> None:
+    record = experiment.run_experiment(quick_cfg("lr=1e38", "standardize=false"), tmp_path).record
+    assert record["status"] == "diverged"
+    assert [p.name for p in plot_run(tmp_path)] == ["loss.png"]
+    with pytest.raises(SweeplrError, match="diverged"):
+        load_run(tmp_path)
+
+
+def test_changed_data_file_is_refused(shifted_csv: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    shutil.copy(shifted_csv, data)
+    cfg = quick_cfg("dataset=csv", f"dataset.path={data}", "dataset.target=label")
+    experiment.run_experiment(cfg, tmp_path / "run")
+    frame = pd.read_csv(data)
+    frame["x1"] += 1000
+    frame.to_csv(data, index=False)
+    with pytest.raises(SweeplrError, match="differs from the one it was trained on"):
+        plot_run(tmp_path / "run")
+
+
+# --- predictions ----------------------------------------------------------------------------
+
+
+def test_reloaded_run_predicts_exactly_as_the_trained_model(blobs_run: dict[str, Any]) -> None:
+    trained = load_run(blobs_run["run_dir"])
+    with torch.no_grad():
+        expected = blobs_run["model"].predict_proba(blobs_run["X_test_scaled"]).numpy()
+    splits = raw_splits(blobs_run["run_dir"])
+    assert np.array_equal(trained.predict_proba(splits.X_test), expected)
+    as_frame = pd.DataFrame(splits.X_test[:, ::-1], columns=["x2", "x1"])  # order by name
+    assert np.array_equal(trained.predict_proba(as_frame), expected)
+    names = trained.predict(splits.X_test)
+    accuracy = np.mean(names == np.array(trained.class_names)[splits.y_test])
+    assert accuracy == read_metrics(blobs_run["run_dir"])["metrics"]["test"]["accuracy"]
+
+
+def test_tutorial_point_is_red_on_the_command_line(
+    blobs_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    trained = load_run(blobs_run["run_dir"])
+    proba = trained.predict_proba([1.0, 1.0])[0]
+    with torch.no_grad():
+        scaled = trained.scaler.transform(np.array([[1.0, 1.0]], dtype=np.float32))
+        own = blobs_run["model"](torch.from_numpy(scaled)).item()
+    assert own < 0 and proba.argmax() == 0  # negative logit: the first class
+    assert list(trained.predict(np.array([1.0, 1.0]))) == ["red"]
+
+    assert main(["predict", str(blobs_run["run_dir"]), "1.0", "1.0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"red  p={proba[0]:.4f}",
+        f"  p_red={proba[0]:.4f}  p_blue={proba[1]:.4f}",
+    ]
+
+
+def test_csv_in_csv_out(blobs_run: dict[str, Any], tmp_path: Path) -> None:
+    points = pd.DataFrame({"x2": [1.0, -2.0, 0.0, 3.5], "x1": [1.0, -2.5, 0.1, 2.0]})
+    points.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "preds.csv"
+    args = ["predict", str(blobs_run["run_dir"]), "--csv", str(tmp_path / "new.csv")]
+    assert main([*args, "--out", str(out)]) == 0
+    preds = pd.read_csv(out)
+    assert len(preds) == len(points)
+    assert np.allclose(preds["p_red"] + preds["p_blue"], 1.0)
+    assert list(preds["predicted"]) == list(load_run(blobs_run["run_dir"]).predict(points))
+    assert preds["predicted"].iloc[0] == "red"
+    assert not list(tmp_path.glob(".preds.csv.*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [
+        ("three values", "expected 2 features (x1, x2), got 3"),
+        ("missing column", "'x2' is missing"),
+        ("extra column", "unexpected column 'label'"),
+        ("non-numeric", "'abc'"),
+        ("no model", "model.pt does not exist"),
+        ("sweep without --best", "add --best"),
+    ],
+)
+def test_bad_input_is_one_error_line(
+    case: str,
+    named: str,
+    blobs_run: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = str(blobs_run["run_dir"])
+    csv = tmp_path / "new.csv"
+    frames = {
+        "missing column": pd.DataFrame({"x1": [1.0]}),
+        "extra column": pd.DataFrame({"x1": [1.0], "x2": [1.0], "label": ["red"]}),
+        "non-numeric": pd.DataFrame({"x1": [1.0, 2.0], "x2": ["0.5", "abc"]}),
+    }
+    if case in frames:
+        frames[case].to_csv(csv, index=False)
+        argv = ["predict", run, "--csv", str(csv)]
+    elif case == "three values":
+        argv = ["predict", run, "1", "2", "3"]
+    elif case == "no model":
+        argv = ["predict", str(tmp_path), "1", "2"]
+    else:
+        shutil.copytree(run, tmp_path / "sweep" / "0")
+        argv = ["predict", str(tmp_path / "sweep"), "1", "2"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
+
+
+def run_sweep(sweep_dir: Path, jobs: list[list[str]], multirun_yaml: list[str] | None) -> None:
+    """Write what a Hydra sweep would: one run per job in numbered dirs, and multirun.yaml."""
+    for num, overrides in enumerate(jobs):
+        extra = {"job": {"num": num, "override_dirname": ",".join(overrides)}}
+        experiment.run_experiment(
+            quick_cfg(*overrides), sweep_dir / str(num), extra={**extra, "overrides": overrides}
+        )
+    if multirun_yaml is not None:
+        task = {"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": multirun_yaml}}}
+        OmegaConf.save(OmegaConf.create(task), sweep_dir / "multirun.yaml")
+
+
+def test_best_picks_the_better_of_two_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sweep(tmp_path, [["lr=0.001"], ["lr=0.1"]], None)
+    values = {d: read_metrics(tmp_path / d)["objective"]["value"] for d in ("0", "1")}
+    expected = tmp_path / min(values, key=values.__getitem__)
+    assert expected.name == "1"  # val_loss, minimised: the faster learning rate wins
+    assert best_run_dir(tmp_path) == expected
+
+    assert main(["predict", str(tmp_path), "--best", "1", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"best run: {expected}"
+    assert lines[1].startswith("red  p=")
+
+
+# --- sweeps and the report ------------------------------------------------------------------
+
+
+SWEEP_TASK = ["optimizer=sgd,adam", "lr=0.003,0.03,0.3", "seed=0,1"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    jobs = [
+        [f"optimizer={o}", f"lr={lr}", f"seed={s}"]
+        for o in ("sgd", "adam")
+        for lr in (0.003, 0.03, 0.3)
+        for s in (0, 1)
+    ]
+    run_sweep(sweep_dir, jobs, SWEEP_TASK)
+    return sweep_dir, load_sweep(sweep_dir)
+
+
+def test_sweep_pictures(sweep: tuple[Path, pd.DataFrame]) -> None:
+    sweep_dir, table = sweep
+    written = plot_sweep(sweep_dir, table)
+    assert [p.name for p in written] == ["objective_vs_lr.png", "top_val_loss.png"]
+    for path in written:
+        assert_picture(path)
+
+
+def test_sweep_pictures_with_a_diverged_run(
+    sweep: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    table = load_sweep(sweep[0])
+    table.loc[0, ["status", "objective", "test_accuracy"]] = ["diverged", None, None]
+    assert [p.name for p in plot_sweep(tmp_path, table)] == [
+        "objective_vs_lr.png",
+        "top_val_loss.png",
+    ]
+    assert_picture(tmp_path / "objective_vs_lr.png")
+
+
+def test_optuna_pictures(tmp_path: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(
+        lambda t: (
+            (t.suggest_float("lr", 1e-3, 1, log=True) - 0.1) ** 2
+            + t.suggest_float("weight_decay", 0, 0.1)
+        ),
+        n_trials=6,
+    )
+    style = dict(matplotlib.rcParams)
+    written = plot_optuna_study(study, tmp_path)
+    assert dict(matplotlib.rcParams) == style  # optuna's ggplot style does not leak out
+    assert [p.name for p in written] == [
+        "optuna_history.png",
+        "optuna_parallel.png",
+        "optuna_importance.png",
+    ]
+    for path in written:
+        assert_picture(path)
+
+    single = optuna.create_study()
+    single.optimize(lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
+    names = [p.name for p in plot_optuna_study(single, tmp_path / "one")]
+    assert names == ["optuna_history.png"]  # one trial: no lines to compare, no importances
+
+    flat = optuna.create_study()  # equal values: a zero-height axis, widened without a warning
+    flat.optimize(lambda t: t.suggest_float("lr", 0, 1) * 0, n_trials=3)
+    names = [p.name for p in plot_optuna_study(flat, tmp_path / "flat")]
+    assert names == ["optuna_history.png", "optuna_parallel.png"]  # one parameter: no importances
+
+
+@pytest.fixture(scope="module")
+def report(sweep: tuple[Path, pd.DataFrame]) -> Path:
+    sweep_dir, table = sweep
+    plot_sweep(sweep_dir, table)
+    plot_run(sweep_dir / str(table["job"].iloc[0]))
+    return write_report(sweep_dir, table)
+
+
+def test_report_is_self_contained(sweep: tuple[Path, pd.DataFrame], report: Path) -> None:
+    sweep_dir, table = sweep
+    page = report.read_text()
+    assert report == sweep_dir / "report.html"
+    assert "python train.py --multirun " + " ".join(SWEEP_TASK) in page
+    body = page.split("<table", 1)[1].split("</table>", 1)[0]
+    assert body.count("<tr>") == len(table) + 1  # header row plus one per run
+    pictures = [*sweep_dir.glob("*.png"), *(sweep_dir / str(table["job"].iloc[0])).glob("*.png")]
+    assert len(pictures) == 4
+    assert page.count('<img src="data:image/png;base64,') == len(pictures)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" in page and " src=" not in page.replace('<img src="data:', "")
+
+
+def test_report_command_from_the_runs_without_multirun_yaml(tmp_path: Path) -> None:
+    run_sweep(tmp_path, [["lr=0.001"], ["lr=0.1"]], None)
+    page = write_report(tmp_path).read_text()
+    assert "python train.py --multirun lr=0.001,0.1" in page
+    assert "from the runs&#x27; overrides" in page
+
+
+def test_plot_command_on_a_run_and_a_sweep(
+    blobs_run: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plot", str(blobs_run["run_dir"])]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {blobs_run['run_dir'] / 'loss.png'}",
+        f"wrote {blobs_run['run_dir'] / 'decision_boundary.png'}",
+    ]
+    run_sweep(tmp_path, [["lr=0.001"], ["lr=0.1"]], None)
+    assert main(["plot", str(tmp_path)]) == 0
+    wrote = {Path(line.removeprefix("wrote ")) for line in capsys.readouterr().out.splitlines()}
+    assert wrote == {
+        tmp_path / "objective_vs_lr.png",
+        tmp_path / "top_val_loss.png",
+        tmp_path / "1" / "loss.png",
+        tmp_path / "1" / "decision_boundary.png",
+        tmp_path / "report.html",
+    }
+
+
+# --- the report in a real browser -----------------------------------------------------------
+
+
+def chromium(url: str, tmp_path: Path) -> tuple[Path, list[str]]:
+    """Screenshot ``url`` in headless Chromium; return the PNG and the page's console lines.
+
+    Chromium logs every console message, console.error and uncaught exceptions included, as
+    an ``INFO:CONSOLE`` line without its level, so a clean page is one with no such line.
+    """
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {CHROMIUM} is missing: apt-get install -y chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    shot = tmp_path / "shot.png"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+    done = subprocess.run(
+        [str(CHROMIUM), *flags, url], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    return shot, [line for line in lines if "CONSOLE" in line or "Uncaught" in line]
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    shot, console = chromium(report.as_uri(), tmp_path)
+    assert png_size(shot) == (1200, 2000)
+    assert shot.stat().st_size > 20_000
+    assert console == []  # the page logs nothing: no errors, no failed loads
+    pixels = b""
+    data = shot.read_bytes()
+    at = 8
+    while at < len(data):  # the IDAT chunks hold the compressed pixels
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        if kind == b"IDAT":
+            pixels += data[at + 8 : at + 8 + length]
+        at += 12 + length
+    assert len(set(zlib.decompress(pixels))) > 50  # text, tables and plots, not a blank page
+
+
+@pytest.mark.slow
+def test_report_table_sorts_on_header_click(
+    sweep: tuple[Path, pd.DataFrame], report: Path, tmp_path: Path
+) -> None:
+    """Click the objective header twice in a copy of the page and log the job column."""
+    _, table = sweep
+    probe = """<script>
+var heads = Array.prototype.slice.call(document.querySelectorAll("table.sortable th"));
+var jobs = function () {
+  return Array.prototype.map.call(document.querySelectorAll("table.sortable tbody tr"),
+    function (r) { return r.cells[0].textContent; }).join(" ");
+};
+var objective = heads.filter(function (h) { return h.textContent === "objective"; })[0];
+objective.click();
+console.log("ASCENDING " + jobs());
+objective.click();
+console.log("DESCENDING " + jobs());
+</script></body>"""
+    page = tmp_path / "probe.html"
+    page.write_text(report.read_text().replace("</body>", probe))
+    _, console = chromium(page.as_uri(), tmp_path)
+    assert len(console) == 2, console  # the probe's two lines and nothing else
+    best_first = " ".join(str(j) for j in table["job"])
+    worst_first = " ".join(str(j) for j in table["job"][::-1])
+    assert any(f"ASCENDING {best_first}" in line for line in console), console
+    assert any(f"DESCENDING {worst_first}" in line for line in console), console
