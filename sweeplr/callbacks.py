@@ -24,6 +24,18 @@ from sweeplr.results import (
 log = logging.getLogger(__name__)
 
 
+def optuna_study(config: DictConfig) -> Any:
+    """The sweep's Optuna study when the sweeplr Optuna sweeper ran it, else None."""
+    sweeper = config.hydra.sweeper
+    if not (sweeper.get("storage") and sweeper.get("study_name")):
+        return None
+    import optuna
+
+    from sweeplr.studies import open_storage
+
+    return optuna.load_study(study_name=sweeper.study_name, storage=open_storage(sweeper.storage))
+
+
 class SummaryCallback(Callback):
     """At the end of ``--multirun``, write ``summary.csv`` in the sweep directory and print it.
 
@@ -47,6 +59,11 @@ class SummaryCallback(Callback):
             shown = f"best {self.top} of {len(df)}" if len(df) > self.top else f"all {len(df)}"
             print(f"sweeplr: {path} ({shown} runs below, best first)")
             print(format_table(compact(df), "table", self.top))
+            if config.get("plots", True):
+                from sweeplr.plots import draw_sweep
+
+                report = draw_sweep(sweep_dir, df, optuna_study(config))[-1]
+                print(f"sweeplr: pictures and {report} (open it in a browser)")
         except Exception as exc:  # noqa: BLE001 - a summary must never fail the sweep
             lines = str(exc).strip().splitlines()
             log.warning(f"sweeplr: no sweep summary: {lines[0] if lines else type(exc).__name__}")

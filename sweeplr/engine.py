@@ -127,8 +127,9 @@ class OptimizerConfig:
 class History:
     """Metrics at the logged epochs (every ``log_every`` epochs, and the final epoch).
 
-    The tensors are ``[T, K]`` with ``T = len(epochs)``, on the CPU.  ``train_loss[t, k]`` is the loss of epoch ``epochs[t]`` as training saw it: the full-batch
-    loss before that epoch's update, or the mean of the epoch's mini-batch losses.
+    The tensors are ``[T, K]`` with ``T = len(epochs)``, on the CPU.  ``train_loss[t, k]`` is
+    the loss of epoch ``epochs[t]`` as training saw it: the full-batch loss before that epoch's
+    update, or the mean of the epoch's mini-batch losses.
     ``val_loss``/``val_accuracy`` are evaluated with the parameters at the end of that epoch.
     Entries after a configuration stopped (pruned, or diverged) are NaN.
     """
@@ -200,8 +201,10 @@ def train_batched(
         val: optional ``(X_val, y_val)`` whose loss and accuracy are recorded at logged epochs.
         log_every: record `History` every this many epochs (and at the last one); 0 disables.
         on_report: called every ``report_every`` epochs as ``on_report(epoch, active_mask,
-            train_loss)`` with CPU tensors of length K (``train_loss`` is NaN where inactive);
-            configurations for which it returns True are stopped with status ``"pruned"``.
+            train_loss, val_loss, val_accuracy)`` with fresh CPU tensors of length K, NaN where
+            inactive (the validation scores are NaN too unless ``val`` is given and the epoch is
+            also a logged one); configurations for which it returns True are stopped with
+            status ``"pruned"``.
         report_every: period of ``on_report``.
         check_every: how often (in epochs) the per-epoch losses, kept in a small buffer, are
             synchronised to the host and checked for non-finite values.  Larger values save a
@@ -776,8 +779,9 @@ class _Run:
         active_mask = torch.zeros(loss.shape[0], dtype=torch.bool)
         active_mask[self.active] = True
         loss = torch.where(active_mask, loss, math.nan)
-        nan = torch.full_like(loss, math.nan)
-        val_loss, val_accuracy = (nan, nan) if val is None else (val[0].cpu(), val[1].cpu())
+        if val is None:
+            val = torch.full((2, loss.shape[0]), math.nan)
+        val_loss, val_accuracy = (torch.where(active_mask, v.cpu(), math.nan) for v in val)
         stop = on_report(epoch, active_mask.clone(), loss, val_loss, val_accuracy)
         if stop is None:
             return

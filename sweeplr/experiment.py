@@ -614,4 +614,9 @@ def run(cfg: DictConfig) -> float:
     except SweeplrError as exc:
         sys.exit(f"error: {exc}")
     announce(job, outcome)
+    if cfg.plots and not job.multirun:  # a sweep draws its pictures once, at its end
+        from sweeplr.plots import plot_run
+
+        pictures = plot_run(job.run_dir)
+        print(f"  pictures: {', '.join(p.name for p in pictures)}")
     return outcome.objective

@@ -34,7 +34,9 @@ def f1_scores(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarra
     return np.divide(2 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)
 
 
-def classification_metrics(proba: np.ndarray, y: np.ndarray, loss: float) -> dict[str, float | None]:
+def classification_metrics(
+    proba: np.ndarray, y: np.ndarray, loss: float
+) -> dict[str, float | None]:
     """Loss (as computed by the model on logits), accuracy, ROC AUC and F1 (macro if C > 2).
 
     ROC AUC is one-vs-rest macro for C > 2, as scikit-learn's ``multi_class="ovr"``. A metric

@@ -396,20 +396,31 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def draw_sweep(
+    sweep_dir: str | Path, table: pd.DataFrame | None = None, study: optuna.Study | None = None
+) -> list[Path]:
+    """All of a sweep's pictures, its best run's, an Optuna study's, and ``report.html``."""
+    from sweeplr.report import write_report  # not at the top: report imports this module
+
+    sweep_dir = Path(sweep_dir)
+    table = load_sweep(sweep_dir) if table is None else table
+    written = plot_sweep(sweep_dir, table)
+    if study is not None:
+        written += plot_optuna_study(study, sweep_dir)
+    best = ranked_runs(table)
+    if not best.empty:  # the report shows the best run's own pictures
+        written += plot_run(resolve_run_dir(sweep_dir, best["run_dir"].iloc[0]))
+    written.append(write_report(sweep_dir, table))
+    return written
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """Plot a run (it holds ``model.pt``) or a sweep (plus its best run and ``report.html``)."""
     target = Path(args.dir)
     if (target / MODEL_FILE).is_file():
         written = plot_run(target)
     elif any(target.glob(f"*/{METRICS_FILE}")):
-        from sweeplr.report import write_report  # not at the top: report imports this module
-
-        table = load_sweep(target)
-        written = plot_sweep(target, table)
-        best = ranked_runs(table)
-        if not best.empty:  # the report shows the best run's own pictures
-            written += plot_run(resolve_run_dir(target, best["run_dir"].iloc[0]))
-        written.append(write_report(target, table))
+        written = draw_sweep(target)
     else:
         raise SweeplrError(f"{target} holds no run record; allowed: a run or a sweep directory")
     for path in written:

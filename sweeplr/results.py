@@ -88,7 +88,17 @@ def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
         raise SweeplrError("no directory given; allowed: one or more sweep or run directories")
     runs: list[_Run] = []
     for sweep in paths:
-        runs.extend(_read_run(run_dir, Path(sweep)) for run_dir in run_dirs(sweep))
+        try:
+            found = run_dirs(sweep)
+        except SweeplrError:
+            # One of several workers' directories may hold no run: the others took every trial.
+            if len(paths) == 1 or not Path(sweep).is_dir():
+                raise
+            log.warning(f"{sweep} holds no runs; combining the other directories")
+            continue
+        runs.extend(_read_run(run_dir, Path(sweep)) for run_dir in found)
+    if not runs:
+        raise SweeplrError(f"none of {', '.join(map(str, paths))} holds a run directory")
     rows, swept = _rows(runs, with_sweep_dir=len(paths) > 1)
     df = pd.DataFrame(rows)
     for column in df.columns:
@@ -264,8 +274,14 @@ def compact(df: pd.DataFrame) -> pd.DataFrame:
         "sweep_dir",
         "run_dir",
     ]
-    if "job" not in df:  # a grouped table keeps all its columns
-        return df
+    if "job" not in df:  # a grouped table: its groups, counts, and the main metrics' mean/std
+        metrics = ("objective", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+        keep = [
+            *df.attrs.get("grouped_by", []),
+            "count",
+            "n_completed",
+            *(f"{m}_{stat}" for m in metrics for stat in ("mean", "std")),
+        ]
     out = df[[c for c in dict.fromkeys(keep) if c in df]]
     out.attrs = dict(df.attrs)
     return out

@@ -320,12 +320,15 @@ def test_divergence_in_the_final_update_is_detected() -> None:
 
 def test_pruning_callback_freezes_flagged_configs() -> None:
     X, y = make_data(3)
+    X_val, y_val = make_data(3, n=40, seed=1)
     hparams = {"lr": [0.01, 0.05, 0.1], "weight_decay": 0.01}
     cfg = OptimizerConfig("adamw", **hparams)  # type: ignore[arg-type]
-    calls: list[tuple[int, list[bool], Tensor]] = []
+    calls: dict[int, tuple[list[bool], Tensor, Tensor, Tensor]] = {}
 
-    def on_report(epoch: int, active: Tensor, train_loss: Tensor, *val: Tensor) -> Tensor:
-        calls.append((epoch, active.tolist(), train_loss))
+    def on_report(
+        epoch: int, active: Tensor, train_loss: Tensor, val_loss: Tensor, val_accuracy: Tensor
+    ) -> Tensor:
+        calls[epoch] = (active.tolist(), train_loss, val_loss, val_accuracy)
         return torch.tensor([False, epoch == 20, False])
 
     result, w0, b0 = run_engine(
@@ -336,15 +339,26 @@ def test_pruning_callback_freezes_flagged_configs() -> None:
         cfg,
         epochs=EPOCHS,
         batch_size=BATCH,
+        val=(X_val, y_val),
+        log_every=20,
         on_report=on_report,
         report_every=10,
     )
     assert result.status == ["completed", "pruned", "completed"]
     assert result.epochs_run == [EPOCHS, 20, EPOCHS]
     assert result.diverged_epoch == [None, None, None]
-    assert [epoch for epoch, _, _ in calls] == list(range(10, EPOCHS + 1, 10))
-    assert calls[1][1] == [True, True, True] and calls[2][1] == [True, False, True]
-    assert calls[2][2][1].isnan() and not calls[2][2][[0, 2]].isnan().any()
+    assert list(calls) == list(range(10, EPOCHS + 1, 10))
+    assert calls[20][0] == [True, True, True] and calls[30][0] == [True, False, True]
+    assert calls[30][1][1].isnan() and not calls[30][1][[0, 2]].isnan().any()
+    # Validation scores come with the reports at logged epochs (20, 40, 60, and the last).
+    history = result.history
+    assert history.val_loss is not None and history.val_accuracy is not None
+    assert calls[10][2].isnan().all() and calls[10][3].isnan().all()
+    for epoch in (20, 40):
+        row = history.epochs.index(epoch)
+        torch.testing.assert_close(calls[epoch][2], history.val_loss[row], equal_nan=True)
+        torch.testing.assert_close(calls[epoch][3], history.val_accuracy[row], equal_nan=True)
+    assert calls[40][2][1].isnan() and not calls[20][2].isnan().any()
     for k in range(3):
         epochs = result.epochs_run[k]
         w, b, losses = reference_train(
@@ -352,7 +366,7 @@ def test_pruning_callback_freezes_flagged_configs() -> None:
         )
         torch.testing.assert_close(result.weight[k], w, rtol=1e-5, atol=1e-8)
         torch.testing.assert_close(result.bias[k], b, rtol=1e-5, atol=1e-8)
-        torch.testing.assert_close(calls[0][2][k].item(), losses[9], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(calls[10][1][k].item(), losses[9], rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])

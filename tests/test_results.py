@@ -488,3 +488,14 @@ def test_compact_table_keeps_what_varies_and_the_main_metrics(grid, capsys):
     assert "beta2" not in capsys.readouterr().out
     assert main(["summary", str(grid), "--all-columns"]) == 0
     assert "beta2" in capsys.readouterr().out
+
+
+def test_a_worker_directory_without_runs_is_skipped_when_combining(grid, tmp_path):
+    idle = tmp_path / "idle_worker"
+    idle.mkdir()
+    (idle / "optimization_results.yaml").write_text("name: optuna\n")
+    assert len(load_sweep([grid, idle])) == len(load_sweep(grid))
+    with pytest.raises(SweeplrError, match="holds no run directories"):
+        load_sweep(idle)
+    with pytest.raises(SweeplrError, match="none of"):
+        load_sweep([idle, idle])

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import optuna
 import pytest
@@ -105,7 +106,7 @@ def postgres_url() -> str:
 
 def test_three_workers_on_postgresql_share_one_study_exactly(tmp_path):
     url = postgres_url()
-    name = f"pg-{tmp_path.name}"
+    name = f"pg-{uuid.uuid4().hex[:12]}"  # the database outlives this test's tmp_path
     workers = [
         start(
             tmp_path,
@@ -125,7 +126,11 @@ def test_three_workers_on_postgresql_share_one_study_exactly(tmp_path):
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-2000:]
-    trials = optuna.load_study(study_name=name, storage=url).trials
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+    finally:
+        storage.engine.dispose()  # close its connections: no unclosed-socket warning
     assert len(trials) == 30 and all(t.state == TrialState.COMPLETE for t in trials)
     table = load_sweep([tmp_path / f"worker{i}" for i in range(3)])
     assert len(table) == 30 and sorted(table["trial"]) == list(range(30))
