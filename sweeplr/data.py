@@ -11,14 +11,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from sklearn import datasets as skdatasets
-from sklearn.model_selection import train_test_split
 
 from sweeplr.errors import SweeplrError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# scikit-learn and pandas are imported where they are needed: importing them costs 1.5 s, a
+# third of a run's start-up, and the tutorial's data and split need neither (see make_blobs and
+# shuffle_split, which reproduce scikit-learn's numbers exactly; tests compare them).
 
 # The tutorial's two groups; red sits up-right so its example point (1, 1) is red.
 BLOB_CENTERS = np.array([[2.0, 2.0], [-2.0, -2.0]])
@@ -73,26 +77,40 @@ def _table(
 
 
 def make_blobs(n_samples: int = 1000, cluster_std: float = 1.0, generator_seed: int = 0) -> Table:
-    """The tutorial's linearly separable 2-D data: class 0 ``red``, class 1 ``blue``."""
+    """The tutorial's linearly separable 2-D data: class 0 ``red``, class 1 ``blue``.
+
+    The same numbers as ``sklearn.datasets.make_blobs(n_samples, centers=BLOB_CENTERS,
+    cluster_std, random_state=generator_seed)``, drawn in the same order.
+    """
     if n_samples < 2:
         raise SweeplrError(f"dataset.n_samples={n_samples} is too small; allowed: >= 2")
-    X, y = skdatasets.make_blobs(
-        n_samples=n_samples,
-        centers=BLOB_CENTERS,
-        cluster_std=cluster_std,
-        random_state=generator_seed,
+    rng = np.random.RandomState(generator_seed)
+    n_centers = len(BLOB_CENTERS)
+    per_center = [n_samples // n_centers + (i < n_samples % n_centers) for i in range(n_centers)]
+    X = np.concatenate(
+        [
+            rng.normal(loc=center, scale=cluster_std, size=(n, BLOB_CENTERS.shape[1]))
+            for center, n in zip(BLOB_CENTERS, per_center, strict=True)
+        ]
     )
-    return _table(X, y, ("x1", "x2"), BLOB_CLASS_NAMES)
+    y = np.repeat(np.arange(n_centers), per_center)
+    order = np.arange(n_samples)
+    rng.shuffle(order)
+    return _table(X[order], y[order], ("x1", "x2"), BLOB_CLASS_NAMES)
 
 
 def load_breast_cancer() -> Table:
     """scikit-learn's bundled copy: real data, no download."""
+    from sklearn import datasets as skdatasets
+
     bunch = skdatasets.load_breast_cancer()
     return _table(bunch.data, bunch.target, bunch.feature_names, bunch.target_names)
 
 
 def load_iris() -> Table:
     """scikit-learn's bundled iris: three classes."""
+    from sklearn import datasets as skdatasets
+
     bunch = skdatasets.load_iris()
     return _table(bunch.data, bunch.target, bunch.feature_names, bunch.target_names)
 
@@ -113,6 +131,8 @@ def make_synthetic(
         )
     if n_classes < 2:
         raise SweeplrError(f"dataset.n_classes={n_classes} is invalid; allowed: >= 2")
+    from sklearn import datasets as skdatasets
+
     X, y = skdatasets.make_classification(
         n_samples=n_samples,
         n_features=n_features,
@@ -129,6 +149,8 @@ def make_synthetic(
 
 def read_frame(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet file (by extension), with one-line errors for the usual mistakes."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise SweeplrError(f"dataset.path={path} does not exist; allowed: a CSV or Parquet file")
@@ -143,6 +165,8 @@ def read_frame(path: str | Path) -> pd.DataFrame:
 
 def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -> np.ndarray:
     """Columns of ``frame`` as a float32 matrix, or a one-line error naming the first bad cell."""
+    import pandas as pd
+
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise SweeplrError(
@@ -251,18 +275,13 @@ def split(
             f"the data set has {n} rows, too few for test_size={test_size} and "
             f"val_size={val_size}; allowed: enough rows for >= 2 train, >= 1 val and >= 1 test row"
         )
-    labels = table.y if stratify else None
     try:
-        X_rest, X_test, y_rest, y_test = train_test_split(
-            table.X, table.y, test_size=test_size, random_state=random_state, stratify=labels
+        X_rest, X_test, y_rest, y_test = _train_test_split(
+            table.X, table.y, test_size, random_state, stratify
         )
         if n_val:
-            X_train, X_val, y_train, y_val = train_test_split(
-                X_rest,
-                y_rest,
-                test_size=val_size,
-                random_state=random_state,
-                stratify=y_rest if stratify else None,
+            X_train, X_val, y_train, y_val = _train_test_split(
+                X_rest, y_rest, val_size, random_state, stratify
             )
         else:
             X_train, y_train = X_rest, y_rest
@@ -276,6 +295,25 @@ def split(
     return Splits(
         X_train, y_train, X_val, y_val, X_test, y_test, table.feature_names, table.class_names
     )
+
+
+def shuffle_split(n: int, test_size: float, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices of ``sklearn.model_selection.train_test_split(test_size=...,
+    random_state=...)`` without stratification, index for index."""
+    n_test = math.ceil(test_size * n)
+    permutation = np.random.RandomState(random_state).permutation(n)
+    return permutation[n_test:], permutation[:n_test]
+
+
+def _train_test_split(
+    X: np.ndarray, y: np.ndarray, test_size: float, random_state: int, stratify: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if stratify:
+        from sklearn.model_selection import train_test_split
+
+        return train_test_split(X, y, test_size=test_size, random_state=random_state, stratify=y)
+    train, test = shuffle_split(len(y), test_size, random_state)
+    return X[train], X[test], y[train], y[test]
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
 
 METRIC_NAMES = ("loss", "accuracy", "roc_auc", "f1")
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (``scipy.stats.rankdata``'s default)."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts_group = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(starts_group)
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + ends + 1) / 2)[np.cumsum(starts_group) - 1]
+    return ranks
 
 
 def binary_roc_auc(is_positive: np.ndarray, score: np.ndarray) -> float | None:
@@ -21,7 +32,7 @@ def binary_roc_auc(is_positive: np.ndarray, score: np.ndarray) -> float | None:
     n_neg = len(is_positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = rankdata(score)
+    ranks = average_ranks(score)
     return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import math
 import os
 import socket
@@ -21,12 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeplr.errors import SweeplrError
+
+log = logging.getLogger(__name__)
+
+# What a storage that went away raises: a database (SQLAlchemy, or Optuna's wrapper of it), a
+# journal file (OSError), or a missing database driver.
+STORAGE_ERRORS = (
+    sqlalchemy.exc.SQLAlchemyError,
+    optuna.exceptions.StorageInternalError,
+    OSError,
+    ImportError,
+)
 
 DEFAULT_JOURNAL = "optuna.journal"
 WORKER_ATTR = "sweeplr:worker"
@@ -76,8 +89,6 @@ def study_lock(url: str, sweep_dir: str | Path, study_name: str) -> Iterator[Non
     other URL gets a lock file in the sweep directory: exact between workers of one machine.
     """
     if url.startswith(("postgresql", "postgres")):
-        import sqlalchemy
-
         engine = _engines.get(url) or _engines.setdefault(
             url, sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         )
@@ -215,6 +226,9 @@ class Heartbeat:
                     self._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
                 except UpdateFinishedTrialError:  # it finished between the copy and the stamp
                     self.discard(trial_id)
+                except STORAGE_ERRORS as exc:
+                    # The sweep itself reports a lost storage, once; a heartbeat only retries.
+                    log.debug(f"heartbeat of trial {trial_id} not recorded: {exc}")
 
     def close(self) -> None:
         self._stop.set()

@@ -118,3 +118,23 @@ def test_too_few_rows_for_the_split():
     tiny = make_blobs(n_samples=4)
     with pytest.raises(SweeplrError, match="too few"):
         split(tiny, test_size=0.33, val_size=0.2)
+
+
+def test_blobs_and_split_are_scikit_learns_numbers():
+    from sklearn.datasets import make_blobs as sk_make_blobs
+
+    from sweeplr.data import BLOB_CENTERS, shuffle_split
+
+    for n, std, seed in ((1000, 1.0, 0), (7, 2.5, 3)):
+        X, y = sk_make_blobs(n_samples=n, centers=BLOB_CENTERS, cluster_std=std, random_state=seed)
+        table = make_blobs(n, std, seed)
+        np.testing.assert_array_equal(table.X, X.astype(np.float32))
+        np.testing.assert_array_equal(table.y, y)
+    from sklearn.model_selection import train_test_split
+
+    for n, size, seed in ((1000, 0.33, 42), (670, 0.2, 42), (11, 0.5, 7)):
+        index = np.arange(n)
+        sk_train, sk_test = train_test_split(index, test_size=size, random_state=seed)
+        train, test = shuffle_split(n, size, seed)
+        np.testing.assert_array_equal(train, sk_train)
+        np.testing.assert_array_equal(test, sk_test)

@@ -139,3 +139,18 @@ def test_seed_experiment_is_the_tutorial(small_cfg):
     )
     assert (cfg.test_size, cfg.random_state, cfg.standardize) == (0.33, 42, False)
     validate(cfg)
+
+
+def test_progress_line_for_a_terminal_and_quiet_otherwise(small_cfg, tmp_path, capsys):
+    import io
+
+    from sweeplr.experiment import progress_printer
+
+    stream = io.StringIO()
+    show = progress_printer(50, stream)
+    run_experiment(small_cfg(), tmp_path, on_log=show)
+    text = stream.getvalue()
+    assert text.startswith("\repoch 10/50") and "\repoch 50/50  train loss" in text
+    assert "val acc" in text and text.endswith("\n")
+    run_experiment(small_cfg(), tmp_path / "quiet")
+    assert capsys.readouterr().err == ""

@@ -30,3 +30,13 @@ def test_undefined_and_diverged_metrics_are_missing():
     assert one_class["roc_auc"] is None and one_class["accuracy"] == 0.5
     nan = classification_metrics(np.full((2, 2), np.nan), np.array([0, 1]), float("nan"))
     assert nan == {"loss": None, "accuracy": None, "roc_auc": None, "f1": None}
+
+
+def test_average_ranks_equal_scipy():
+    from scipy.stats import rankdata
+
+    from sweeplr.metrics import average_ranks
+
+    rng = np.random.default_rng(0)
+    values = np.round(rng.normal(size=300), 1)  # many ties
+    np.testing.assert_array_equal(average_ranks(values), rankdata(values))

@@ -2,11 +2,15 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -191,3 +195,103 @@ def test_other_hydra_launchers_write_the_same_records(tmp_path, launcher):
     assert len(table) == 2 and set(table["status"]) == {"completed"}
     assert sorted(table["lr"]) == [0.01, 0.1]
     assert (sweep / "summary.csv").is_file()
+
+
+def test_unreachable_storage_at_start_is_one_clear_error(tmp_path):
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=2",
+        "plots=false",
+        "hydra.sweeper.storage=postgresql://nobody@127.0.0.1:9/none",
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is unreachable" in errors[0], proc.stderr[-2000:]
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL server of this test's own, which it may stop (Debian's postgresql)."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's postgresql must be installed (see .ci/run)")
+        pytest.skip("needs Debian's postgresql (apt-get install postgresql)")
+    pg_ctl = bins[-1]
+    data = Path(tempfile.mkdtemp(prefix="sweeplr-pg-"))  # /tmp: the postgres user can reach it
+    shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def as_postgres(*cmd):
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True
+        )
+
+    as_postgres(pg_ctl.parent / "initdb", "-D", data, "-A", "trust", "-U", "postgres")
+    as_postgres(
+        pg_ctl,
+        "-D",
+        data,
+        "-l",
+        data / "log",
+        "-w",
+        "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+        "start",
+    )
+    stop = lambda: as_postgres(pg_ctl, "-D", data, "-m", "immediate", "stop")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", stop
+    finally:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(pg_ctl),
+                "-D",
+                str(data),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_storage_lost_during_a_sweep_keeps_records_and_says_so(tmp_path, private_postgres):
+    url, stop_server = private_postgres
+    sweep = tmp_path / "s"
+    proc = start(
+        tmp_path,
+        [
+            "--multirun",
+            "sweep=optuna",
+            "hydra.sweeper.n_trials=40",
+            "epochs=choice(20000)",
+            "log_every=1000",
+            "plots=false",
+            f"hydra.sweeper.storage={url}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(sweep.glob("*/metrics.json"))) < 2:
+        time.sleep(0.05)
+    stop_server()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lost the study storage" in errors[0], err[-3000:]
+    assert "Traceback" not in err
+    records = list(sweep.glob("*/metrics.json"))
+    assert len(records) >= 2  # what finished before the outage is kept, whole
+    for path in records:
+        assert json.loads(path.read_text())["status"] == "completed"

@@ -21,10 +21,9 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import sqlalchemy
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -40,15 +39,9 @@ from optuna.trial import TrialState
 
 from sweeplr.config import OBJECTIVES
 from sweeplr.records import METRICS_FILE, atomic_write_text
-from sweeplr.studies import (
-    Heartbeat,
-    budget_used,
-    open_storage,
-    requeue,
-    requeue_stale_trials,
-    storage_url,
-    study_lock,
-)
+
+if TYPE_CHECKING:
+    from sweeplr.studies import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +89,6 @@ def default_study_name(task_overrides: list[str], sweeper_cfg: DictConfig) -> st
     }
     text = json.dumps([sorted(task_overrides), searched], sort_keys=True, default=str)
     return "optuna-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-# What a storage that went away raises: a database (SQLAlchemy) or a journal file (OSError).
-STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, OSError, ImportError)
 
 
 def first_line(exc: BaseException) -> str:
@@ -189,6 +178,19 @@ class SweeplrOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         impl, config = self.impl, self.config
+        # Here, not at the top: Hydra imports every plugin at start-up, and studies needs
+        # SQLAlchemy, which a run that sweeps nothing should not pay for.
+        from sweeplr.studies import (
+            STORAGE_ERRORS,
+            Heartbeat,
+            budget_used,
+            open_storage,
+            requeue,
+            requeue_stale_trials,
+            storage_url,
+            study_lock,
+        )
+
         params_conf = [*impl._parse_sweeper_params_config(), *arguments]
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
         for name in fixed_params:
