@@ -22,6 +22,7 @@ P3  a 100-trial Optuna TPE study (blobs, 500 epochs) vs one run (target <= 3.0),
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -46,6 +47,12 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out
 
 
+def read_record(out: str) -> str:
+    """The ``metrics.json`` of the run whose report is ``out`` (empty if it printed none)."""
+    paths = [line.split("record:")[1].strip() for line in out.splitlines() if "record:" in line]
+    return "\n" + (Path(paths[0]) / "metrics.json").read_text() if paths else ""
+
+
 def median_runs(variants: dict[str, list[str]], reps: int) -> dict[str, dict[str, float | str]]:
     """Run every variant ``reps`` times, interleaved; medians of wall time and peak RSS."""
     walls: dict[str, list[float]] = {k: [] for k in variants}
@@ -55,7 +62,7 @@ def median_runs(variants: dict[str, list[str]], reps: int) -> dict[str, dict[str
         for name, cmd in variants.items():
             with tempfile.TemporaryDirectory() as tmp:
                 wall, peak, out = timed(cmd, Path(tmp))
-                outs[name] = out
+                outs[name] = out + read_record(out)  # before the directory goes
             walls[name].append(wall)
             rss[name].append(peak)
     return {
@@ -82,13 +89,14 @@ def p1(args: argparse.Namespace) -> None:
         args.reps,
     )
     tut_loss = float(res["tutorial"]["out"].split()[-1])
-    ours = [line for line in res["sweeplr"]["out"].splitlines() if line.strip().startswith("train")]
-    our_loss = float(ours[0].split()[1])
+    record = res["sweeplr"]["out"]
+    our_loss = json.loads(record[record.index("\n{") :])["metrics"]["train"]["loss"]
     ratio = res["sweeplr"]["wall"] / res["tutorial"]["wall"]
     print(
         f"P1 epochs={n}: tutorial {res['tutorial']['wall']:.2f} s, sweeplr "
         f"{res['sweeplr']['wall']:.2f} s, ratio {ratio:.3f} (target <= 0.15); final train "
-        f"loss tutorial {tut_loss:.6f} sweeplr {our_loss:.4f} (report rounds to 4 places)"
+        f"loss tutorial {tut_loss:.8f} sweeplr {our_loss:.8f}, difference "
+        f"{abs(tut_loss - our_loss):.1e} (target <= 1e-4)"
     )
 
 

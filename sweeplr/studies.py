@@ -208,8 +208,8 @@ class Heartbeat:
         self._thread.start()
 
     def add(self, trial_id: int) -> None:
+        # The first beat is the trial's start time (is_stale reads it): one write fewer a trial.
         self._storage.set_trial_system_attr(trial_id, WORKER_ATTR, worker_identity())
-        self._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
         with self._lock:
             self._trial_ids.add(trial_id)
 

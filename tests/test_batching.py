@@ -82,6 +82,8 @@ def test_job_composer_matches_hydra_composition():
             ["lr=0.2", "optimizer=adam", "optimizer.betas=[0.8,0.9]"],
             ["optimizer=sgd", "seed=3", "batch_size=null"],
             ["dataset=iris", "+extra=1"],
+            ["lr=1e-3", "epochs=5", "optimizer=adam", "optimizer.eps=1.5e-07", "plots=false"],
+            ["lr=.5", "trial=17", "optimizer=sgd", "optimizer.momentum=0.9", "seed=+2"],
         ):
             fast = composer.compose(overrides)
             full = loader.load_sweep_config(master, overrides)
@@ -90,7 +92,7 @@ def test_job_composer_matches_hydra_composition():
             ), overrides
             assert list(fast.hydra.overrides.task) == overrides
             assert fast.hydra.job.override_dirname == full.hydra.job.override_dirname
-        assert len(composer.compositions) == 3  # adam twice, sgd, iris+extra
+        assert len(composer.compositions) == 3  # adam, sgd, iris+extra
 
 
 def plain_task(cfg):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -29,6 +31,13 @@ from sweeplr.errors import SweeplrError
 from sweeplr.experiment import Job, hydra_job, run_jobs
 
 log = logging.getLogger(__name__)
+
+# `key=number`, in the forms Hydra's grammar reads as an int or a float.
+PLAIN_NUMBER = re.compile(
+    r"^(?P<key>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)="
+    r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$"
+)
+INTEGER = re.compile(r"^[-+]?\d+$")
 
 
 @dataclass
@@ -59,6 +68,7 @@ class JobComposer:
         self.parser = OverridesParser.create()
         # Pickled, because unpickling copies a config in a third of the time deepcopy takes.
         self.compositions: dict[tuple[str, ...], bytes] = {}
+        self.classified: dict[str, tuple[str, Any] | None] = {}
 
     def _is_structural(self, override: object, text: str) -> bool:
         key = override.key_or_group
@@ -72,22 +82,42 @@ class JobComposer:
             or "${" in text
         )
 
+    def _split(self, text: str) -> tuple[str, Any] | None:
+        """``(key, value)`` of a plain value override; None for a structural one.
+
+        A number needs no grammar (and every trial brings new ones: ``lr=0.0123``, ``trial=17``);
+        anything else goes through Hydra's parser, once per distinct text.
+        """
+        if text not in self.classified:
+            number = PLAIN_NUMBER.match(text)
+            if (
+                number
+                and number["key"] not in self.groups
+                and not number["key"].startswith("hydra")
+            ):
+                raw = number["value"]
+                value: Any = int(raw) if INTEGER.match(raw) else float(raw)
+                self.classified[text] = (number["key"], value)
+            else:
+                (override,) = self.parser.parse_overrides([text])
+                structural = self._is_structural(override, text)
+                self.classified[text] = (
+                    None if structural else (override.key_or_group, override.value())
+                )
+        return self.classified[text]
+
     def compose(self, overrides: Sequence[str]) -> DictConfig:
-        parsed = self.parser.parse_overrides(list(overrides))
-        structural = tuple(
-            text for text, o in zip(overrides, parsed, strict=True) if self._is_structural(o, text)
-        )
-        values = [
-            o for text, o in zip(overrides, parsed, strict=True) if not self._is_structural(o, text)
-        ]
+        split = [self._split(text) for text in overrides]
+        structural = tuple(text for text, kv in zip(overrides, split, strict=True) if kv is None)
+        values = [kv for kv in split if kv is not None]
         if structural not in self.compositions:
             self.compositions[structural] = pickle.dumps(
                 self.loader.load_sweep_config(self.master, list(structural))
             )
         cfg = pickle.loads(self.compositions[structural])
         try:
-            for override in values:
-                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+            for key, value in values:
+                OmegaConf.update(cfg, key, value, merge=True)
         except Exception:  # noqa: BLE001 - whatever the schema says, Hydra says it better
             return self.loader.load_sweep_config(self.master, list(overrides))
         with read_write(cfg.hydra):

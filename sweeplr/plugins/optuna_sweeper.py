@@ -257,8 +257,13 @@ class SweeplrOptunaSweeper(Sweeper):
                     (*job, f"trial={trial.number}")
                     for trial, job in zip(
                         in_flight,
+                        # Fixed values travel as overrides, not as one stored attribute per value
+                        # and trial: every storage write costs a lock and an fsync.
                         impl._configure_trials(
-                            in_flight, distributions, fixed_params, fixed_overrides
+                            in_flight,
+                            distributions,
+                            {},
+                            [*(f"{k}={v}" for k, v in fixed_params.items()), *fixed_overrides],
                         ),
                         strict=True,
                     )
@@ -311,7 +316,8 @@ class SweeplrOptunaSweeper(Sweeper):
             heartbeat.discard(trial._trial_id)
             state, values, record = job_outcome(ret)
             if record is not None:
-                study._storage.set_trial_user_attr(trial._trial_id, "status", record["status"])
+                if record["status"] != "completed":  # COMPLETE says it; a write fewer a trial
+                    study._storage.set_trial_user_attr(trial._trial_id, "status", record["status"])
                 study._storage.set_trial_user_attr(
                     trial._trial_id, "run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir)
                 )
