@@ -26,6 +26,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from sweeplr.errors import SweeplrError
 from sweeplr.predict import DIVERGED, MODEL_FILE, TrainedModel, model_from_payload
+from sweeplr.records import HISTORY_FILE, atomic_write
 from sweeplr.results import FIXED_COLUMNS, METRICS_FILE, load_sweep
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 # optuna's matplotlib plots go through pyplot; Agg needs no display (CI, SSH, cron).
 matplotlib.use("Agg")
 
-HISTORY_FILE = "history.csv"  # sweeplr.records.HISTORY_FILE; that module imports torch
 DPI = 100
 LOG_SCALE_DECADES = 2  # a loss falling by more than this many powers of ten is drawn log-y
 MESH_POINTS = 250  # per axis: fine enough for smooth region edges, cheap to predict
@@ -45,7 +45,6 @@ OUTCOME_COLUMNS = frozenset(FIXED_COLUMNS)
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Render to PNG in memory, then write atomically; no software/URL metadata in the file."""
-    from sweeplr.records import atomic_write  # torch: only once there is a picture to write
 
     buffer = io.BytesIO()
     # bbox "tight": optuna's figures place rotated labels and colorbars past the edges.

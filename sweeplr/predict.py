@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 
 from sweeplr.errors import SweeplrError
+from sweeplr.records import MODEL_FILE, atomic_write_text
 from sweeplr.results import METRICS_FILE, load_sweep
 
 if TYPE_CHECKING:
     from sweeplr.data import Standardizer
     from sweeplr.model import LogisticRegression
 
-MODEL_FILE = "model.pt"  # sweeplr.records.MODEL_FILE; that module imports torch
 DIVERGED = "diverged"
 
 
@@ -188,7 +188,6 @@ def predictions_frame(
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict one point given on the command line, or every row of a CSV file."""
     from sweeplr.data import read_frame
-    from sweeplr.records import atomic_write_text
 
     run_dir = Path(args.run_dir)
     values = [*args.values, *(args.best or [])]

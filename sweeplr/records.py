@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 from sweeplr.errors import SweeplrError
 
 METRICS_FILE = "metrics.json"
@@ -95,6 +93,8 @@ def write_history(run_dir: str | Path, columns: Mapping[str, list[float] | list[
 
 def save_model(run_dir: str | Path, payload: Mapping[str, Any]) -> Path:
     """``torch.save`` of plain tensors, numbers, strings, lists and dicts (loads weights_only)."""
+    import torch  # here: the tables and pictures that only read records need no torch
+
     buffer = io.BytesIO()
     torch.save(dict(payload), buffer)
     return atomic_write(Path(run_dir) / MODEL_FILE, lambda handle: handle.write(buffer.getvalue()))
@@ -104,6 +104,8 @@ def load_model_payload(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise SweeplrError(f"{path} does not exist; allowed: a run directory holding {MODEL_FILE}")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file

@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from sweeplr.plots import OUTCOME_COLUMNS, ranked_runs, resolve_run_dir, split_params
+from sweeplr.records import atomic_write_text
 from sweeplr.results import METRICS_FILE, load_sweep, run_dirs
 
 REPORT_FILE = "report.html"
@@ -198,8 +199,6 @@ def write_report(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> Pa
     ``table`` is the sweep's table as :func:`sweeplr.results.load_sweep` returns it (read from
     ``sweep_dir`` when not given).
     """
-    from sweeplr.records import atomic_write_text  # imports torch: only when writing
-
     sweep_dir = Path(sweep_dir)
     table = load_sweep(sweep_dir) if table is None else table
     command, source = sweep_command(sweep_dir)

@@ -23,10 +23,10 @@ import pandas as pd
 import yaml
 
 from sweeplr.errors import SweeplrError
+from sweeplr.records import METRICS_FILE, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"  # sweeplr.records.METRICS_FILE; that module imports torch
 SUMMARY_FILE = "summary.csv"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 SPLITS = ("train", "val", "test")
@@ -292,8 +292,6 @@ def write_summary(sweep_dir: str | os.PathLike[str], df: pd.DataFrame | None = N
 
     ``df`` is the already loaded table, if the caller has one, to avoid reading every run twice.
     """
-    from sweeplr.records import atomic_write_text  # imports torch: only when writing
-
     table = load_sweep(sweep_dir) if df is None else df
     path = Path(sweep_dir) / SUMMARY_FILE
     return atomic_write_text(path, table.to_csv(index=False))
@@ -343,8 +341,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.out is None:
         print(text)
         return 0
-    from sweeplr.records import atomic_write_text  # imports torch: only when writing
-
     atomic_write_text(args.out, text + "\n")
     return 0
 
