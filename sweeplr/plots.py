@@ -26,7 +26,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from sweeplr.errors import SweeplrError
 from sweeplr.predict import DIVERGED, MODEL_FILE, TrainedModel, model_from_payload
-from sweeplr.records import HISTORY_FILE, atomic_write
+from sweeplr.records import HISTORY_FILE, atomic_write, load_model_payload
 from sweeplr.results import FIXED_COLUMNS, METRICS_FILE, load_sweep
 
 if TYPE_CHECKING:
@@ -200,7 +200,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     from omegaconf import OmegaConf
 
     from sweeplr.data import Standardizer, load_dataset, split
-    from sweeplr.records import load_model_payload
 
     run_dir = Path(run_dir)
     payload = load_model_payload(run_dir)

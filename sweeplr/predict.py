@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sweeplr.errors import SweeplrError
-from sweeplr.records import MODEL_FILE, atomic_write_text
+from sweeplr.records import MODEL_FILE, atomic_write_text, load_model_payload
 from sweeplr.results import METRICS_FILE, load_sweep
 
 if TYPE_CHECKING:
@@ -111,7 +111,6 @@ class TrainedModel:
 
 def load_run(run_dir: str | Path) -> TrainedModel:
     """The model of a finished run, ready for raw features; refuses a diverged run's NaN weights."""
-    from sweeplr.records import load_model_payload
 
     return model_from_payload(load_model_payload(run_dir), Path(run_dir))
 
