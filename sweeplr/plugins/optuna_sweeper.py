@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import signal
 import sys
 from dataclasses import dataclass
@@ -294,15 +295,11 @@ class SweeplrOptunaSweeper(Sweeper):
         return str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler")
 
     def _grid_sampler(self, distributions: dict[str, Any]) -> optuna.samplers.BaseSampler:
-        space = {name: impl_choices(d) for name, d in distributions.items()}
-        cfg = OmegaConf.to_container(self.sampler_cfg)
-        cfg.pop("_partial_", None)
-        seed = cfg.get("seed")
-        n_grid = 1
-        for choices in space.values():
-            n_grid *= len(choices)
-        self.impl.n_trials = min(self.impl.n_trials, n_grid)
-        return optuna.samplers.GridSampler(space, seed=seed)
+        space = {
+            name: OptunaSweeperImpl._to_grid_sampler_choices(d) for name, d in distributions.items()
+        }
+        self.impl.n_trials = min(self.impl.n_trials, math.prod(len(c) for c in space.values()))
+        return optuna.samplers.GridSampler(space, seed=self.sampler_cfg.get("seed"))
 
     def _tell_all(
         self,
@@ -362,7 +359,3 @@ class SweeplrOptunaSweeper(Sweeper):
         atomic_write_text(
             sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results))
         )
-
-
-def impl_choices(distribution: Any) -> list[Any]:
-    return OptunaSweeperImpl._to_grid_sampler_choices(distribution)
