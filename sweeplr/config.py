@@ -1,28 +1,23 @@
-"""Typed structured configs: the schema every YAML file in ``conf/`` is merged onto.
+"""Typed structured configs, their range checks, and :class:`RunSpec`, what a run is made of.
 
 Hydra type-checks values against these dataclasses while composing (``lr=abc`` fails there);
-:func:`validate` checks ranges and cross-field rules that types cannot express, before any
-data is loaded. This module imports Hydra only to register the schemas.
+:func:`run_spec` checks ranges and cross-field rules that types cannot express, before any data
+is loaded, and returns the run's settings as one frozen value the runner trains from. Hydra is
+imported only inside :func:`register_configs`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sweeplr.errors import SweeplrError
-
-# Metric each objective name reads, and whether smaller is better.
-OBJECTIVES: dict[str, str] = {
-    f"{split}_{metric}": ("minimize" if metric == "loss" else "maximize")
-    for split in ("val", "train", "test")
-    for metric in ("loss", "accuracy", "roc_auc", "f1")
-}
+from sweeplr.schema import DATASETS, ENGINES, HYPERPARAMETERS, OBJECTIVES, OPTIMIZERS
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -109,21 +104,18 @@ class Config:
     log_every: int = 10
     progress: bool = True
     plots: bool = True
-    trial: int | None = None  # set by the Optuna sweeper, never by hand
     engine: str = "batched"  # batched (closed-form, many configs at once) | reference (torch.optim)
 
 
 def register_configs() -> None:
     """Register the schemas so YAML files can name them in their ``defaults`` lists."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="sweeplr_schema", node=Config)
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
     for schema in (BlobsConfig, BreastCancerConfig, IrisConfig, SyntheticConfig, CsvConfig):
         cs.store(group="dataset", name=f"{schema().name}_schema", node=schema)
-
-
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
-DATASET_NAMES = ("blobs", "breast_cancer", "iris", "synthetic", "csv")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -158,8 +150,8 @@ def validate(cfg: Any) -> None:
     _fraction("test_size", cfg.test_size, allow_zero=False)
     _fraction("val_size", cfg.val_size, allow_zero=True)
     _check(
-        cfg.engine in ("batched", "reference"),
-        f"engine={cfg.engine} is unknown; allowed: batched, reference",
+        cfg.engine in ENGINES,
+        f"engine={cfg.engine} is unknown; allowed: {', '.join(ENGINES)}",
     )
     _check(cfg.log_every >= 1, f"log_every={cfg.log_every} is invalid; allowed: an integer >= 1")
     _check(
@@ -173,8 +165,8 @@ def validate(cfg: Any) -> None:
     )
     opt = cfg.optimizer
     _check(
-        opt.name in OPTIMIZER_NAMES,
-        f"optimizer.name={opt.name} is unknown; allowed: {', '.join(OPTIMIZER_NAMES)}",
+        opt.name in OPTIMIZERS,
+        f"optimizer.name={opt.name} is unknown; allowed: {', '.join(OPTIMIZERS)}",
     )
     _check(
         opt.weight_decay >= 0,
@@ -195,11 +187,103 @@ def validate(cfg: Any) -> None:
     )
     _check(opt.eps > 0, f"optimizer.eps={opt.eps} is invalid; allowed: a number > 0")
     _check(
-        cfg.dataset.name in DATASET_NAMES,
-        f"dataset.name={cfg.dataset.name} is unknown; allowed: {', '.join(DATASET_NAMES)}",
+        cfg.dataset.name in DATASETS,
+        f"dataset.name={cfg.dataset.name} is unknown; allowed: {', '.join(DATASETS)}",
     )
     if cfg.dataset.name == "csv":
         _check(
             cfg.dataset.missing in ("error", "drop"),
             f"dataset.missing={cfg.dataset.missing} is invalid; allowed: error, drop",
         )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides a run's numbers, read from a validated config.
+
+    Two equal specs train to the same numbers (on the CPU); what only changes how a run is shown
+    (``progress``, ``plots``) is left out.
+    """
+
+    dataset: Mapping[str, Any]  # the dataset group's values: name, path, generator seed, ...
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    betas: tuple[float, float]
+    eps: float
+    epochs: int
+    batch_size: int | None
+    seed: int
+    device: str
+    test_size: float
+    random_state: int
+    val_size: float
+    stratify: bool
+    standardize: bool
+    objective: str
+    log_every: int
+    engine: str
+
+    @property
+    def direction(self) -> str:
+        """``minimize`` or ``maximize``: how the objective ranks runs."""
+        return OBJECTIVES[self.objective]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The flat values a record and the summary table show, named as in ``HYPERPARAMETERS``."""
+        values = {
+            "dataset": self.dataset["name"],
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "weight_decay": self.weight_decay,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "beta1": self.betas[0],
+            "beta2": self.betas[1],
+            "eps": self.eps,
+            "seed": self.seed,
+            "standardize": self.standardize,
+            "test_size": self.test_size,
+            "val_size": self.val_size,
+        }
+        return {name: values[name] for name in HYPERPARAMETERS}
+
+
+def run_spec(cfg: Any) -> RunSpec:
+    """Validate ``cfg`` (a composed config, or anything with its attributes) and read its spec.
+
+    Raises :class:`SweeplrError` with one line naming the first invalid value.
+    """
+    validate(cfg)
+    opt = cfg.optimizer
+    dataset = cfg.dataset
+    if isinstance(dataset, DictConfig):
+        dataset = OmegaConf.to_container(dataset, resolve=True)
+    elif not isinstance(dataset, Mapping):
+        dataset = asdict(dataset)
+    return RunSpec(
+        dataset=dict(dataset),
+        optimizer=str(opt.name),
+        lr=float(cfg.lr),
+        weight_decay=float(opt.weight_decay),
+        momentum=float(opt.momentum),
+        nesterov=bool(opt.nesterov),
+        betas=(float(opt.betas[0]), float(opt.betas[1])),
+        eps=float(opt.eps),
+        epochs=int(cfg.epochs),
+        batch_size=None if cfg.batch_size is None else int(cfg.batch_size),
+        seed=int(cfg.seed),
+        device=str(cfg.device),
+        test_size=float(cfg.test_size),
+        random_state=int(cfg.random_state),
+        val_size=float(cfg.val_size),
+        stratify=bool(cfg.stratify),
+        standardize=bool(cfg.standardize),
+        objective=str(cfg.objective),
+        log_every=int(cfg.log_every),
+        engine=str(cfg.engine),
+    )

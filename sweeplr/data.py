@@ -8,14 +8,15 @@ class names those codes stand for); :func:`split` carves train/val/test the tuto
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sweeplr.errors import SweeplrError
+from sweeplr.errors import SweeplrError, first_line
+from sweeplr.schema import DATASETS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,8 +160,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except (ValueError, ImportError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SweeplrError(f"dataset.path={path} could not be read: {first_line}") from exc
+        raise SweeplrError(f"dataset.path={path} could not be read: {first_line(exc)}") from exc
 
 
 def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -> np.ndarray:
@@ -230,30 +230,28 @@ def load_csv(
     return _table(X, y, feature_columns, class_values)
 
 
-def load_dataset(spec: Any) -> Table:
-    """Build the :class:`Table` a dataset config describes (``spec.name`` picks the loader)."""
-    name = spec.name
+def load_dataset(spec: Mapping[str, Any]) -> Table:
+    """Build the :class:`Table` a dataset config's values describe (``name`` picks the loader)."""
+    name = spec["name"]
     if name == "blobs":
-        return make_blobs(spec.n_samples, spec.cluster_std, spec.generator_seed)
+        return make_blobs(spec["n_samples"], spec["cluster_std"], spec["generator_seed"])
     if name == "breast_cancer":
         return load_breast_cancer()
     if name == "iris":
         return load_iris()
     if name == "synthetic":
         return make_synthetic(
-            spec.n_samples,
-            spec.n_features,
-            spec.n_informative,
-            spec.n_classes,
-            spec.class_sep,
-            spec.generator_seed,
+            spec["n_samples"],
+            spec["n_features"],
+            spec["n_informative"],
+            spec["n_classes"],
+            spec["class_sep"],
+            spec["generator_seed"],
         )
     if name == "csv":
-        features = list(spec.features) if spec.features is not None else None
-        return load_csv(spec.path, spec.target, features, spec.missing)
-    raise SweeplrError(
-        f"dataset.name={name} is unknown; allowed: blobs, breast_cancer, iris, synthetic, csv"
-    )
+        features = list(spec["features"]) if spec["features"] is not None else None
+        return load_csv(spec["path"], spec["target"], features, spec["missing"])
+    raise SweeplrError(f"dataset.name={name} is unknown; allowed: {', '.join(DATASETS)}")
 
 
 def split(
@@ -287,7 +285,7 @@ def split(
             X_train, y_train = X_rest, y_rest
             X_val, y_val = X_rest[:0], y_rest[:0]
     except ValueError as exc:  # stratify with too few members of a class
-        raise SweeplrError(f"cannot split the data set: {str(exc).splitlines()[0]}") from exc
+        raise SweeplrError(f"cannot split the data set: {first_line(exc)}") from exc
     if len(np.unique(y_train)) < 2:
         raise SweeplrError(
             "the training part holds a single class; allowed: data with >= 2 classes in training"

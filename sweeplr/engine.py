@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Status = Literal["completed", "diverged", "pruned"]
+from sweeplr.schema import COMPLETED, DIVERGED, PRUNED, Status
+
 OptimizerKind = Literal["sgd", "adam", "adamw"]
 HParam = float | Sequence[float] | Tensor
 """A hyperparameter: one value shared by all K configurations, or one value per configuration."""
@@ -566,7 +567,7 @@ class _Run:
             self.opt = _Adam(hp, optimizer.kind == "adamw", self.P)
         self.active = list(range(k))
         self.active_t = torch.arange(k, device=X.device)
-        self.status: list[Status] = ["completed"] * k
+        self.status: list[Status] = [COMPLETED] * k
         self.epochs_run = [0] * k
         self.diverged_epoch: list[int | None] = [None] * k
         # Targets in the form the loss kernels want (see _loss_and_grad): binary (1 - 2y,),
@@ -666,7 +667,7 @@ class _Run:
             k = self.active[pos]
             self.status[k] = status
             self.epochs_run[k] = epoch
-            if status == "diverged":
+            if status == DIVERGED:
                 self.diverged_epoch[k] = epoch
         stopped = torch.tensor(positions, device=self.P.device)
         self.final.index_copy_(0, self.active_t[stopped], self.P[stopped])
@@ -700,7 +701,7 @@ class _Run:
         bad = ~torch.isfinite(window)
         positions = bad.any(1).nonzero().flatten().tolist()
         first_bad = bad.to(torch.uint8).argmax(1).tolist()
-        self._stop(positions, "diverged", [first_epoch + first_bad[i] for i in positions])
+        self._stop(positions, DIVERGED, [first_epoch + first_bad[i] for i in positions])
 
     def _evaluate(self) -> tuple[Tensor, Tensor]:
         """Validation loss and accuracy of the active configurations, ``[Ka]`` each."""
@@ -789,19 +790,19 @@ class _Run:
         if stop.shape != active_mask.shape:
             raise ValueError(f"on_report must return {active_mask.shape[0]} flags")
         positions = [i for i, k in enumerate(self.active) if stop[k]]
-        self._stop(positions, "pruned", [epoch] * len(positions))
+        self._stop(positions, PRUNED, [epoch] * len(positions))
 
     def _finish(self, last_epoch: int, hist_epochs: list[int], hist: Tensor) -> EngineResult:
         """Final parameter check, gather all configurations, and clean the history."""
         if self.active:
             broken = ~torch.isfinite(self.P).flatten(1).all(1)
             positions = broken.nonzero().flatten().tolist()
-            self._stop(positions, "diverged", [last_epoch] * len(positions))
-            self._stop(list(range(len(self.active))), "completed", [last_epoch] * len(self.active))
+            self._stop(positions, DIVERGED, [last_epoch] * len(positions))
+            self._stop(list(range(len(self.active))), COMPLETED, [last_epoch] * len(self.active))
         hist = hist[:, : len(hist_epochs)].cpu()
         logged = torch.tensor(hist_epochs, dtype=torch.int64)
         for k, status in enumerate(self.status):
-            if status != "completed":
+            if status != COMPLETED:
                 hist[:, logged > self.epochs_run[k], k] = math.nan
         n_features = self.final.shape[2] - 1
         return EngineResult(

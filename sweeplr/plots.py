@@ -9,7 +9,6 @@ As in ``sweeplr.predict``, torch and scikit-learn are imported only where they a
 
 from __future__ import annotations
 
-import argparse
 import io
 import warnings
 from collections.abc import Sequence
@@ -25,9 +24,10 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from sweeplr.errors import SweeplrError
-from sweeplr.predict import DIVERGED, MODEL_FILE, TrainedModel, model_from_payload
+from sweeplr.predict import TrainedModel, model_from_payload
 from sweeplr.records import HISTORY_FILE, atomic_write, load_model_payload
-from sweeplr.results import FIXED_COLUMNS, METRICS_FILE, load_sweep
+from sweeplr.results import FIXED_COLUMNS, load_sweep
+from sweeplr.schema import COMPLETED, DIVERGED
 
 if TYPE_CHECKING:
     import optuna
@@ -245,7 +245,7 @@ def split_params(table: pd.DataFrame) -> tuple[list[str], dict[str, Any]]:
 
 def ranked_runs(table: pd.DataFrame) -> pd.DataFrame:
     """Completed runs with an objective value, best first."""
-    done = table[(table["status"] == "completed") & table["objective"].notna()]
+    done = table[(table["status"] == COMPLETED) & table["objective"].notna()]
     ascending = table.attrs.get("direction", "minimize") == "minimize"
     return done.sort_values("objective", ascending=ascending, kind="stable")
 
@@ -262,7 +262,7 @@ def _plot_objective_vs_lr(table: pd.DataFrame, out_path: Path) -> Path:
     panels = (("objective", f"{objective_name} ({direction})"), ("test_accuracy", "test accuracy"))
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
-    done = table[table["status"] == "completed"]
+    done = table[table["status"] == COMPLETED]
     done = done.assign(**{c: pd.to_numeric(done[c], errors="coerce") for c, _ in panels})
     diverged = table[table["status"] == DIVERGED]
     for ax, (column, label) in zip(axes, panels, strict=True):
@@ -392,42 +392,3 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
             finally:
                 plt.close(fig)
     return written
-
-
-def draw_sweep(
-    sweep_dir: str | Path, table: pd.DataFrame | None = None, study: optuna.Study | None = None
-) -> list[Path]:
-    """All of a sweep's pictures, its best run's, an Optuna study's, and ``report.html``."""
-    from sweeplr.report import write_report  # not at the top: report imports this module
-
-    sweep_dir = Path(sweep_dir)
-    table = load_sweep(sweep_dir) if table is None else table
-    written = plot_sweep(sweep_dir, table)
-    if study is not None:
-        written += plot_optuna_study(study, sweep_dir)
-    best = ranked_runs(table)
-    if not best.empty:  # the report shows the best run's own pictures
-        written += plot_run(resolve_run_dir(sweep_dir, best["run_dir"].iloc[0]))
-    written.append(write_report(sweep_dir, table))
-    return written
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    """Plot a run (it holds ``model.pt``) or a sweep (plus its best run and ``report.html``)."""
-    target = Path(args.dir)
-    if (target / MODEL_FILE).is_file():
-        written = plot_run(target)
-    elif any(target.glob(f"*/{METRICS_FILE}")):
-        written = draw_sweep(target)
-    else:
-        raise SweeplrError(f"{target} holds no run record; allowed: a run or a sweep directory")
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def add_plot_parser(commands: Any) -> None:
-    """Register ``sweeplr plot`` on the subparsers object of ``build_parser``."""
-    parser = commands.add_parser("plot", help="draw a run's or a sweep's pictures")
-    parser.add_argument("dir", help="a run directory (model.pt) or a sweep directory")
-    parser.set_defaults(func=cmd_plot)

@@ -20,15 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from sweeplr.errors import SweeplrError
+from sweeplr.errors import SweeplrError, first_line
 from sweeplr.records import MODEL_FILE, atomic_write_text, load_model_payload
 from sweeplr.results import METRICS_FILE, load_sweep
+from sweeplr.schema import COMPLETED, DIVERGED
 
 if TYPE_CHECKING:
     from sweeplr.data import Standardizer
     from sweeplr.model import LogisticRegression
-
-DIVERGED = "diverged"
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class TrainedModel:
                 matrix = np.asarray(X, dtype=np.float32)
             except (TypeError, ValueError) as exc:
                 raise SweeplrError(
-                    f"{source} is not numeric ({str(exc).splitlines()[0]}); expected {expected}"
+                    f"{source} is not numeric ({first_line(exc)}); expected {expected}"
                 ) from exc
             if matrix.ndim == 1:
                 matrix = matrix[None, :]
@@ -148,7 +147,7 @@ def best_run_dir(sweep_dir: str | Path) -> Path:
     a top row that is not completed means no run of the sweep completed.
     """
     top = load_sweep(sweep_dir).iloc[0]
-    if top["status"] != "completed" or pd.isna(top["objective"]):
+    if top["status"] != COMPLETED or pd.isna(top["objective"]):
         raise SweeplrError(
             f"{sweep_dir} holds no completed run with an objective value; "
             "allowed: a sweep directory with at least one completed run"

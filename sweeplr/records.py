@@ -1,7 +1,10 @@
 """The run record: ``metrics.json``, ``history.csv`` and ``model.pt`` in a run's directory.
 
-Every file is written to a temporary name in the same directory and renamed into place, so a
-reader (the summary table, a crashed sweep's resume) sees a whole file or none.
+This module is the record's schema: :func:`write_run` lays out a trained run's record,
+:func:`write_failure` a failed job's, :func:`read_metrics` reads one back. Every file is
+written to a temporary name in the same directory and renamed into place, ``metrics.json``
+last, so a reader (the summary table, a crashed sweep's resume) sees a whole record or none.
+Imports no torch until a model is saved or loaded.
 """
 
 from __future__ import annotations
@@ -13,9 +16,14 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sweeplr.errors import SweeplrError
+from sweeplr import __version__
+from sweeplr.errors import SweeplrError, first_line
+from sweeplr.schema import FAILED
+
+if TYPE_CHECKING:
+    from sweeplr.runner import Outcome
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -109,4 +117,80 @@ def load_model_payload(run_dir: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise SweeplrError(f"{path} could not be loaded: {str(exc).splitlines()[0]}") from exc
+        raise SweeplrError(f"{path} could not be loaded: {first_line(exc)}") from exc
+
+
+def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` of a trained run; ``extra`` adds the job's fields (job, trial...)."""
+    spec, splits = outcome.spec, outcome.data.splits
+    return {
+        "status": outcome.status,
+        "epochs_run": outcome.epochs_run,
+        "diverged_epoch": outcome.diverged_epoch,
+        "wall_seconds": round(outcome.wall_seconds, 4),
+        "seed": spec.seed,
+        "hyperparameters": spec.hyperparameters(),
+        "metrics": outcome.metrics,
+        "objective": {
+            "name": spec.objective,
+            "direction": spec.direction,
+            "value": outcome.objective_value,
+        },
+        "data": {
+            "n_train": len(splits.y_train),
+            "n_val": len(splits.y_val),
+            "n_test": len(splits.y_test),
+            "n_features": splits.n_features,
+            "class_names": list(splits.class_names),
+        },
+        "device": str(outcome.data.device),
+        "sweeplr_version": __version__,
+        "batch": {
+            "configs": outcome.batch_configs,
+            "wall_seconds": round(outcome.batch_wall_seconds, 4),
+        },
+        **extra,
+    }
+
+
+def write_run(
+    run_dir: str | Path, outcome: Outcome, config: Any, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Write a trained run's whole record into ``run_dir``; returns ``metrics.json``'s content.
+
+    ``config`` is the run's composed config as plain data, kept in ``model.pt`` so the model can
+    be rebuilt and its data set reloaded later.
+    """
+    import torch  # here: the tables and pictures that only read records need no torch
+
+    data = outcome.data
+    splits = data.splits
+    write_history(run_dir, outcome.history)
+    save_model(
+        run_dir,
+        {
+            "state_dict": {k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
+            "n_features": splits.n_features,
+            "n_classes": splits.n_classes,
+            "class_names": list(splits.class_names),
+            "feature_names": list(splits.feature_names),
+            "scaler_mean": torch.from_numpy(data.scaler.mean),
+            "scaler_scale": torch.from_numpy(data.scaler.scale),
+            "status": outcome.status,
+            "config": config,
+            "sweeplr_version": __version__,
+        },
+    )
+    record = run_record(outcome, extra)
+    write_metrics(run_dir, record)  # last: its presence means the whole record is there
+    return record
+
+
+def write_failure(run_dir: str | Path, error: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Record a job that raised, unless the run already wrote a record of its own."""
+    record = {"status": FAILED, "error": error, "sweeplr_version": __version__, **extra}
+    path = Path(run_dir) / METRICS_FILE
+    if path.exists():  # never overwrite a record
+        return read_metrics(run_dir)
+    write_metrics(run_dir, record)
+    return record

@@ -12,14 +12,25 @@ import json
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from omegaconf import OmegaConf
 
-from sweeplr.plots import OUTCOME_COLUMNS, ranked_runs, resolve_run_dir, split_params
+from sweeplr.plots import (
+    OUTCOME_COLUMNS,
+    plot_optuna_study,
+    plot_run,
+    plot_sweep,
+    ranked_runs,
+    resolve_run_dir,
+    split_params,
+)
 from sweeplr.records import atomic_write_text
 from sweeplr.results import METRICS_FILE, load_sweep, run_dirs
+
+if TYPE_CHECKING:
+    import optuna
 
 REPORT_FILE = "report.html"
 HYDRA_ADDED = frozenset({"hydra.mode=MULTIRUN"})  # Hydra's own override for --multirun
@@ -237,3 +248,19 @@ def write_report(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> Pa
 </html>
 """
     return atomic_write_text(sweep_dir / REPORT_FILE, page)
+
+
+def draw_sweep(
+    sweep_dir: str | Path, table: pd.DataFrame | None = None, study: optuna.Study | None = None
+) -> list[Path]:
+    """All of a sweep's pictures, its best run's, an Optuna study's, then ``report.html``."""
+    sweep_dir = Path(sweep_dir)
+    table = load_sweep(sweep_dir) if table is None else table
+    written = plot_sweep(sweep_dir, table)
+    if study is not None:
+        written += plot_optuna_study(study, sweep_dir)
+    best = ranked_runs(table)
+    if not best.empty:  # the report shows the best run's own pictures
+        written += plot_run(resolve_run_dir(sweep_dir, best["run_dir"].iloc[0]))
+    written.append(write_report(sweep_dir, table))
+    return written

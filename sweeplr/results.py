@@ -24,27 +24,36 @@ import yaml
 
 from sweeplr.errors import SweeplrError
 from sweeplr.records import METRICS_FILE, atomic_write_text
+from sweeplr.schema import (
+    COMPLETED,
+    CORRUPT,
+    DIVERGED,
+    FAILED,
+    HYPERPARAMETERS,
+    METRIC_COLUMNS,
+    METRICS,
+    MISSING,
+    PRUNED,
+    SPLITS,
+)
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-SPLITS = ("train", "val", "test")
-METRICS = ("loss", "accuracy", "roc_auc", "f1")
-METRIC_COLUMNS = tuple(f"{split}_{metric}" for split in SPLITS for metric in METRICS)
-MISSING, CORRUPT = "missing", "corrupt"
-UNFINISHED = (MISSING, CORRUPT)  # statuses of runs that left no readable record
 FORMATS = ("table", "csv", "markdown", "json")
 # Columns a run always has; an override key that would collide with one is renamed.
 FIXED_COLUMNS = (
     "job",
     "status",
+    "error",
     "objective",
     *METRIC_COLUMNS,
     "epochs_run",
     "wall_seconds",
     "trial",
     "trial_state",
+    "pareto",
     "sweep_dir",
     "run_dir",
 )
@@ -55,25 +64,8 @@ OVERRIDE_ALIASES = {
     "objective": "objective_name",  # the metric's name; the ``objective`` column is its value
 }
 PATH_COLUMNS = ("run_dir", "sweep_dir")
-# The record's ``hyperparameters`` keys (sweeplr.experiment.hyperparameters), so overrides map
-# to these names even when no run of the sweep wrote a record.
-HYPERPARAMETERS = (
-    "dataset",
-    "optimizer",
-    "lr",
-    "epochs",
-    "batch_size",
-    "weight_decay",
-    "momentum",
-    "nesterov",
-    "beta1",
-    "beta2",
-    "eps",
-    "seed",
-    "standardize",
-    "test_size",
-    "val_size",
-)
+# The Optuna trial state a run's status is told as (sweeplr_optuna tells diverged as PRUNED).
+TRIAL_STATES = {COMPLETED: "COMPLETE", PRUNED: "PRUNED", DIVERGED: "PRUNED", FAILED: "FAIL"}
 
 
 def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
@@ -154,8 +146,8 @@ def sort_runs(df: pd.DataFrame, column: str, ascending: bool | None = None) -> p
     keys = pd.DataFrame({"value": df[column]}, index=df.index)
     by, order = ["value"], [ascending]
     if column == "objective" and "status" in df:
-        unranked = df["objective"].isna() | ~df["status"].isin(["completed", "pruned"])
-        pruned = (df["status"] == "pruned").astype(int)
+        unranked = df["objective"].isna() | ~df["status"].isin([COMPLETED, PRUNED])
+        pruned = (df["status"] == PRUNED).astype(int)
         keys.insert(0, "tier", pruned.where(~unranked, 2))
         by, order = ["tier", "value"], [True, ascending]
     for tie in ("job", "run_dir"):
@@ -165,6 +157,42 @@ def sort_runs(df: pd.DataFrame, column: str, ascending: bool | None = None) -> p
             order.append(True)
     index = keys.sort_values(by, ascending=order, na_position="last", kind="stable").index
     out = df.loc[index].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def with_trial_states(df: pd.DataFrame, states: Mapping[int, str]) -> pd.DataFrame:
+    """``trial_state`` as the study has it (``COMPLETE``, ``PRUNED``, ``FAIL``...), by trial."""
+    if "trial" not in df:
+        return df
+    out = df.copy()
+    out["trial_state"] = [
+        None if pd.isna(t) else states.get(int(t), out.at[i, "trial_state"])
+        for i, t in zip(out.index, out["trial"], strict=True)
+    ]
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def add_trial_values(
+    df: pd.DataFrame, values: Mapping[int, Sequence[float]], pareto: Iterable[int]
+) -> pd.DataFrame:
+    """A multi-objective study's columns: ``value_0``, ``value_1``, ... (what each trial's task
+    returned) and ``pareto`` (True for the trials no other trial beats on every value), with
+    the Pareto-optimal rows first."""
+    out = df.copy()
+    width = max((len(v) for v in values.values()), default=0)
+    trials = out["trial"] if "trial" in out else pd.Series([None] * len(out), index=out.index)
+    at = out.columns.get_loc("objective") + 1
+    for i in range(width):
+        column = [
+            values[t][i] if t is not None and not pd.isna(t) and int(t) in values else math.nan
+            for t in trials
+        ]
+        out.insert(at + i, f"value_{i}", column)
+    front = set(pareto)
+    out.insert(at + width, "pareto", [not pd.isna(t) and int(t) in front for t in trials])
+    out = out.sort_values("pareto", ascending=False, kind="stable").reset_index(drop=True)
     out.attrs = dict(df.attrs)
     return out
 
@@ -188,7 +216,7 @@ def group_runs(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     ]
     keys = [df[name] for name in by]
     grouped = df[metrics].astype("float64").groupby(keys, dropna=False)
-    completed = df["status"] == "completed"
+    completed = df["status"] == COMPLETED
     counts = pd.DataFrame(
         {
             "count": grouped.size(),
@@ -266,7 +294,10 @@ def compact(df: pd.DataFrame) -> pd.DataFrame:
         *[c for c in swept if c in df and df[c].nunique(dropna=False) > 1],
         *varying,
         "status",
+        "error",
         "objective",
+        *(c for c in df.columns if str(c).startswith("value_")),
+        "pareto",
         *COMPACT_METRICS,
         "epochs_run",
         "wall_seconds",
@@ -393,10 +424,9 @@ def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str,
     for run in runs:
         hyper_names.update(dict.fromkeys(run.record.get("hyperparameters") or {}))
     parsed = [_parse_overrides(run.overrides, hyper_names) for run in runs]
-    swept_names = list(dict.fromkeys(k for overrides in parsed for k in overrides if k != "trial"))
-    has_trial = any(
-        "trial" in run.record or "trial" in p for run, p in zip(runs, parsed, strict=True)
-    )
+    swept_names = list(dict.fromkeys(k for overrides in parsed for k in overrides))
+    has_trial = any("trial" in run.record for run in runs)
+    has_error = any(run.status == FAILED for run in runs)
     rows = []
     for run, overrides in zip(runs, parsed, strict=True):
         record = run.record
@@ -408,6 +438,8 @@ def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str,
             # The record's value is the one the run used; the override is all a crashed run has.
             row[name] = hyper[name] if name in hyper else overrides.get(name)
         row["status"] = run.status
+        if has_error:
+            row["error"] = record.get("error")
         row["objective"] = math.nan if objective is None else float(objective)
         for split in SPLITS:
             values = metrics.get(split) or {}
@@ -420,9 +452,8 @@ def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str,
             if name not in row:
                 row[name] = hyper.get(name)
         if has_trial:
-            trial = record.get("trial") or {}
-            row["trial"] = trial.get("number", overrides.get("trial"))
-            row["trial_state"] = trial.get("state")
+            row["trial"] = (record.get("trial") or {}).get("number")
+            row["trial_state"] = TRIAL_STATES.get(run.status)
         if with_sweep_dir:
             row["sweep_dir"] = str(run.sweep)
         row["run_dir"] = str(run.path)
@@ -450,7 +481,7 @@ def _column_name(key: str, hyper_names: Mapping[str, None]) -> str:
         return OVERRIDE_ALIASES[key]
     if group == "optimizer" and leaf in hyper_names:
         return leaf
-    if key != "trial" and key in FIXED_COLUMNS:
+    if key in FIXED_COLUMNS:
         return f"{key}_override"
     return key
 

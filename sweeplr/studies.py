@@ -28,7 +28,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeplr.errors import SweeplrError
+from sweeplr.schema import DIVERGED, PRUNED
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ STORAGE_ERRORS = (
 DEFAULT_JOURNAL = "optuna.journal"
 WORKER_ATTR = "sweeplr:worker"
 HEARTBEAT_ATTR = "sweeplr:heartbeat"
+STOPPED_ATTR = "sweeplr:stopped"  # set by a job whose trial stopped early: pruned or diverged
 RETRY_ATTR = "failed_trial"  # the key Optuna's RetryHeartbeatStaleTrialCallback uses too
 
 
@@ -58,13 +59,26 @@ def storage_url(spec: str | None, sweep_dir: str | Path) -> str:
     return f"journal:{Path(path).resolve()}"
 
 
-def open_storage(url: str) -> BaseStorage | str:
-    """An Optuna storage for a URL from :func:`storage_url` (RDB URLs pass through as strings)."""
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    return url
+_storages: dict[str, BaseStorage] = {}
+
+
+def open_storage(url: str) -> BaseStorage:
+    """The Optuna storage for a URL from :func:`storage_url`, one object per URL and process.
+
+    Shared, because opening one is the expensive part: a journal replays its whole file, a
+    database connects. The sweeper and the jobs it runs in its own process (basic or batched
+    launcher) then read each other's writes without replaying or reconnecting.
+    """
+    storage = _storages.get(url)
+    if storage is None:
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            storage = JournalStorage(JournalFileBackend(str(path)))
+        else:
+            storage = optuna.storages.RDBStorage(url)
+        _storages[url] = storage
+    return storage
 
 
 def lock_path(url: str, sweep_dir: str | Path) -> Path:
@@ -235,39 +249,44 @@ class Heartbeat:
         self._thread.join(timeout=self._interval + 1)
 
 
-def trial_reporter(
-    storage_url_: str,
-    study_name: str,
-    trial_number: int,
-    pruner: optuna.pruners.BasePruner | None,
-    metric: str,
-) -> Any:
-    """A training callback that reports ``metric`` to the trial and says when to prune.
+class TrialLink:
+    """A job's handle on its own trial of a study, through the study's shared storage."""
 
-    ``metric`` is ``train_loss``, ``val_loss`` or ``val_accuracy`` (what the history records).
-    """
-    study = optuna.load_study(
-        study_name=study_name, storage=open_storage(storage_url_), pruner=pruner
-    )
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
-    trial = optuna.Trial(study, trial_id)
-    index = {"train_loss": 0, "val_loss": 1, "val_accuracy": 2}[metric]
+    def __init__(
+        self,
+        url: str,
+        study_name: str,
+        number: int,
+        pruner: optuna.pruners.BasePruner | None,
+    ) -> None:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url), pruner=pruner)
+        self._storage = study._storage
+        self._trial_id = self._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, number
+        )
+        self._trial = optuna.Trial(study, self._trial_id)
+        self.number = number
+        self.study_name = study_name
+        self.has_pruner = pruner is not None
 
-    def report(epoch: int, train_loss: float, val_loss: float, val_accuracy: float) -> bool:
-        value = (train_loss, val_loss, val_accuracy)[index]
+    def report(self, step: int, value: float) -> bool:
+        """Report ``value`` at ``step``; True when the trial should stop now.
+
+        A non-finite value stops the trial as ``diverged`` (not reported: an infinity would
+        skew the pruner's statistics for every other trial); otherwise the pruner decides, and
+        a trial it stops is marked ``pruned`` for the sweeper.
+        """
         if not math.isfinite(value):
-            return False  # divergence is caught by the training loop itself
-        trial.report(value, step=epoch)
-        return pruner is not None and trial.should_prune()
+            self.stop(DIVERGED, step)
+            return True
+        self._trial.report(value, step=step)
+        if self.has_pruner and self._trial.should_prune():
+            self.stop(PRUNED, step)
+            return True
+        return False
 
-    return report
-
-
-def pruning_metric(objective: str) -> str:
-    """The history column a pruner can watch for ``objective``, or a one-line error."""
-    if objective in ("train_loss", "val_loss", "val_accuracy"):
-        return objective
-    raise SweeplrError(
-        f"objective={objective} cannot be pruned on; allowed with a pruner: "
-        "val_loss, val_accuracy, train_loss"
-    )
+    def stop(self, status: str, step: int | None) -> None:
+        """Tell the sweeper that this trial stopped early (``pruned`` or ``diverged``)."""
+        self._storage.set_trial_system_attr(
+            self._trial_id, STOPPED_ATTR, {"status": status, "step": step}
+        )

@@ -18,14 +18,13 @@ import torch
 from sweeplr.engine import dataloader_permutation
 from sweeplr.metrics import classification_metrics
 from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
+from sweeplr.schema import COMPLETED, DIVERGED, PRUNED
 
 OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
 }
-
-COMPLETED, DIVERGED, PRUNED = "completed", "diverged", "pruned"
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,11 @@ class OptimizerSpec:
 
 @dataclass
 class History:
-    """One row per logged epoch: train loss (mean over the epoch), val loss and accuracy."""
+    """One row per logged epoch: train loss, val loss and accuracy.
+
+    The train loss is the engine's: full batch, the loss before the epoch's update; mini-batch,
+    the mean of the epoch's batch losses (each a mean over its batch), as Lightning logs it.
+    """
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
@@ -132,14 +135,15 @@ def train(
             # DataLoader(shuffle=True)'s order, which the batched engine reproduces.
             order = dataloader_permutation(generator, n).to(X_train.device)
             total = torch.zeros((), dtype=X_train.dtype, device=X_train.device)
-            for start in range(0, n, batch_size):
+            starts = range(0, n, batch_size)
+            for start in starts:
                 index = order[start : start + batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = loss_on_logits(model(X_train[index]), y_train[index])
                 loss.backward()
                 opt.step()
-                total += loss.detach() * len(index)
-            epoch_losses[epoch - 1] = total / n
+                total += loss.detach()
+            epoch_losses[epoch - 1] = total / len(starts)
         if epoch % log_every and epoch != epochs:
             continue
         window = epoch_losses[last_checked:epoch]

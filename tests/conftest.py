@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.plugins import Plugins
 from omegaconf import DictConfig
 
 from sweeplr.config import register_configs
@@ -18,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
 register_configs()
+# Scan the plugins once, before any test: Hydra's hydra_restore_singletons fixture restores the
+# ConfigStore to its state when a test began, and a plugin module imported during a test would
+# not register its configs again in the next (e.g. 'Could not find hydra/sweeper/basic').
+Plugins.instance()
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -51,3 +56,19 @@ def run_train(
         timeout=timeout,
         env=full_env,
     )
+
+
+def train_and_record(cfg, run_dir: Path, on_log=None, extra=None):
+    """Train ``cfg`` as one run (no Hydra job) and write its record into ``run_dir``.
+
+    Returns the runner's outcome and the record written, as ``sweeplr.experiment.run`` would.
+    """
+    from omegaconf import OmegaConf
+
+    from sweeplr.config import run_spec
+    from sweeplr.records import write_run
+    from sweeplr.runner import train_runs
+
+    outcome = train_runs([run_spec(cfg)], [on_log])[0]
+    record = write_run(run_dir, outcome, OmegaConf.to_container(cfg, resolve=True), extra or {})
+    return outcome, record

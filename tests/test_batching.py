@@ -1,4 +1,5 @@
-"""Batched training through run_jobs/run_batch gives each run what a run of its own gives."""
+"""Batched training gives each configuration what a run of its own gives, and the launcher's
+composition equals Hydra's."""
 
 import json
 
@@ -6,22 +7,27 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sweeplr.experiment import DeviceData, batch_key, run_batch, run_experiment
-from sweeplr.model import LogisticRegression
-from sweeplr.training import train
+from sweeplr.config import run_spec
+from sweeplr.runner import batch_key, train_runs
 from tests.conftest import CONF_DIR, compose_config
 
 BASE = ("epochs=60", "device=cpu", "progress=false")
 
 
+def spec(*overrides):
+    return run_spec(compose_config(*BASE, *overrides))
+
+
 def test_batch_key_separates_what_cannot_share_a_pass():
-    a = compose_config(*BASE, "lr=0.1")
-    assert batch_key(a) == batch_key(compose_config(*BASE, "lr=0.5", "optimizer.momentum=0.9"))
-    assert batch_key(a) == batch_key(compose_config(*BASE, "seed=3"))  # full batch: init only
-    assert batch_key(a) != batch_key(compose_config(*BASE, "optimizer=adam"))
-    assert batch_key(a) != batch_key(compose_config(*BASE, "epochs=61"))
-    mini = compose_config(*BASE, "batch_size=32")
-    assert batch_key(mini) != batch_key(compose_config(*BASE, "batch_size=32", "seed=3"))
+    a = spec("lr=0.1")
+    assert batch_key(a) == batch_key(spec("lr=0.5", "optimizer.momentum=0.9"))
+    assert batch_key(a) == batch_key(spec("seed=3"))  # full batch: the seed is the init only
+    assert batch_key(a) == batch_key(spec("objective=val_accuracy"))  # pruning is per config
+    assert batch_key(a) != batch_key(spec("optimizer=adam"))
+    assert batch_key(a) != batch_key(spec("epochs=61"))
+    assert batch_key(a) != batch_key(spec("dataset=iris"))
+    mini = spec("batch_size=32")
+    assert batch_key(mini) != batch_key(spec("batch_size=32", "seed=3"))
 
 
 @pytest.mark.parametrize(
@@ -38,37 +44,58 @@ def test_batch_key_separates_what_cannot_share_a_pass():
         ],
     ],
 )
-def test_batched_runs_match_solo_runs(tmp_path, overrides):
-    cfgs = [compose_config(*BASE, *o) for o in overrides]
-    batched = run_batch(cfgs, [tmp_path / f"b{i}" for i in range(len(cfgs))])
-    for i, cfg in enumerate(cfgs):
-        solo = run_experiment(cfg, tmp_path / f"s{i}").record
-        got = batched[i].record
-        assert got["status"] == solo["status"] == "completed"
+def test_batched_runs_match_solo_runs(overrides):
+    specs = [spec(*o) for o in overrides]
+    batched = train_runs(specs)
+    for i, one in enumerate(specs):
+        solo = train_runs([one])[0]
+        got = batched[i]
+        assert got.status == solo.status == "completed"
         for part in ("train", "val", "test"):
-            for metric, value in solo["metrics"][part].items():
-                assert got["metrics"][part][metric] == pytest.approx(value, rel=1e-5, abs=1e-7)
-        assert got["batch"]["configs"] == len(cfgs)
+            for metric, value in solo.metrics[part].items():
+                assert got.metrics[part][metric] == pytest.approx(value, rel=1e-5, abs=1e-7)
+        assert got.batch_configs == len(specs) and solo.batch_configs == 1
 
 
-def test_engine_run_follows_the_torch_optim_reference(tmp_path):
-    cfg = compose_config(
-        *BASE, "optimizer=sgd", "optimizer.momentum=0.9", "lr=0.2", "batch_size=64", "seed=5"
-    )
-    run_experiment(cfg, tmp_path)
-    data = DeviceData.load(cfg)
-    torch.manual_seed(5)
-    model = LogisticRegression(2, 2)
-    from sweeplr.experiment import optimizer_spec
-
-    train(model, *data.train, *data.val, optimizer_spec(cfg), epochs=60, batch_size=64, seed=5)
-    saved = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("optimizer=sgd", "optimizer.momentum=0.9", "lr=0.2", "batch_size=64", "seed=5"),
+        ("optimizer=adam", "lr=0.05", "seed=2"),
+        ("dataset=iris", "stratify=true", "optimizer=adamw", "lr=0.1", "batch_size=16"),
+    ],
+)
+def test_reference_path_is_the_engines_oracle(overrides):
+    """``engine=reference`` (torch.optim + autograd) gives the engine's weights, history and
+    metrics through a whole run, mini-batch loss semantics included."""
+    engine = train_runs([spec(*overrides)])[0]
+    reference = train_runs([spec(*overrides, "engine=reference")])[0]
     torch.testing.assert_close(
-        saved["linear.weight"], model.linear.weight.detach(), rtol=1e-5, atol=1e-6
+        engine.model.linear.weight, reference.model.linear.weight, rtol=1e-4, atol=1e-5
     )
+    assert engine.history["epoch"] == reference.history["epoch"]
+    for column in ("train_loss", "val_loss", "val_accuracy"):
+        assert engine.history[column] == pytest.approx(reference.history[column], rel=1e-4)
+    for part in ("train", "val", "test"):
+        for metric, value in reference.metrics[part].items():
+            assert engine.metrics[part][metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+def plain(cfg, node):
+    from omegaconf import OmegaConf
+
+    if node == "task":
+        return {
+            k: OmegaConf.to_container(v, resolve=False) if OmegaConf.is_config(v) else v
+            for k, v in cfg.items()
+            if k != "hydra"
+        }
+    return OmegaConf.to_container(cfg.hydra, resolve=False)
 
 
 def test_job_composer_matches_hydra_composition():
+    """Every kind of override the launcher composes fast gives Hydra's own config, Hydra node
+    included (the overrides it records, the job's env_set, the override dirname)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from sweeplr.plugins.batch_launcher import JobComposer
@@ -83,23 +110,22 @@ def test_job_composer_matches_hydra_composition():
             ["optimizer=sgd", "seed=3", "batch_size=null"],
             ["dataset=iris", "+extra=1"],
             ["lr=1e-3", "epochs=5", "optimizer=adam", "optimizer.eps=1.5e-07", "plots=false"],
-            ["lr=.5", "trial=17", "optimizer=sgd", "optimizer.momentum=0.9", "seed=+2"],
+            ["lr=.5", "optimizer=sgd", "optimizer.momentum=0.9", "seed=+2"],
+            ["lr=0.3", "+dataset.note=x", "++hydra.job.env_set.SWEEPLR_TRIAL=17"],
+            ["lr=0.4", "~hydra.callbacks.summary", "hydra.job.chdir=true"],
         ):
             fast = composer.compose(overrides)
             full = loader.load_sweep_config(master, overrides)
-            assert json.dumps(plain_task(fast), sort_keys=True) == json.dumps(
-                plain_task(full), sort_keys=True
-            ), overrides
-            assert list(fast.hydra.overrides.task) == overrides
+            for node in ("task", "hydra"):
+                assert json.dumps(plain(fast, node), sort_keys=True, default=str) == json.dumps(
+                    plain(full, node), sort_keys=True, default=str
+                ), (overrides, node)
             assert fast.hydra.job.override_dirname == full.hydra.job.override_dirname
-        assert len(composer.compositions) == 3  # adam, sgd, iris+extra
-
-
-def plain_task(cfg):
-    from omegaconf import OmegaConf
-
-    return {
-        k: OmegaConf.to_container(v, resolve=False) if OmegaConf.is_config(v) else v
-        for k, v in cfg.items()
-        if k != "hydra"
-    }
+        # One full composition per distinct set of structural overrides: adam, sgd, iris with
+        # +extra, and none at all (the last two jobs change values only).
+        assert sorted(composer.compositions) == [
+            (),
+            ("dataset=iris", "+extra=1"),
+            ("optimizer=adam",),
+            ("optimizer=sgd",),
+        ]

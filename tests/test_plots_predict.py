@@ -25,7 +25,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sweeplr import experiment
 from sweeplr.cli import main
 from sweeplr.data import load_dataset, split
 from sweeplr.errors import SweeplrError
@@ -34,7 +33,7 @@ from sweeplr.predict import best_run_dir, load_run
 from sweeplr.records import read_metrics
 from sweeplr.report import write_report
 from sweeplr.results import load_sweep
-from tests.conftest import compose_config
+from tests.conftest import compose_config, train_and_record
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,18 +67,9 @@ def raw_splits(run_dir: Path) -> Any:
 @pytest.fixture(scope="module")
 def blobs_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A blobs run, plus the model object and scaled test data it was evaluated with."""
-    captured: dict[str, Any] = {}
-    write_run = experiment._write_run
-
-    def spy(cfg: Any, run_dir: Path, data: Any, trained: Any, **kwargs: Any) -> Any:
-        captured.update(model=trained.model, X_test_scaled=data.test[0])
-        return write_run(cfg, run_dir, data, trained, **kwargs)
-
     run_dir = tmp_path_factory.mktemp("blobs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiment, "_write_run", spy)
-        experiment.run_experiment(quick_cfg(), run_dir)
-    yield {"run_dir": run_dir, **captured}
+    outcome, _ = train_and_record(quick_cfg(), run_dir)
+    yield {"run_dir": run_dir, "model": outcome.model, "X_test_scaled": outcome.data.test[0]}
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +132,7 @@ def test_boundary_line_separates_test_points_with_the_runs_accuracy(
         else ["dataset=csv", f"dataset.path={shifted_csv}", "dataset.target=label"]
     )
     run_dir = tmp_path / "run"
-    record = experiment.run_experiment(quick_cfg(*overrides), run_dir).record
+    record = train_and_record(quick_cfg(*overrides), run_dir)[1]
     recorded = record["metrics"]["test"]["accuracy"]
     assert recorded < 0.95  # overlapping classes: many points near the line, a real check
 
@@ -156,7 +146,7 @@ def test_boundary_line_separates_test_points_with_the_runs_accuracy(
 
 def test_three_classes_get_regions_and_no_line(three_class_csv: Path, tmp_path: Path) -> None:
     cfg = quick_cfg("dataset=csv", f"dataset.path={three_class_csv}", "dataset.target=kind")
-    record = experiment.run_experiment(cfg, tmp_path).record
+    record = train_and_record(cfg, tmp_path)[1]
     model = load_run(tmp_path)
     assert model.class_names == ("alpha", "beta", "gamma")
     with pytest.raises(SweeplrError, match="2 classes"):
@@ -169,7 +159,7 @@ def test_three_classes_get_regions_and_no_line(three_class_csv: Path, tmp_path: 
 
 
 def test_diverged_run_gets_a_loss_plot_and_no_predictions(tmp_path: Path) -> None:
-    record = experiment.run_experiment(quick_cfg("lr=1e38", "standardize=false"), tmp_path).record
+    record = train_and_record(quick_cfg("lr=1e38", "standardize=false"), tmp_path)[1]
     assert record["status"] == "diverged"
     assert [p.name for p in plot_run(tmp_path)] == ["loss.png"]
     with pytest.raises(SweeplrError, match="diverged"):
@@ -180,7 +170,7 @@ def test_changed_data_file_is_refused(shifted_csv: Path, tmp_path: Path) -> None
     data = tmp_path / "data.csv"
     shutil.copy(shifted_csv, data)
     cfg = quick_cfg("dataset=csv", f"dataset.path={data}", "dataset.target=label")
-    experiment.run_experiment(cfg, tmp_path / "run")
+    train_and_record(cfg, tmp_path / "run")
     frame = pd.read_csv(data)
     frame["x1"] += 1000
     frame.to_csv(data, index=False)
@@ -283,7 +273,7 @@ def run_sweep(sweep_dir: Path, jobs: list[list[str]], multirun_yaml: list[str] |
     """Write what a Hydra sweep would: one run per job in numbered dirs, and multirun.yaml."""
     for num, overrides in enumerate(jobs):
         extra = {"job": {"num": num, "override_dirname": ",".join(overrides)}}
-        experiment.run_experiment(
+        train_and_record(
             quick_cfg(*overrides), sweep_dir / str(num), extra={**extra, "overrides": overrides}
         )
     if multirun_yaml is not None:

@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 
 from sweeplr.callbacks import SummaryCallback
 from sweeplr.cli import main
+from sweeplr.config import run_spec
 from sweeplr.errors import SweeplrError
-from sweeplr.experiment import run_experiment
+from sweeplr.records import write_failure, write_run
 from sweeplr.results import (
     format_table,
     group_runs,
@@ -26,6 +27,7 @@ from sweeplr.results import (
     sort_runs,
     write_summary,
 )
+from sweeplr.runner import train_runs
 from tests.conftest import compose_config, run_train
 
 METRIC_COLUMNS = [
@@ -62,7 +64,7 @@ def record(
     accuracy: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A metrics.json as sweeplr.experiment writes it (README schema), hyperparameters taken
+    """A metrics.json as sweeplr.records writes it (README schema), hyperparameters taken
     from the overrides; every split gets the same numbers so tests know them."""
     hyper = dict(HYPER)
     for text in overrides:
@@ -237,9 +239,9 @@ def test_swept_columns_are_typed_and_named_like_the_hyperparameters(tmp_path):
             f"seed={seed}",
             "+foo=bar",
             "batch_size=null",
-            f"trial={job + 7}",
         ]
-        runs[str(job)] = (0.1 * (job + 1), overrides, {})
+        trial = {"trial": {"number": job + 7, "study": "s"}}
+        runs[str(job)] = (0.1 * (job + 1), overrides, trial)
     df = load_sweep(make_sweep(tmp_path / "s", runs))
     # Varying overrides first, in command-line order; those set the same everywhere after.
     assert df.attrs["swept"] == ["lr", "weight_decay", "seed", "optimizer", "foo", "batch_size"]
@@ -251,19 +253,34 @@ def test_swept_columns_are_typed_and_named_like_the_hyperparameters(tmp_path):
     assert df["batch_size"].isna().all()
     assert "optimizer.weight_decay" not in df and "trial" not in df.attrs["swept"]
     assert df.columns.tolist().count("weight_decay") == 1
-    # trial=N links a run to its Optuna trial: a column at the end, not a swept value.
+    # The record's Optuna trial: columns at the end, not a swept value.
     assert df.columns.tolist()[-3:] == ["trial", "trial_state", "run_dir"]
     assert sorted(df["trial"]) == [7, 8, 9, 10]
 
 
-def test_trial_columns_come_from_the_record(tmp_path):
-    overrides = ["lr=0.1", "trial=4"]
-    trial = {"number": 4, "study": "s", "state": "COMPLETE"}
-    sweep = make_sweep(tmp_path / "s", {"4": (0.2, overrides, {"trial": trial})})
-    write_job(sweep, "5", None, ["lr=0.2", "trial=5"])
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [("completed", "COMPLETE"), ("pruned", "PRUNED"), ("diverged", "PRUNED"), ("failed", "FAIL")],
+)
+def test_trial_columns_come_from_the_record(tmp_path, status, state):
+    trial = {"trial": {"number": 4, "study": "s"}, "status": status}
+    sweep = make_sweep(tmp_path / "s", {"4": (0.2, ["lr=0.1"], trial)})
+    write_job(sweep, "5", None, ["lr=0.2"])  # crashed before writing a record
+    df = load_sweep(sweep).sort_values("job")
+    assert df["job"].tolist() == [4, 5]
+    assert df["trial"].iloc[0] == 4 and pd.isna(df["trial"].iloc[1])
+    assert df["trial_state"].iloc[0] == state and pd.isna(df["trial_state"].iloc[1])
+
+
+def test_a_failed_job_is_a_row_with_its_error(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"0": (0.2, ["lr=0.1"], {})})
+    write_job(sweep, "1", None, ["lr=-1"])
+    write_failure(sweep / "1", "lr=-1.0 is invalid; allowed: a finite number > 0", {})
     df = load_sweep(sweep)
-    assert df["job"].tolist() == [4, 5] and df["trial"].tolist() == [4, 5]
-    assert df["trial_state"].iloc[0] == "COMPLETE" and pd.isna(df["trial_state"].iloc[1])
+    assert df["status"].tolist() == ["completed", "failed"]  # failures rank after results
+    assert df["error"].tolist()[1].startswith("lr=-1.0 is invalid")
+    assert pd.isna(df["error"].iloc[0]) and pd.isna(df["objective"].iloc[1])
+    assert df.columns.tolist().index("error") == df.columns.tolist().index("status") + 1
 
 
 def test_several_sweeps_and_a_single_run_directory(grid, tmp_path):
@@ -282,8 +299,9 @@ def test_real_run_records_load(tmp_path):
     for job, lr in enumerate(["0.1", "0.001"]):
         overrides = [f"lr={lr}", "optimizer=adam"]
         cfg = compose_config("epochs=5", "device=cpu", "progress=false", *overrides)
+        outcome = train_runs([run_spec(cfg)])[0]
         extra = {"job": {"num": job, "override_dirname": ""}, "overrides": overrides}
-        run_experiment(cfg, sweep / str(job), extra=extra)
+        write_run(sweep / str(job), outcome, {}, extra)
     df = load_sweep(sweep)
     assert df["lr"].tolist() == [0.1, 0.001]  # the larger step gets further in 5 epochs
     assert (df["status"] == "completed").all() and (df["epochs_run"] == 5).all()

@@ -11,18 +11,17 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeplr.errors import SweeplrError
-from sweeplr.plugins.optuna_sweeper import default_study_name, job_outcome
+from sweeplr.plugins.optuna_sweeper import checked_values, default_study_name
 from sweeplr.studies import (
     HEARTBEAT_ATTR,
+    STOPPED_ATTR,
     WORKER_ATTR,
+    TrialLink,
     budget_used,
     is_stale,
     open_storage,
-    pruning_metric,
     requeue_stale_trials,
     storage_url,
-    trial_reporter,
     worker_identity,
 )
 
@@ -83,51 +82,82 @@ def test_default_study_name_is_stable_and_ignores_budget_keys():
     assert name != default_study_name(["sweep=optuna"], sweeper)
 
 
-def test_reporter_reports_and_prunes(tmp_path):
+def test_a_trial_link_reports_prunes_and_marks_divergence(tmp_path):
     url = storage_url(None, tmp_path)
     pruner = optuna.pruners.ThresholdPruner(upper=1.0)
     study = optuna.create_study(study_name="s", storage=open_storage(url), pruner=pruner)
-    trial = study.ask()
-    report = trial_reporter(url, "s", trial.number, pruner, "val_loss")
-    assert report(10, 0.5, 0.4, 0.9) is False
-    assert report(20, 0.5, 2.0, 0.9) is True
+    first, second = study.ask(), study.ask()
+    link = TrialLink(url, "s", first.number, pruner)
+    assert link.report(10, 0.4) is False
+    assert STOPPED_ATTR not in study.trials[0].system_attrs
+    assert link.report(20, 2.0) is True
     assert study.trials[0].intermediate_values == {10: 0.4, 20: 2.0}
-
-
-def test_pruning_needs_a_metric_the_history_records():
-    assert pruning_metric("val_accuracy") == "val_accuracy"
-    with pytest.raises(SweeplrError, match="objective=test_f1 cannot be pruned"):
-        pruning_metric("test_f1")
-
-
-class FakeReturn:
-    def __init__(self, run_dir, status):
-        from hydra.core.utils import JobStatus
-
-        self.status = JobStatus.COMPLETED if status else JobStatus.FAILED
-        self.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}})
+    assert study.trials[0].system_attrs[STOPPED_ATTR] == {"status": "pruned", "step": 20}
+    # A non-finite value stops the trial as diverged, and is not reported to the pruner.
+    other = TrialLink(url, "s", second.number, None)
+    assert other.report(5, float("nan")) is True
+    assert study.trials[1].intermediate_values == {}
+    assert study.trials[1].system_attrs[STOPPED_ATTR] == {"status": "diverged", "step": 5}
 
 
 @pytest.mark.parametrize(
-    ("record", "state"),
+    ("returned", "directions", "expected"),
     [
-        ({"status": "completed", "objective": {"value": 0.3}}, TrialState.COMPLETE),
-        ({"status": "diverged", "objective": {"value": None}}, TrialState.PRUNED),
-        ({"status": "pruned", "objective": {"value": 0.9}}, TrialState.PRUNED),
-        (None, TrialState.FAIL),
+        (0.5, 1, [0.5]),
+        ("2", 1, [2.0]),
+        ([1, 2.5], 2, [1.0, 2.5]),
+        ((3, 4), 2, [3.0, 4.0]),
+        (float("inf"), 1, [float("inf")]),  # a valid result Optuna ranks last
     ],
 )
-def test_job_outcome_never_lets_a_diverged_run_rank(tmp_path, record, state):
-    import json
+def test_checked_values_take_what_a_task_returns(returned, directions, expected):
+    assert checked_values(returned, directions) == expected
 
-    if record is not None:
-        (tmp_path / "metrics.json").write_text(json.dumps(record))
-    got_state, values, _ = job_outcome(FakeReturn(tmp_path, True))
-    assert got_state == state
-    assert (values is not None) == (state == TrialState.COMPLETE)
-    assert job_outcome(FakeReturn(tmp_path, False))[0] == TrialState.FAIL
+
+@pytest.mark.parametrize(
+    ("returned", "directions", "message"),
+    [
+        (None, 1, "float-castable"),
+        ("x", 1, "float-castable"),
+        (float("nan"), 1, "not acceptable"),
+        ([1.0], 2, "mismatched"),
+        (1.0, 2, "list or tuple"),
+    ],
+)
+def test_checked_values_refuse_what_optuna_cannot_rank(returned, directions, message):
+    with pytest.raises(ValueError, match=message):
+        checked_values(returned, directions)
 
 
 def test_worker_identity_names_this_process():
     host, pid, ticks = worker_identity().rsplit(":", 2)
     assert host == socket.gethostname() and int(pid) == os.getpid() and ticks != "None"
+
+
+@pytest.mark.parametrize(
+    ("direction", "app_config", "expected"),
+    [
+        ("auto", {"objective": "val_accuracy"}, ["maximize"]),  # sweeplr's key decides
+        ("auto", {"objective": "val_loss"}, ["minimize"]),
+        ("auto", {"objective": "mse"}, ["minimize"]),  # not sweeplr's: the stock default
+        ("auto", {"x": 1}, ["minimize"]),
+        ("maximize", {"objective": "val_loss"}, ["maximize"]),  # said outright: as said
+        (["minimize", "maximize"], {"objective": "val_loss"}, ["minimize", "maximize"]),
+    ],
+)
+def test_the_study_direction(direction, app_config, expected):
+    from sweeplr.plugins.optuna_sweeper import SweeplrOptunaSweeper
+
+    sweeper = SweeplrOptunaSweeper(
+        sampler=None,
+        direction=OmegaConf.create({"d": direction}).d,
+        storage=None,
+        study_name=None,
+        n_trials=1,
+        n_jobs=1,
+        max_failure_rate=0.0,
+        custom_search_space=None,
+        params=None,
+    )
+    sweeper.config = OmegaConf.create(app_config)
+    assert sweeper._directions() == expected

@@ -51,11 +51,11 @@ def test_optuna_sweep_trials_rows_and_best(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     recs = records(sweep)
     assert sorted(recs) == [t.number for t in study.trials]
-    assert all(r["trial"]["state"] == "COMPLETE" for r in recs.values())
+    assert all(r["trial"]["number"] == n for n, r in recs.items())
     best = study.best_trial
     assert recs[best.number]["objective"]["value"] == pytest.approx(best.value)
     summary = pd.read_csv(sweep / "summary.csv")
-    assert len(summary) == 5
+    assert len(summary) == 5 and set(summary["trial_state"]) == {"COMPLETE"}
     assert summary.iloc[0]["objective"] == pytest.approx(best.value)
     results = (sweep / "optimization_results.yaml").read_text()
     assert f"best_trial: {best.number}" in results and f"{sweep}/{best.number}" in results
@@ -196,3 +196,39 @@ def test_two_sweeps_started_together_never_share_a_directory(tmp_path):
     assert len(sweeps) == 2
     for sweep in sweeps:
         assert len(list(sweep.glob("*/metrics.json"))) == 2
+
+
+def test_grid_sampler_through_sweeplr_optuna_finishes_cleanly(tmp_path):
+    """The grid sampler stops the study at its last point; that is the end, not a crash."""
+    sweep = tmp_path / "s"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "hydra/sweeper=sweeplr_optuna",
+        "hydra/sweeper/sampler=grid",
+        "lr=choice(0.1,0.01)",
+        "epochs=20",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load_study(sweep)
+    assert sorted(t.params["lr"] for t in study.trials) == [0.01, 0.1]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params:" in results and "lr: 0.1" in results
+
+
+def test_a_grid_with_a_bad_value_runs_the_rest_and_exits_non_zero(tmp_path):
+    sweep = tmp_path / "g"
+    proc = run_train(
+        tmp_path, "--multirun", "lr=0.1,-1,0.3", "epochs=20", f"hydra.sweep.dir={sweep}"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: job 1 (lr=-1 epochs=20): lr=-1.0 is invalid; allowed: a finite number > 0"
+    )
+    assert "Traceback" not in proc.stderr
+    summary = pd.read_csv(sweep / "summary.csv").set_index("job")
+    assert summary.loc[[0, 2], "status"].tolist() == ["completed", "completed"]
+    assert summary.loc[1, "status"] == "failed"
+    assert summary.loc[1, "error"].startswith("lr=-1.0 is invalid")

@@ -1,20 +1,31 @@
-"""``hydra/sweeper=sweeplr_grid``: Hydra's basic grid sweeper, minus a second composition.
+"""``hydra/sweeper=sweeplr_grid``: Hydra's basic grid sweeper, with failed jobs as results.
 
-The basic sweeper composes every job's config once to validate the batch, and the launcher
-composes it again to run it: about 0.17 s per job here, more than training a job takes. With
-the ``sweeplr_batch`` launcher, which composes every job of a batch before it trains any, that
-validation is the launch itself, so it is skipped; any other launcher keeps it.
+Two differences from the basic sweeper:
+
+- a job that fails does not stop the sweep: every batch runs, and the sweep ends non-zero
+  afterwards (after ``on_multirun_end``, so ``summary.csv`` lists the failures). A failure that
+  is a user mistake (sweeplr's one-line ``SweeplrError``) ends it with one line per failed job
+  and no traceback; any other error is raised as the basic sweeper raises it;
+- the basic sweeper composes every job once to validate its batch, and the launcher composes it
+  again to run it (about 0.17 s per job here, more than training one). ``sweeplr_batch``
+  composes a launch's jobs before it runs any, so its launch is that validation: skipped then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 
 from sweeplr.plugins.batch_launcher import BatchLauncher
+from sweeplr.plugins.failures import end_with_failures
 
 
 @dataclass
@@ -31,3 +42,28 @@ class SweeplrGridSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         if not isinstance(self.launcher, BatchLauncher):
             super().validate_batch_is_legal(batch)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        """The basic sweeper's loop, going on past failed jobs."""
+        assert self.config is not None and self.launcher is not None
+        assert self.hydra_context is not None
+        params_conf = [*self._parse_config(), *arguments]
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.overrides = self.split_arguments(
+            parser.parse_overrides(params_conf), self.max_batch_size
+        )
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns: list[Sequence[JobReturn]] = []
+        initial_job_idx = 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+            initial_job_idx += len(batch)
+            returns.append(results)
+        failed = [r for batch in returns for r in batch if r.status == JobStatus.FAILED]
+        if failed:
+            end_with_failures(failed)
+        return returns

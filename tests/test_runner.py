@@ -7,17 +7,23 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 
-from sweeplr.config import validate
+from sweeplr.config import run_spec, validate
 from sweeplr.data import load_dataset, split
 from sweeplr.errors import SweeplrError
-from sweeplr.experiment import prepare_data, run_experiment
 from sweeplr.records import load_model_payload, read_metrics
+from sweeplr.runner import DeviceData
+from tests.conftest import train_and_record
+
+
+def prepare_data(cfg):
+    data = DeviceData.load(run_spec(cfg))
+    return data.splits, data.scaler
 
 
 def test_run_writes_a_complete_record(small_cfg, tmp_path):
-    outcome = run_experiment(small_cfg(), tmp_path)
+    _, written = train_and_record(small_cfg(), tmp_path)
     record = read_metrics(tmp_path)
-    assert record == json.loads(json.dumps(outcome.record | {"schema": 1}))
+    assert record == json.loads(json.dumps(written | {"schema": 1}))
     assert record["status"] == "completed" and record["epochs_run"] == 50
     for part in ("train", "val", "test"):
         assert set(record["metrics"][part]) == {"loss", "accuracy", "roc_auc", "f1"}
@@ -38,27 +44,27 @@ def test_run_writes_a_complete_record(small_cfg, tmp_path):
 
 
 def test_same_config_same_seed_same_metrics(small_cfg, tmp_path):
-    a = run_experiment(small_cfg("optimizer=adam", "batch_size=32"), tmp_path / "a").record
-    b = run_experiment(small_cfg("optimizer=adam", "batch_size=32"), tmp_path / "b").record
+    a = train_and_record(small_cfg("optimizer=adam", "batch_size=32"), tmp_path / "a")[1]
+    b = train_and_record(small_cfg("optimizer=adam", "batch_size=32"), tmp_path / "b")[1]
     assert a["metrics"] == b["metrics"]
-    c = run_experiment(small_cfg("optimizer=adam", "batch_size=32", "seed=1"), tmp_path / "c")
-    assert c.record["metrics"] != a["metrics"]
+    c = train_and_record(small_cfg("optimizer=adam", "batch_size=32", "seed=1"), tmp_path / "c")
+    assert c[1]["metrics"] != a["metrics"]
 
 
 def test_divergence_is_recorded_not_raised(small_cfg, tmp_path):
-    outcome = run_experiment(small_cfg("lr=1e38", "standardize=false"), tmp_path)
-    assert outcome.record["status"] == "diverged"
-    assert outcome.record["diverged_epoch"] >= 1
-    assert outcome.record["objective"]["value"] is None
+    outcome, record = train_and_record(small_cfg("lr=1e38", "standardize=false"), tmp_path)
+    assert record["status"] == "diverged"
+    assert record["diverged_epoch"] >= 1
+    assert record["objective"]["value"] is None
     assert outcome.objective == math.inf  # ranks last when minimising
-    maximise = run_experiment(
+    maximise, _ = train_and_record(
         small_cfg("lr=1e38", "standardize=false", "objective=val_accuracy"), tmp_path / "m"
     )
     assert maximise.objective == -math.inf
 
 
 def test_multiclass_run_uses_macro_f1(small_cfg, tmp_path):
-    record = run_experiment(small_cfg("dataset=iris", "stratify=true", "lr=0.5"), tmp_path).record
+    record = train_and_record(small_cfg("dataset=iris", "stratify=true", "lr=0.5"), tmp_path)[1]
     assert record["data"]["class_names"] == ["setosa", "versicolor", "virginica"]
     assert record["metrics"]["test"]["accuracy"] > 0.8
     assert record["metrics"]["test"]["roc_auc"] is not None
@@ -78,7 +84,7 @@ def test_matches_sklearn_logistic_regression_on_breast_cancer(small_cfg, tmp_pat
     )
     splits, _ = prepare_data(cfg)
     cfg.optimizer.weight_decay = 1.0 / len(splits.y_train)
-    record = run_experiment(cfg, tmp_path).record
+    record = train_and_record(cfg, tmp_path)[1]
     sk = SkLogisticRegression(max_iter=5000).fit(splits.X_train, splits.y_train)
     sk_accuracy = sk.score(splits.X_test, splits.y_test)
     ours = record["metrics"]["test"]["accuracy"]
@@ -89,7 +95,7 @@ def test_saved_model_reproduces_predictions(small_cfg, tmp_path):
     from sweeplr.model import LogisticRegression
 
     cfg = small_cfg()
-    run_experiment(cfg, tmp_path)
+    train_and_record(cfg, tmp_path)
     payload = load_model_payload(tmp_path)
     model = LogisticRegression(payload["n_features"], payload["n_classes"])
     model.load_state_dict(payload["state_dict"])
@@ -144,13 +150,13 @@ def test_seed_experiment_is_the_tutorial(small_cfg):
 def test_progress_line_for_a_terminal_and_quiet_otherwise(small_cfg, tmp_path, capsys):
     import io
 
-    from sweeplr.experiment import progress_printer
+    from sweeplr.console import progress_printer
 
     stream = io.StringIO()
     show = progress_printer(50, stream)
-    run_experiment(small_cfg(), tmp_path, on_log=show)
+    train_and_record(small_cfg(), tmp_path, on_log=show)
     text = stream.getvalue()
     assert text.startswith("\repoch 10/50") and "\repoch 50/50  train loss" in text
     assert "val acc" in text and text.endswith("\n")
-    run_experiment(small_cfg(), tmp_path / "quiet")
+    train_and_record(small_cfg(), tmp_path / "quiet")
     assert capsys.readouterr().err == ""

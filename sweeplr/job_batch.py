@@ -1,0 +1,47 @@
+"""The jobs of one launch, published by sweeplr's launcher so that runs can train together.
+
+Hydra's job machinery runs a launch's jobs one at a time, each through its task function. The
+``sweeplr_batch`` launcher composes a launch's jobs first and publishes their configs here, then
+hands each job to Hydra as the basic launcher does. When the first job's task calls
+``sweeplr.experiment.run``, that run trains its configuration together with every published
+sibling that can share the training pass and leaves their outcomes here; each sibling's own
+``run`` then picks up its outcome (if its config is still the one published) instead of training
+again. What a job returns and writes stays its task function's doing: a task that never calls
+``run`` costs nothing here. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LaunchedJobs:
+    """Configs of the launch in progress, and outcomes trained ahead of their jobs."""
+
+    configs: Mapping[int, Any]  # job number -> the job's composed config (task and Hydra node)
+    max_batch: int  # configurations trained together in one pass, at most
+    trained: dict[int, Any] = field(default_factory=dict)  # job number -> (spec, outcome)
+    data: dict[str, Any] = field(default_factory=dict)  # data key -> a loaded data set
+
+
+_current: LaunchedJobs | None = None
+
+
+@contextmanager
+def published(configs: Mapping[int, Any], max_batch: int) -> Iterator[LaunchedJobs]:
+    """Make ``configs`` the current launch's jobs for the ``with`` block."""
+    global _current
+    previous, _current = _current, LaunchedJobs(configs, max_batch)
+    try:
+        yield _current
+    finally:
+        _current = previous
+
+
+def current() -> LaunchedJobs | None:
+    """The launch in progress in this process, if sweeplr's launcher runs one."""
+    return _current

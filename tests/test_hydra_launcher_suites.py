@@ -1,0 +1,64 @@
+"""Hydra's own launcher test suites, run on sweeplr's launcher as Hydra's launcher plugins do.
+
+`LauncherTestSuite`, `IntegrationTestSuite` and `BatchedSweeperTestSuite` ship with hydra-core
+(`hydra.test_utils.launcher_common_tests`); passing them is what makes a launcher a Hydra
+launcher: it runs the task function it is handed, for every job, through Hydra's job machinery.
+The batched suite also runs with sweeplr's grid sweeper, a subclass of Hydra's basic one.
+"""
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
+from pytest import mark, param
+
+from sweeplr.plugins.batch_launcher import BatchLauncher
+from sweeplr.plugins.grid_sweeper import SweeplrGridSweeper
+from sweeplr.plugins.optuna_sweeper import SweeplrOptunaSweeper
+
+
+def test_discovery():
+    launchers = [x.__name__ for x in Plugins.instance().discover(Launcher)]
+    sweepers = [x.__name__ for x in Plugins.instance().discover(Sweeper)]
+    assert BatchLauncher.__name__ in launchers
+    assert {SweeplrGridSweeper.__name__, SweeplrOptunaSweeper.__name__} <= set(sweepers)
+
+
+@mark.parametrize("launcher_name, overrides", [("sweeplr_batch", [])])
+class TestBatchLauncher(LauncherTestSuite):
+    pass
+
+
+@mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [
+        param(
+            {},
+            [
+                "-m",
+                "hydra/launcher=sweeplr_batch",
+                "hydra/hydra_logging=disabled",
+                "hydra/job_logging=disabled",
+            ],
+            id="sweeplr_batch_multirun",
+        )
+    ],
+)
+class TestBatchLauncherIntegration(IntegrationTestSuite):
+    pass
+
+
+@mark.parametrize(
+    "launcher_name, overrides",
+    [
+        ("sweeplr_batch", ["hydra/sweeper=basic", "hydra.sweeper.max_batch_size=2"]),
+        ("sweeplr_batch", ["hydra/sweeper=sweeplr_grid", "hydra.sweeper.max_batch_size=2"]),
+        ("basic", ["hydra/sweeper=sweeplr_grid", "hydra.sweeper.max_batch_size=2"]),
+    ],
+)
+class TestBatchedSweeper(BatchedSweeperTestSuite):
+    pass
