@@ -17,6 +17,10 @@ P2  a 64-point learning-rate grid (``--multirun``, blobs, 2,000 epochs) vs one r
 P3  a 100-trial Optuna TPE study (blobs, 500 epochs) vs one run (target <= 3.0), and the best
     value found vs the same study run one trial at a time through the basic launcher with the
     reference path, for 3 sampler seeds.
+
+``--against DIR`` also runs P2's and P3's sweeplr commands with another checkout's train.py
+(e.g. ``git worktree add /tmp/before <commit>``), interleaved with this one's, and prints both:
+a before/after measured side by side.
 """
 
 from __future__ import annotations
@@ -75,8 +79,13 @@ def median_runs(variants: dict[str, list[str]], reps: int) -> dict[str, dict[str
     }
 
 
-def train(*args: str) -> list[str]:
-    return [PY, str(ROOT / "train.py"), *args]
+def train(*args: str, root: Path = ROOT) -> list[str]:
+    return [PY, str(root / "train.py"), *args]
+
+
+def checkouts(args: argparse.Namespace) -> dict[str, Path]:
+    """This checkout, and the one ``--against`` names, by the label each result gets."""
+    return {"": ROOT, **({f" [{args.against}]": Path(args.against)} if args.against else {})}
 
 
 def p1(args: argparse.Namespace) -> None:
@@ -108,8 +117,15 @@ def lr_grid(points: int) -> str:
 def p2(args: argparse.Namespace) -> None:
     grid = lr_grid(64)
     common = ["epochs=2000", "plots=false"]
+    others = {
+        f"{kind}{label}": train(*cmd, root=root)
+        for label, root in checkouts(args).items()
+        if label
+        for kind, cmd in (("one_run", common), ("grid_batched", ["--multirun", grid, *common]))
+    }
     res = median_runs(
         {
+            **others,
             "one_run": train(*common),
             "grid_batched": train("--multirun", grid, *common),
             "grid_basic_reference": train(
@@ -133,6 +149,12 @@ def p2(args: argparse.Namespace) -> None:
         f"P2 peak RSS: one run {one['rss']:.0f} MiB, grid {batched['rss']:.0f} MiB -> ratio "
         f"{batched['rss'] / one['rss']:.2f} (target <= 1.5)"
     )
+    for label in (k for k in checkouts(args) if k):
+        one, batched = res[f"one_run{label}"], res[f"grid_batched{label}"]
+        print(
+            f"P2{label}: one run {one['wall']:.2f} s, grid {batched['wall']:.2f} s -> ratio "
+            f"{batched['wall'] / one['wall']:.2f}"
+        )
 
 
 def best_value(sweep_dir: Path) -> float:
@@ -145,23 +167,33 @@ def best_value(sweep_dir: Path) -> float:
 def p3(args: argparse.Namespace) -> None:
     space = ["epochs=choice(500)", "hydra.sweeper.n_trials=100", "plots=false"]
     seeds = [0, 1, 2][: args.seeds]
-    walls_one, walls_study, ours, basics = [], [], [], []
+    labels = checkouts(args)
+    walls_one = {label: [] for label in labels}
+    walls_study = {label: [] for label in labels}
+    ours = {label: [] for label in labels}
+    basics = []
     for seed in seeds:
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            wall_one, _, _ = timed(train("epochs=500", "plots=false"), tmp_path)
-            fast = tmp_path / "fast"
-            wall_study, _, _ = timed(
-                train(
-                    "--multirun",
-                    "sweep=optuna",
-                    *space,
-                    f"hydra.sweeper.sampler.seed={seed}",
-                    f"hydra.sweeper.n_jobs={args.n_jobs}",
-                    f"hydra.sweep.dir={fast}",
-                ),
-                tmp_path,
-            )
+            # Interleaved, so that load from elsewhere hits every checkout alike.
+            for index, (label, root) in enumerate(labels.items()):
+                wall_one, _, _ = timed(train("epochs=500", "plots=false", root=root), tmp_path)
+                fast = tmp_path / f"fast{index}"
+                wall_study, _, _ = timed(
+                    train(
+                        "--multirun",
+                        "sweep=optuna",
+                        *space,
+                        f"hydra.sweeper.sampler.seed={seed}",
+                        f"hydra.sweeper.n_jobs={args.n_jobs}",
+                        f"hydra.sweep.dir={fast}",
+                        root=root,
+                    ),
+                    tmp_path,
+                )
+                walls_one[label].append(wall_one)
+                walls_study[label].append(wall_study)
+                ours[label].append(best_value(fast))
             slow = tmp_path / "slow"
             timed(
                 train(
@@ -176,21 +208,21 @@ def p3(args: argparse.Namespace) -> None:
                 ),
                 tmp_path,
             )
-            walls_one.append(wall_one)
-            walls_study.append(wall_study)
-            ours.append(best_value(fast))
             basics.append(best_value(slow))
-            print(
-                f"  seed {seed}: one run {wall_one:.2f} s, study {wall_study:.2f} s, best "
-                f"{ours[-1]:.6f} vs one-at-a-time basic/reference {basics[-1]:.6f}"
-            )
-    ratio = statistics.median(walls_study) / statistics.median(walls_one)
-    gap = statistics.median(ours) / statistics.median(basics) - 1
-    print(
-        f"P3 100-trial TPE (n_jobs={args.n_jobs}): ratio {ratio:.2f} (target <= 3.0); median "
-        f"best {statistics.median(ours):.6f} vs {statistics.median(basics):.6f} "
-        f"({gap:+.2%}, target within 1%)"
-    )
+            for label in labels:
+                print(
+                    f"  seed {seed}{label}: one run {walls_one[label][-1]:.2f} s, study "
+                    f"{walls_study[label][-1]:.2f} s, best {ours[label][-1]:.6f} vs "
+                    f"one-at-a-time basic/reference {basics[-1]:.6f}"
+                )
+    for label in labels:
+        ratio = statistics.median(walls_study[label]) / statistics.median(walls_one[label])
+        gap = statistics.median(ours[label]) / statistics.median(basics) - 1
+        print(
+            f"P3{label} 100-trial TPE (n_jobs={args.n_jobs}): ratio {ratio:.2f} (target <= 3.0);"
+            f" median best {statistics.median(ours[label]):.6f} vs "
+            f"{statistics.median(basics):.6f} ({gap:+.2%}, target within 1%)"
+        )
 
 
 def main() -> None:
@@ -200,6 +232,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3, help="P3 sampler seeds")
     parser.add_argument("--n-jobs", type=int, default=10, help="P3 trials per batch")
+    parser.add_argument(
+        "--against", metavar="DIR", help="P2, P3: also time another checkout, side by side"
+    )
     args = parser.parse_args()
     for name in args.which:
         {"p1": p1, "p2": p2, "p3": p3}[name](args)
