@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sweeplr import __version__
 from sweeplr.errors import SweeplrError
@@ -46,6 +47,58 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def compose_app_config(config_dir: str, overrides: Sequence[str]) -> Any:
+    """The config ``python train.py OVERRIDES`` would see, composed from ``config_dir``."""
+    from hydra import compose, initialize_config_dir
+
+    from sweeplr.config import register_configs
+    from sweeplr.errors import first_line
+
+    path = Path(config_dir).resolve()
+    if not (path / "config.yaml").is_file():
+        raise SweeplrError(
+            f"--config-dir={config_dir} holds no config.yaml; allowed: sweeplr's conf/ folder "
+            "(run from the project's folder, or name it)"
+        )
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(path), job_name="lr_find"):
+            return compose(config_name="config", overrides=list(overrides))
+    except Exception as exc:  # noqa: BLE001 - Hydra's many errors, each a user mistake here
+        cause = exc.__cause__
+        detail = f": {first_line(cause)}" if cause is not None else ""
+        raise SweeplrError(f"{first_line(exc)}{detail}") from None
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    """Train every lr of a range, suggest one, and write ``lr_find.csv`` and ``lr_find.png``."""
+    from datetime import datetime
+
+    from sweeplr.config import run_spec
+    from sweeplr.lr_find import find_lr, lr_range, write_finding
+
+    lrs = lr_range(args.min_lr, args.max_lr, args.num)
+    spec = run_spec(compose_app_config(args.config_dir, args.overrides))
+    finding = find_lr(spec, lrs, args.epochs)
+    out = Path(args.out or f"lr_find/{datetime.now():%Y-%m-%d/%H-%M-%S-%f}")
+    title = f"lr finder: {spec.dataset['name']}, {spec.optimizer}, {len(lrs)} lrs"
+    table, picture = write_finding(finding, out, title)
+    if finding.suggestion is None:
+        print(f"sweeplr: every lr diverged within {args.epochs} epochs; try a lower --max-lr")
+    else:
+        best = next(r for r in finding.rows if r["lr"] == finding.suggestion)
+        kept = [o for o in args.overrides if not o.startswith("lr=")]
+        print(
+            f"sweeplr: suggested lr {finding.suggestion:.3g} (lowest {finding.metric} after "
+            f"{args.epochs} epochs: {best['loss']:.4g}; {finding.diverged} of {len(lrs)} lrs "
+            "diverged)"
+        )
+        print(f"  python train.py {' '.join([*kept, f'lr={finding.suggestion:.3g}'])}")
+    print(f"  {table}")
+    print(f"  {picture}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweeplr", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sweeplr {__version__}")
@@ -56,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     add_summary_parser(commands)
     add_predict_parser(commands)
+    finder = commands.add_parser(
+        "lr-find",
+        help="train a range of learning rates, each its own run, and suggest one",
+        description=(
+            "Train a log-spaced range of learning rates, each its own configuration in one "
+            "batched pass from the same start, for a short budget; write lr_find.csv and "
+            "lr_find.png and print the lr with the lowest final loss."
+        ),
+    )
+    finder.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
+    finder.add_argument("--min-lr", type=float, default=1e-5, help="smallest lr (1e-5)")
+    finder.add_argument("--max-lr", type=float, default=10.0, help="largest lr (10)")
+    finder.add_argument("--num", type=int, default=40, help="how many lrs (40)")
+    finder.add_argument("--epochs", type=int, default=100, help="each lr's budget (100)")
+    finder.add_argument("--out", metavar="DIR", help="where to write (lr_find/DATE/TIME)")
+    finder.add_argument("--config-dir", default="conf", help="sweeplr's conf/ folder (conf)")
+    finder.set_defaults(func=cmd_lr_find)
     plot = commands.add_parser("plot", help="draw a run's or a sweep's pictures")
     plot.add_argument("dir", help="a run directory (model.pt) or a sweep directory")
     plot.set_defaults(func=cmd_plot)

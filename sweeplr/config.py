@@ -17,7 +17,15 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sweeplr.errors import SweeplrError
-from sweeplr.schema import DATASETS, ENGINES, HYPERPARAMETERS, OBJECTIVES, OPTIMIZERS
+from sweeplr.schema import (
+    DATASETS,
+    ENGINES,
+    HYPERPARAMETERS,
+    OBJECTIVES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    watched_metric,
+)
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -85,11 +93,43 @@ class OptimizerConfig:
 
 
 @dataclass
+class SchedulerConfig:
+    """A ``torch.optim.lr_scheduler`` schedule of the lr, stepped once an epoch.
+
+    ``name`` picks it; each uses the fields its comment names (the rest are ignored).
+    """
+
+    name: str = "constant"  # constant | step | cosine | onecycle | plateau
+    # constant, step, cosine: a linear warm-up (LinearLR) first, then the schedule (SequentialLR)
+    warmup_epochs: int = 0
+    warmup_start_factor: float = 0.1  # the warm-up's first lr, as a fraction of lr
+    step_size: int = 30  # step: multiply the lr by gamma every step_size epochs (StepLR)
+    gamma: float = 0.1  # step, plateau: the factor
+    min_lr: float = 0.0  # cosine: the lr it ends at (eta_min); plateau: its floor
+    patience: int = 10  # plateau: logged epochs without improvement before the lr drops
+    threshold: float = 1e-4  # plateau: a relative improvement smaller than this is none
+    pct_start: float = 0.3  # onecycle: the share of epochs spent raising the lr to lr
+    div_factor: float = 25.0  # onecycle: it starts at lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: it ends at lr / div_factor / final_div_factor
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop a run whose validation metric (the objective's) stopped improving."""
+
+    patience: int | None = None  # logged epochs without improvement before stopping; null: off
+    min_delta: float = 0.0  # an improvement must exceed this
+    restore_best: bool = True  # keep the weights of the best logged epoch, not the last
+
+
+@dataclass
 class Config:
     """Top-level knobs of one run (see ``conf/config.yaml`` for the why of each default)."""
 
     dataset: Any = MISSING
     optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     lr: float = 0.01
     epochs: int = 1000
     batch_size: int | None = None
@@ -108,14 +148,18 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schemas so YAML files can name them in their ``defaults`` lists."""
+    """Register the schemas so YAML files can name them in their ``defaults`` lists.
+
+    Again is harmless (``sweeplr lr-find`` registers them in a process that may have already).
+    """
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(name="sweeplr_schema", node=Config)
-    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
+    cs.store(name="sweeplr_schema", node=Config, replace=True)
+    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig, replace=True)
+    cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig, replace=True)
     for schema in (BlobsConfig, BreastCancerConfig, IrisConfig, SyntheticConfig, CsvConfig):
-        cs.store(group="dataset", name=f"{schema().name}_schema", node=schema)
+        cs.store(group="dataset", name=f"{schema().name}_schema", node=schema, replace=True)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -195,6 +239,93 @@ def validate(cfg: Any) -> None:
             cfg.dataset.missing in ("error", "drop"),
             f"dataset.missing={cfg.dataset.missing} is invalid; allowed: error, drop",
         )
+    _validate_scheduler(cfg)
+    _validate_early_stopping(cfg)
+
+
+def _needs_a_watched_metric(cfg: Any, setting: str) -> None:
+    """Plateau schedules and early stopping watch the objective's validation metric."""
+    _check(
+        watched_metric(cfg.objective) is not None,
+        f"{setting} watches the objective's validation loss or accuracy; "
+        f"objective={cfg.objective} has none; allowed: a *_loss or *_accuracy objective",
+    )
+    _check(
+        cfg.val_size > 0,
+        f"{setting} needs a validation split, but val_size={cfg.val_size}; allowed: val_size > 0",
+    )
+
+
+def _validate_scheduler(cfg: Any) -> None:
+    sch = cfg.scheduler
+    _check(
+        sch.name in SCHEDULERS,
+        f"scheduler.name={sch.name} is unknown; allowed: {', '.join(SCHEDULERS)}",
+    )
+    warmup = sch.warmup_epochs
+    if sch.name in ("onecycle", "plateau"):
+        _check(
+            warmup == 0,
+            f"scheduler.warmup_epochs={warmup} does not apply to scheduler={sch.name}; allowed: 0"
+            + (
+                " (onecycle's rise is its warm-up: scheduler.pct_start)"
+                if sch.name == "onecycle"
+                else " (torch cannot chain ReduceLROnPlateau after a warm-up)"
+            ),
+        )
+    _check(
+        0 <= warmup < cfg.epochs,
+        f"scheduler.warmup_epochs={warmup} is invalid; allowed: 0 <= warmup_epochs < epochs "
+        f"({cfg.epochs})",
+    )
+    _check(
+        0 < sch.warmup_start_factor <= 1,
+        f"scheduler.warmup_start_factor={sch.warmup_start_factor} is invalid; "
+        "allowed: 0 < warmup_start_factor <= 1",
+    )
+    _check(
+        sch.step_size >= 1,
+        f"scheduler.step_size={sch.step_size} is invalid; allowed: an integer >= 1",
+    )
+    gamma_ok = 0 < sch.gamma < 1 if sch.name == "plateau" else sch.gamma > 0
+    _check(
+        gamma_ok,
+        f"scheduler.gamma={sch.gamma} is invalid; allowed: "
+        + ("0 < gamma < 1" if sch.name == "plateau" else "a number > 0"),
+    )
+    _check(sch.min_lr >= 0, f"scheduler.min_lr={sch.min_lr} is invalid; allowed: a number >= 0")
+    _check(
+        sch.patience >= 0,
+        f"scheduler.patience={sch.patience} is invalid; allowed: an integer >= 0",
+    )
+    _check(
+        sch.threshold >= 0,
+        f"scheduler.threshold={sch.threshold} is invalid; allowed: a number >= 0",
+    )
+    _check(
+        0 < sch.pct_start < 1,
+        f"scheduler.pct_start={sch.pct_start} is invalid; allowed: 0 < pct_start < 1",
+    )
+    for name in ("div_factor", "final_div_factor"):
+        value = getattr(sch, name)
+        _check(value > 0, f"scheduler.{name}={value} is invalid; allowed: a number > 0")
+    if sch.name == "plateau":
+        _needs_a_watched_metric(cfg, "scheduler=plateau")
+
+
+def _validate_early_stopping(cfg: Any) -> None:
+    es = cfg.early_stopping
+    if es.patience is None:
+        return
+    _check(
+        es.patience >= 0,
+        f"early_stopping.patience={es.patience} is invalid; allowed: null (off) or an integer >= 0",
+    )
+    _check(
+        es.min_delta >= 0,
+        f"early_stopping.min_delta={es.min_delta} is invalid; allowed: a number >= 0",
+    )
+    _needs_a_watched_metric(cfg, "early_stopping")
 
 
 @dataclass(frozen=True)
@@ -225,6 +356,8 @@ class RunSpec:
     objective: str
     log_every: int
     engine: str
+    scheduler: SchedulerConfig
+    early_stopping: EarlyStoppingConfig
 
     @property
     def direction(self) -> str:
@@ -249,8 +382,14 @@ class RunSpec:
             "standardize": self.standardize,
             "test_size": self.test_size,
             "val_size": self.val_size,
+            "scheduler": self.scheduler.name,
         }
         return {name: values[name] for name in HYPERPARAMETERS}
+
+    @property
+    def watched(self) -> str | None:
+        """The history column plateau schedules and early stopping watch."""
+        return watched_metric(self.objective)
 
 
 def run_spec(cfg: Any) -> RunSpec:
@@ -260,13 +399,8 @@ def run_spec(cfg: Any) -> RunSpec:
     """
     validate(cfg)
     opt = cfg.optimizer
-    dataset = cfg.dataset
-    if isinstance(dataset, DictConfig):
-        dataset = OmegaConf.to_container(dataset, resolve=True)
-    elif not isinstance(dataset, Mapping):
-        dataset = asdict(dataset)
     return RunSpec(
-        dataset=dict(dataset),
+        dataset=_plain(cfg.dataset),
         optimizer=str(opt.name),
         lr=float(cfg.lr),
         weight_decay=float(opt.weight_decay),
@@ -286,4 +420,13 @@ def run_spec(cfg: Any) -> RunSpec:
         objective=str(cfg.objective),
         log_every=int(cfg.log_every),
         engine=str(cfg.engine),
+        scheduler=SchedulerConfig(**_plain(cfg.scheduler)),
+        early_stopping=EarlyStoppingConfig(**_plain(cfg.early_stopping)),
     )
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node's values as a dict (a DictConfig, a dict, or a dataclass)."""
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node) if isinstance(node, Mapping) else asdict(node)

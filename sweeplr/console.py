@@ -20,13 +20,18 @@ def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     hp = record["hyperparameters"]
     data = record["data"]
     diverged = record.get("diverged_epoch")
+    best = record.get("best_epoch")
+    schedule = hp.get("scheduler", "constant")
     lines = [
         f"sweeplr: {record['status']} after {record['epochs_run']} epochs in "
         f"{record['wall_seconds']:.2f} s"
-        + (f" (loss non-finite at epoch {diverged})" if diverged else ""),
+        + (f" (loss non-finite at epoch {diverged})" if diverged else "")
+        + (f" (early stopping: best epoch {best})" if best else ""),
         (
             f"  {hp['dataset']} ({data['n_train']} train / {data['n_val']} val / "
-            f"{data['n_test']} test rows), {hp['optimizer']} lr={hp['lr']:g}, seed={record['seed']}"
+            f"{data['n_test']} test rows), {hp['optimizer']} lr={hp['lr']:g}"
+            + ("" if schedule == "constant" else f" ({schedule})")
+            + f", seed={record['seed']}"
         ),
         f"  {'split':<6}" + "".join(f"{name:>10}" for name in METRICS),
     ]

@@ -22,10 +22,11 @@ core, and the sweep layer maps configurations onto it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -124,6 +125,30 @@ class OptimizerConfig:
     eps: HParam | None = None
 
 
+class LrSchedule(Protocol):
+    """Each configuration's lr over the epochs (``sweeplr.schedules.BatchSchedule``)."""
+
+    def lr(self, epoch: int) -> np.ndarray | None:
+        """Every configuration's lr for ``epoch`` (1-based, float64 [K]); None: unchanged."""
+
+    def observe(self, metrics: Mapping[str, np.ndarray], active: np.ndarray) -> None:
+        """Called after each logged epoch with its metrics ([K] each, by history column)."""
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Per configuration: stop once ``watch`` has not improved by more than ``min_delta`` for
+    ``patience`` logged epochs in a row (None: never stop early), as Lightning's and Keras'
+    callbacks count; ``restore_best``: end with the weights of the best logged epoch, stopped
+    early or not. ``watch`` is ``val_loss`` (lower is better) or ``val_accuracy`` (higher).
+    A configuration that stops early ends ``completed``, with ``best_epoch`` set."""
+
+    patience: Sequence[int | None]
+    min_delta: Sequence[float]
+    watch: Sequence[str]
+    restore_best: Sequence[bool]
+
+
 @dataclass(frozen=True)
 class History:
     """Metrics at the logged epochs (every ``log_every`` epochs, and the final epoch).
@@ -131,14 +156,16 @@ class History:
     The tensors are ``[T, K]`` with ``T = len(epochs)``, on the CPU.  ``train_loss[t, k]`` is
     the loss of epoch ``epochs[t]`` as training saw it: the full-batch loss before that epoch's
     update, or the mean of the epoch's mini-batch losses.
-    ``val_loss``/``val_accuracy`` are evaluated with the parameters at the end of that epoch.
-    Entries after a configuration stopped (pruned, or diverged) are NaN.
+    ``val_loss``/``val_accuracy`` are evaluated with the parameters at the end of that epoch;
+    ``lr`` (float64) is the lr the epoch trained with. Entries after a configuration stopped
+    (pruned, diverged, or early) are NaN.
     """
 
     epochs: list[int]
     train_loss: Tensor
     val_loss: Tensor | None
     val_accuracy: Tensor | None
+    lr: Tensor
 
 
 @dataclass(frozen=True)
@@ -160,6 +187,7 @@ class EngineResult:
     epochs_run: list[int]
     diverged_epoch: list[int | None]
     history: History
+    best_epoch: list[int | None]  # early stopping's best logged epoch (None without it)
 
 
 def train_batched(
@@ -178,6 +206,8 @@ def train_batched(
     on_report: ReportCallback | None = None,
     report_every: int = 1,
     check_every: int = 10,
+    lr_schedule: LrSchedule | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> EngineResult:
     """Train K logistic-regression configurations on ``(X, y)`` simultaneously.
 
@@ -210,6 +240,9 @@ def train_batched(
         check_every: how often (in epochs) the per-epoch losses, kept in a small buffer, are
             synchronised to the host and checked for non-finite values.  Larger values save a
             host sync per epoch; the recorded divergence epoch is exact either way.
+        lr_schedule: each configuration's lr per epoch (replacing ``optimizer.lr`` from the
+            first epoch on); it observes every logged epoch's metrics (plateau schedules).
+        early_stopping: per-configuration early stopping at logged epochs (needs ``val``).
     """
     _validate_inputs(X, y, n_classes, weight, bias, epochs, batch_size, val)
     for name, value in (("log_every", log_every), ("report_every", report_every)):
@@ -219,8 +252,11 @@ def train_batched(
         raise ValueError(f"check_every must be >= 1, got {check_every}")
     if on_report is not None and report_every < 1:
         raise ValueError("on_report needs report_every >= 1")
+    if early_stopping is not None and val is None:
+        raise ValueError("early stopping needs val")
     with torch.no_grad():
         run = _Run(X, y, n_classes, weight, bias, optimizer, batch_size, shuffle_seed, val)
+        run.lr_schedule, run.early = lr_schedule, early_stopping
         return run.train(epochs, log_every, on_report, report_every, check_every)
 
 
@@ -351,6 +387,10 @@ class _SGD:
                 g = self.buf
         p.addcmul_(g, self.neg_lr)
 
+    def set_lr(self, lr: Tensor) -> None:
+        """New lrs (float64 [Ka]) for the active configurations, from the next step on."""
+        self.neg_lr = (-lr).to(self.neg_lr.dtype).to(self.neg_lr.device).view(-1, 1, 1)
+
     def select(self, keep: Tensor) -> None:
         """Keep only the configurations at positions ``keep`` (after some stopped)."""
         for name in ("neg_lr", "weight_decay", "momentum", "one_minus_dampening", "buf"):
@@ -376,7 +416,9 @@ class _Adam:
 
         lr, wd = hp["lr"], hp["weight_decay"]
         has_wd = bool(wd.any())
-        self.decay = col(1 - lr * wd) if decoupled and has_wd else None
+        self.col = col
+        self.wd64 = wd if decoupled and has_wd else None
+        self.decay = col(1 - lr * wd) if self.wd64 is not None else None
         self.l2 = col(wd) if has_wd and not decoupled else None
         self.one_minus_beta1 = col(1 - hp["beta1"])
         self.beta2 = col(hp["beta2"])
@@ -393,6 +435,14 @@ class _Adam:
         # None before the first step and after the batch shrank.
         self.table_start = 0
         self.tables: tuple[Tensor, Tensor] | None = None
+
+    def set_lr(self, lr: Tensor) -> None:
+        """New lrs (float64 [Ka]) for the active configurations, from the next step on: the
+        step sizes are tabulated again, and AdamW's decay ``1 - lr*wd`` follows the lr."""
+        self.lr64 = lr
+        self.tables = None
+        if self.wd64 is not None:
+            self.decay = self.col(1 - lr * self.wd64)
 
     def _tabulate(self) -> tuple[Tensor, Tensor]:
         """Bias-correction factors for `_BIAS_CORRECTION_CHUNK` steps from the current one."""
@@ -437,6 +487,7 @@ class _Adam:
             "one_minus_beta2",
             "eps",
             "lr64",
+            "wd64",
             "beta1_64",
             "beta2_64",
             "exp_avg",
@@ -570,6 +621,10 @@ class _Run:
         self.status: list[Status] = [COMPLETED] * k
         self.epochs_run = [0] * k
         self.diverged_epoch: list[int | None] = [None] * k
+        self.lr_now = hp["lr"].numpy().copy()  # every configuration's lr, float64, by index
+        self.lr_schedule: LrSchedule | None = None
+        self.early: EarlyStopping | None = None
+        self.best_epoch: list[int | None] = [None] * k
         # Targets in the form the loss kernels want (see _loss_and_grad): binary (1 - 2y,),
         # multi-class (y, -onehot(y)^T).
         self.targets: tuple[Tensor, ...]
@@ -659,8 +714,14 @@ class _Run:
 
     # ----- bookkeeping -----------------------------------------------------------------------
 
-    def _stop(self, positions: list[int], status: Status, epochs: list[int]) -> None:
-        """Freeze the active configurations at ``positions`` and drop them from the batch."""
+    def _stop(
+        self, positions: list[int], status: Status, epochs: list[int], weights: Tensor | None = None
+    ) -> None:
+        """Freeze the active configurations at ``positions`` and drop them from the batch.
+
+        Their final parameters are their current ones, or ``weights`` (``[K, out, F+1]``, by
+        configuration index: early stopping's best).
+        """
         if not positions:
             return
         for pos, epoch in zip(positions, epochs, strict=True):
@@ -670,7 +731,9 @@ class _Run:
             if status == DIVERGED:
                 self.diverged_epoch[k] = epoch
         stopped = torch.tensor(positions, device=self.P.device)
-        self.final.index_copy_(0, self.active_t[stopped], self.P[stopped])
+        indices = self.active_t[stopped]
+        source = self.P[stopped] if weights is None else weights.index_select(0, indices)
+        self.final.index_copy_(0, indices, source)
         dropped = set(positions)
         kept = [i for i in range(len(self.active)) if i not in dropped]
         keep = torch.tensor(kept, dtype=torch.int64, device=self.P.device)
@@ -738,11 +801,16 @@ class _Run:
             logged.append(epochs)
         hist_epochs: list[int] = []
         hist = like.new_full((1 if self.val is None else 3, len(logged), k), math.nan)
+        hist_lr = np.full((len(logged), k), math.nan)
+        if self.early is not None:
+            self._start_early_stopping()
         epoch_loss = like.new_empty(k)
         epoch = 0
         for epoch in range(1, epochs + 1):
             logging = bool(logged) and epoch == logged[len(hist_epochs)]
             reporting = on_report is not None and epoch % report_every == 0
+            if self.lr_schedule is not None:
+                self._schedule_lr(epoch)
             loss_out = self.ring_cols[self.ring_pos]
             self.ring_pos += 1
             if self.batch_size is None:
@@ -752,6 +820,7 @@ class _Run:
             if logging:
                 t = len(hist_epochs)
                 hist_epochs.append(epoch)
+                hist_lr[t, self.active] = self.lr_now[self.active]
                 hist[0, t].index_copy_(0, self.active_t, loss_out / self.loss_divisor)
                 if self.val is not None:
                     val_loss, val_accuracy = self._evaluate()
@@ -769,9 +838,71 @@ class _Run:
                     hist[1:, len(hist_epochs) - 1] if logging and self.val is not None else None
                 )
                 self._report(on_report, epoch, epoch_loss.cpu(), val_now)
+            if logging and self.active and (self.early is not None or self.lr_schedule is not None):
+                self._watch(epoch, hist[:, len(hist_epochs) - 1])
             if not self.active:
                 break
-        return self._finish(epoch, hist_epochs, hist)
+        return self._finish(epoch, hist_epochs, hist, hist_lr)
+
+    # ----- schedules and early stopping --------------------------------------------------------
+
+    def _schedule_lr(self, epoch: int) -> None:
+        """Give the active configurations this epoch's lr, when the schedule changed one."""
+        assert self.lr_schedule is not None
+        row = self.lr_schedule.lr(epoch)
+        if row is not None:
+            self.lr_now = np.asarray(row, dtype=np.float64).copy()
+            self.opt.set_lr(torch.from_numpy(self.lr_now[self.active]))
+
+    def _start_early_stopping(self) -> None:
+        assert self.early is not None
+        k = len(self.status)
+        sign = [1.0 if w == "val_loss" else -1.0 for w in self.early.watch]
+        self.es_sign = np.asarray(sign)  # compare sign * value: lower is better
+        self.es_best = np.full(k, math.inf)
+        self.es_wait = np.zeros(k, dtype=np.int64)
+        self.best_P = self.P.clone()
+
+    def _watch(self, epoch: int, logged: Tensor) -> None:
+        """After a logged epoch: early stopping's bookkeeping, then plateau schedules."""
+        columns = ("train_loss", "val_loss", "val_accuracy")[: logged.shape[0]]
+        values = logged.cpu().numpy()
+        metrics = dict(zip(columns, values, strict=True))
+        if self.early is not None:
+            self._early_stop(epoch, metrics)
+        if self.lr_schedule is not None and self.active:
+            active = np.zeros(len(self.status), dtype=bool)
+            active[self.active] = True
+            self.lr_schedule.observe(metrics, active)
+
+    def _early_stop(self, epoch: int, metrics: Mapping[str, np.ndarray]) -> None:
+        """Track each active configuration's best watched value; stop the patient ones."""
+        early = self.early
+        assert early is not None
+        improved, done = [], []
+        for pos, k in enumerate(self.active):
+            if early.patience[k] is None:
+                continue
+            value = self.es_sign[k] * metrics[early.watch[k]][k]
+            if value < self.es_best[k] - early.min_delta[k]:  # NaN never improves
+                self.es_best[k] = value
+                self.best_epoch[k] = epoch
+                self.es_wait[k] = 0
+                improved.append(pos)
+            else:
+                self.es_wait[k] += 1
+                if self.es_wait[k] >= early.patience[k]:
+                    done.append(pos)
+        if improved:
+            at = torch.tensor(improved, device=self.P.device)
+            self.best_P.index_copy_(0, self.active_t[at], self.P[at])
+        stopping = [self.active[pos] for pos in done]
+        for restore in (True, False):  # by configuration index: positions move as they stop
+            group = [k for k in stopping if early.restore_best[k] == restore]
+            positions = [self.active.index(k) for k in group]
+            self._stop(
+                positions, COMPLETED, [epoch] * len(positions), self.best_P if restore else None
+            )
 
     def _report(
         self, on_report: ReportCallback, epoch: int, loss: Tensor, val: Tensor | None
@@ -792,18 +923,31 @@ class _Run:
         positions = [i for i, k in enumerate(self.active) if stop[k]]
         self._stop(positions, PRUNED, [epoch] * len(positions))
 
-    def _finish(self, last_epoch: int, hist_epochs: list[int], hist: Tensor) -> EngineResult:
+    def _finish(
+        self, last_epoch: int, hist_epochs: list[int], hist: Tensor, hist_lr: np.ndarray
+    ) -> EngineResult:
         """Final parameter check, gather all configurations, and clean the history."""
         if self.active:
             broken = ~torch.isfinite(self.P).flatten(1).all(1)
             positions = broken.nonzero().flatten().tolist()
             self._stop(positions, DIVERGED, [last_epoch] * len(positions))
+            early = self.early
+            restore = [
+                k
+                for k in self.active
+                if early is not None and early.restore_best[k] and self.best_epoch[k] is not None
+            ]
+            if restore:
+                positions = [self.active.index(k) for k in restore]
+                self._stop(positions, COMPLETED, [last_epoch] * len(positions), self.best_P)
             self._stop(list(range(len(self.active))), COMPLETED, [last_epoch] * len(self.active))
         hist = hist[:, : len(hist_epochs)].cpu()
+        lr = torch.from_numpy(hist_lr[: len(hist_epochs)])
         logged = torch.tensor(hist_epochs, dtype=torch.int64)
-        for k, status in enumerate(self.status):
-            if status != COMPLETED:
-                hist[:, logged > self.epochs_run[k], k] = math.nan
+        for k in range(len(self.status)):
+            after = logged > self.epochs_run[k]
+            hist[:, after, k] = math.nan
+            lr[after, k] = math.nan
         n_features = self.final.shape[2] - 1
         return EngineResult(
             weight=self.final[..., :n_features].contiguous(),
@@ -816,5 +960,7 @@ class _Run:
                 train_loss=hist[0],
                 val_loss=hist[1] if self.val is not None else None,
                 val_accuracy=hist[2] if self.val is not None else None,
+                lr=lr,
             ),
+            best_epoch=self.best_epoch,
         )

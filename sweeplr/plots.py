@@ -61,22 +61,31 @@ def _log_if_wide(ax: Axes, values: Sequence[np.ndarray]) -> None:
 
 
 def plot_loss(history: str | Path | pd.DataFrame, out_path: str | Path, title: str = "") -> Path:
-    """Training and (when the run had a validation split) validation loss against epoch."""
+    """Training and (when the run had a validation split) validation loss against epoch, and
+    the lr on a second axis when a schedule moved it."""
     frame = history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     curves = [("train_loss", "train"), ("val_loss", "validation")]
     drawn = [c for c, _ in curves if c in frame and frame[c].notna().any()]
+    lines = []
     for column, label in curves:
         if column in drawn:
-            ax.plot(frame["epoch"], frame[column], label=label)
+            lines += ax.plot(frame["epoch"], frame[column], label=f"{label} loss")
     _log_if_wide(ax, [frame[c].to_numpy() for c in drawn])
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend()
+    lr = frame["lr"].dropna() if "lr" in frame else pd.Series(dtype=float)
+    if lr.nunique() > 1:
+        lr_ax = ax.twinx()
+        lines += lr_ax.plot(
+            frame["epoch"], frame["lr"], color="0.45", linestyle="--", linewidth=1, label="lr"
+        )
+        lr_ax.set_ylabel("learning rate")
+    if lines:
+        ax.legend(lines, [line.get_label() for line in lines])
     else:
         ax.text(0.5, 0.5, "no finite loss logged", ha="center", transform=ax.transAxes)
     return save_figure(fig, out_path)
@@ -205,7 +214,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     payload = load_model_payload(run_dir)
     cfg = OmegaConf.create(payload["config"])
     status = payload["status"]
-    title = f"{cfg.dataset.name}, {cfg.optimizer.name} lr={cfg.lr:g}: {status}"
+    schedule = OmegaConf.select(cfg, "scheduler.name", default="constant")
+    lr = f"lr={cfg.lr:g}" + ("" if schedule == "constant" else f" ({schedule})")
+    title = f"{cfg.dataset.name}, {cfg.optimizer.name} {lr}: {status}"
     written = [plot_loss(run_dir / HISTORY_FILE, run_dir / "loss.png", title)]
     if status == DIVERGED or payload["n_features"] != 2:
         return written
@@ -392,3 +403,43 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
             finally:
                 plt.close(fig)
     return written
+
+
+def plot_lr_find(
+    rows: Sequence[dict[str, Any]],
+    suggestion: float | None,
+    ylabel: str,
+    out_path: str | Path,
+    title: str,
+) -> Path:
+    """The lr finder's picture: each lr's final ``loss`` (``rows`` as in ``lr_find.csv``) on a
+    log lr axis, diverged lrs marked at the top, the ``suggestion`` marked."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    done = [r for r in rows if r["status"] != DIVERGED and r["loss"] is not None]
+    losses = np.asarray([r["loss"] for r in done], dtype=float)
+    ax.plot([r["lr"] for r in done], losses, marker="o", markersize=3, label="final loss")
+    ax.set_xscale("log")
+    if losses.size and (losses > 0).all():  # a loss of exactly 0 has no place on a log axis
+        _log_if_wide(ax, [losses])
+    diverged = [r["lr"] for r in rows if r["status"] == DIVERGED]
+    if diverged:
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(
+            diverged,
+            [0.97] * len(diverged),
+            marker="x",
+            color="tab:red",
+            transform=top,
+            label="diverged",
+        )
+    if suggestion is not None:
+        ax.axvline(
+            suggestion, color="tab:green", linestyle="--", label=f"suggested lr {suggestion:.3g}"
+        )
+    ax.set_xlabel("learning rate (each its own run from the same start)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="center left")
+    return save_figure(fig, out_path)

@@ -127,6 +127,7 @@ def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
         "status": outcome.status,
         "epochs_run": outcome.epochs_run,
         "diverged_epoch": outcome.diverged_epoch,
+        "best_epoch": outcome.best_epoch,
         "wall_seconds": round(outcome.wall_seconds, 4),
         "seed": spec.seed,
         "hyperparameters": spec.hyperparameters(),

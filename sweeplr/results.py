@@ -50,6 +50,7 @@ FIXED_COLUMNS = (
     "objective",
     *METRIC_COLUMNS,
     "epochs_run",
+    "best_epoch",
     "wall_seconds",
     "trial",
     "trial_state",
@@ -300,6 +301,7 @@ def compact(df: pd.DataFrame) -> pd.DataFrame:
         "pareto",
         *COMPACT_METRICS,
         "epochs_run",
+        "best_epoch",
         "wall_seconds",
         "trial_state",
         "sweep_dir",
@@ -427,6 +429,7 @@ def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str,
     swept_names = list(dict.fromkeys(k for overrides in parsed for k in overrides))
     has_trial = any("trial" in run.record for run in runs)
     has_error = any(run.status == FAILED for run in runs)
+    has_best_epoch = any(run.record.get("best_epoch") is not None for run in runs)
     rows = []
     for run, overrides in zip(runs, parsed, strict=True):
         record = run.record
@@ -447,6 +450,8 @@ def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str,
                 value = values.get(metric)
                 row[f"{split}_{metric}"] = math.nan if value is None else float(value)
         row["epochs_run"] = record.get("epochs_run")
+        if has_best_epoch:
+            row["best_epoch"] = record.get("best_epoch")
         row["wall_seconds"] = record.get("wall_seconds")
         for name in hyper_names:
             if name not in row:

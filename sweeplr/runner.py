@@ -20,9 +20,16 @@ import torch
 
 from sweeplr.config import RunSpec
 from sweeplr.data import Splits, Standardizer, load_dataset, scale_splits, split
-from sweeplr.engine import EngineResult, OptimizerConfig, linear_init, train_batched
+from sweeplr.engine import (
+    EarlyStopping,
+    EngineResult,
+    OptimizerConfig,
+    linear_init,
+    train_batched,
+)
 from sweeplr.errors import SweeplrError
 from sweeplr.model import LogisticRegression
+from sweeplr.schedules import BatchSchedule, is_constant
 from sweeplr.schema import DIVERGED, SPLITS
 from sweeplr.training import LogCallback, OptimizerSpec, evaluate, train
 
@@ -117,13 +124,14 @@ class Outcome:
     status: str
     epochs_run: int
     diverged_epoch: int | None
-    history: dict[str, list[Any]]  # epoch, train_loss, val_loss, val_accuracy per logged epoch
+    history: dict[str, list[Any]]  # epoch, train_loss, val_loss, val_accuracy, lr per logged epoch
     metrics: dict[str, dict[str, float | None]]  # split -> loss, accuracy, roc_auc, f1
     model: LogisticRegression
     data: DeviceData
     wall_seconds: float  # this configuration's share of its pass
     batch_configs: int  # configurations trained in the same pass
     batch_wall_seconds: float
+    best_epoch: int | None = None  # early stopping's best logged epoch
 
     @property
     def objective_value(self) -> float | None:
@@ -147,6 +155,7 @@ class _Trained:
     epochs_run: int
     diverged_epoch: int | None
     history: dict[str, list[Any]]
+    best_epoch: int | None
 
 
 def optimizer_spec(spec: RunSpec) -> OptimizerSpec:
@@ -207,6 +216,7 @@ def train_runs(
                 wall_seconds=0.0,
                 batch_configs=len(specs),
                 batch_wall_seconds=0.0,
+                best_epoch=result.best_epoch,
             )
         )
     wall = time.perf_counter() - started
@@ -236,6 +246,9 @@ def _train_reference(spec: RunSpec, data: DeviceData, on_log: LogCallback | None
         seed=spec.seed,
         log_every=spec.log_every,
         on_log=on_log,
+        schedule=None if is_constant(spec.scheduler) else spec.scheduler,
+        early_stopping=spec.early_stopping if spec.early_stopping.patience is not None else None,
+        watch=spec.watched,
     )
     history = result.history
     return _Trained(
@@ -248,7 +261,9 @@ def _train_reference(spec: RunSpec, data: DeviceData, on_log: LogCallback | None
             "train_loss": history.train_loss,
             "val_loss": history.val_loss,
             "val_accuracy": history.val_accuracy,
+            "lr": history.lr,
         },
+        result.best_epoch,
     )
 
 
@@ -319,6 +334,8 @@ def _train_batched(
         on_report=report if any(c is not None for c in on_logs) else None,
         report_every=base.log_every,
         check_every=base.log_every,
+        lr_schedule=_batch_schedule(specs),
+        early_stopping=_early_stopping(specs),
     )
     trained = []
     for k in range(len(specs)):
@@ -333,9 +350,35 @@ def _train_batched(
                 result.epochs_run[k],
                 result.diverged_epoch[k],
                 _history_of(result, k),
+                result.best_epoch[k],
             )
         )
     return trained
+
+
+def _batch_schedule(specs: Sequence[RunSpec]) -> BatchSchedule | None:
+    """Each configuration's lr per epoch from its schedule; None when every lr is constant."""
+    if all(is_constant(s.scheduler) for s in specs):
+        return None
+    return BatchSchedule(
+        [s.lr for s in specs],
+        [s.scheduler for s in specs],
+        specs[0].epochs,
+        ["max" if s.watched == "val_accuracy" else "min" for s in specs],
+        [s.watched for s in specs],
+    )
+
+
+def _early_stopping(specs: Sequence[RunSpec]) -> EarlyStopping | None:
+    """The engine's early stopping for the specs that ask for it; None when none does."""
+    if all(s.early_stopping.patience is None for s in specs):
+        return None
+    return EarlyStopping(
+        patience=[s.early_stopping.patience for s in specs],
+        min_delta=[s.early_stopping.min_delta for s in specs],
+        watch=[s.watched or "val_loss" for s in specs],
+        restore_best=[s.early_stopping.restore_best for s in specs],
+    )
 
 
 def _history_of(result: EngineResult, k: int) -> dict[str, list[Any]]:
@@ -353,4 +396,5 @@ def _history_of(result: EngineResult, k: int) -> dict[str, list[Any]]:
         "train_loss": column(history.train_loss),
         "val_loss": column(history.val_loss),
         "val_accuracy": column(history.val_accuracy),
+        "lr": column(history.lr),
     }

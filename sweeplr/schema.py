@@ -49,8 +49,19 @@ HYPERPARAMETERS = (
     "standardize",
     "test_size",
     "val_size",
+    "scheduler",
 )
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DATASETS = ("blobs", "breast_cancer", "iris", "synthetic", "csv")
-ENGINES = ("batched", "reference")  # closed-form, many configs a pass | torch.optim, one at a time
+ENGINES = ("batched", "reference")
+SCHEDULERS = ("constant", "step", "cosine", "onecycle", "plateau")
+
+
+def watched_metric(objective: str) -> str | None:
+    """The validation metric that plateau schedules and early stopping watch for an objective:
+    its loss or accuracy on the validation split (what training logs); None for others."""
+    metric = objective.split("_", 1)[1]
+    return (
+        f"val_{metric}" if metric in ("loss", "accuracy") else None
+    )  # closed-form, many configs a pass | torch.optim, one at a time

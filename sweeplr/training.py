@@ -9,15 +9,18 @@ the loss stops being finite (``diverged``) or when ``on_log`` asks it to (``prun
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from sweeplr.config import EarlyStoppingConfig, SchedulerConfig
 from sweeplr.engine import dataloader_permutation
 from sweeplr.metrics import classification_metrics
 from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
+from sweeplr.schedules import step_scheduler, torch_scheduler
 from sweeplr.schema import COMPLETED, DIVERGED, PRUNED
 
 OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
@@ -57,7 +60,7 @@ class OptimizerSpec:
 
 @dataclass
 class History:
-    """One row per logged epoch: train loss, val loss and accuracy.
+    """One row per logged epoch: train loss, val loss and accuracy, and the epoch's lr.
 
     The train loss is the engine's: full batch, the loss before the epoch's update; mini-batch,
     the mean of the epoch's batch losses (each a mean over its batch), as Lightning logs it.
@@ -67,12 +70,16 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
 
-    def append(self, epoch: int, train_loss: float, val_loss: float, val_accuracy: float) -> None:
+    def append(
+        self, epoch: int, train_loss: float, val_loss: float, val_accuracy: float, lr: float
+    ) -> None:
         self.epoch.append(epoch)
         self.train_loss.append(train_loss)
         self.val_loss.append(val_loss)
         self.val_accuracy.append(val_accuracy)
+        self.lr.append(lr)
 
 
 @dataclass
@@ -81,6 +88,7 @@ class TrainResult:
     epochs_run: int
     diverged_epoch: int | None
     history: History
+    best_epoch: int | None = None  # early stopping's best logged epoch
 
 
 # on_log(epoch, train_loss, val_loss, val_accuracy) -> True to stop now (pruning).
@@ -109,6 +117,9 @@ def train(
     seed: int = 0,
     log_every: int = 10,
     on_log: LogCallback | None = None,
+    schedule: SchedulerConfig | None = None,
+    early_stopping: EarlyStoppingConfig | None = None,
+    watch: str | None = None,
 ) -> TrainResult:
     """Fit ``model`` in place; full batch when ``batch_size`` is None, else shuffled mini-batches.
 
@@ -116,8 +127,19 @@ def train(
     is called. The loss is checked for finiteness at those points too (the per-epoch losses
     are kept on the device, so the check costs one sync per log point and still names the
     first non-finite epoch exactly).
+
+    ``schedule`` steps a ``torch.optim.lr_scheduler`` after every epoch (ReduceLROnPlateau
+    after every logged one, on ``watch``); ``early_stopping`` watches ``watch`` (``val_loss``,
+    lower is better, or ``val_accuracy``) at logged epochs, the batched engine's rules.
     """
     opt = optimizer.build(model.parameters())
+    sign = -1.0 if watch == "val_accuracy" else 1.0  # sign * value: lower is better
+    scheduler = (
+        torch_scheduler(opt, schedule, epochs, "min" if sign > 0 else "max") if schedule else None
+    )
+    plateau = schedule is not None and schedule.name == "plateau"
+    patience = early_stopping.patience if early_stopping is not None else None
+    best, best_epoch, best_state, wait = float("inf"), None, None, 0
     n = len(y_train)
     full_batch = batch_size is None or batch_size >= n
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -125,6 +147,7 @@ def train(
     history = History()
     last_checked = 0
     for epoch in range(1, epochs + 1):
+        lr = opt.param_groups[0]["lr"]
         if full_batch:
             opt.zero_grad(set_to_none=True)
             loss = loss_on_logits(model(X_train), y_train)
@@ -144,6 +167,8 @@ def train(
                 opt.step()
                 total += loss.detach()
             epoch_losses[epoch - 1] = total / len(starts)
+        if scheduler is not None and not plateau and epoch < epochs:
+            step_scheduler(scheduler)
         if epoch % log_every and epoch != epochs:
             continue
         window = epoch_losses[last_checked:epoch]
@@ -154,10 +179,31 @@ def train(
         last_checked = epoch
         val_loss, val_accuracy = _val_scores(model, X_val, y_val)
         train_loss = float(epoch_losses[epoch - 1])
-        history.append(epoch, train_loss, val_loss, val_accuracy)
+        history.append(epoch, train_loss, val_loss, val_accuracy, lr)
         if on_log is not None and on_log(epoch, train_loss, val_loss, val_accuracy):
-            return TrainResult(PRUNED, epoch, None, history)
-    return TrainResult(COMPLETED, epochs, None, history)
+            return TrainResult(PRUNED, epoch, None, history, best_epoch)
+        watched = sign * (val_loss if watch == "val_loss" else val_accuracy)
+        if patience is not None:
+            assert early_stopping is not None
+            if watched < best - early_stopping.min_delta:
+                best, best_epoch, wait = watched, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                wait += 1
+                if wait >= patience:
+                    _restore(model, early_stopping, best_state)
+                    return TrainResult(COMPLETED, epoch, None, history, best_epoch)
+        if plateau:
+            step_scheduler(scheduler, sign * watched)
+    if early_stopping is not None:
+        _restore(model, early_stopping, best_state)
+    return TrainResult(COMPLETED, epochs, None, history, best_epoch)
+
+
+def _restore(model: LogisticRegression, early: EarlyStoppingConfig, state: dict | None) -> None:
+    """Early stopping's best weights back into ``model``, when asked for and there are some."""
+    if early.restore_best and state is not None:
+        model.load_state_dict(state)
 
 
 @torch.no_grad()

@@ -51,6 +51,7 @@ HYPER = {
     "standardize": True,
     "test_size": 0.33,
     "val_size": 0.2,
+    "scheduler": "constant",
 }
 
 

@@ -35,7 +35,8 @@ def test_run_writes_a_complete_record(small_cfg, tmp_path):
     }
     assert record["hyperparameters"]["optimizer"] == "sgd"
     history = pd.read_csv(tmp_path / "history.csv")
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
+    assert (history["lr"] == 0.01).all()  # a constant schedule
     assert history["epoch"].tolist() == list(range(10, 51, 10))
     payload = load_model_payload(tmp_path)
     assert payload["class_names"] == ["red", "blue"] and payload["feature_names"] == ["x1", "x2"]

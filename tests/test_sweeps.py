@@ -232,3 +232,48 @@ def test_a_grid_with_a_bad_value_runs_the_rest_and_exits_non_zero(tmp_path):
     assert summary.loc[[0, 2], "status"].tolist() == ["completed", "completed"]
     assert summary.loc[1, "status"] == "failed"
     assert summary.loc[1, "error"].startswith("lr=-1.0 is invalid")
+
+
+def test_schedules_and_early_stopping_in_a_grid_and_an_optuna_sweep(tmp_path):
+    grid = tmp_path / "g"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "scheduler=constant,cosine,step",
+        "early_stopping.patience=null,3",
+        "early_stopping.min_delta=0.001",
+        "lr=0.5",
+        "epochs=200",
+        "plots=false",
+        f"hydra.sweep.dir={grid}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(grid / "summary.csv")
+    assert len(summary) == 6 and set(summary["status"]) == {"completed"}
+    assert set(summary["scheduler"]) == {"constant", "cosine", "step"}
+    stopping = summary[summary["early_stopping.patience"] == 3]
+    assert (stopping["epochs_run"] < 200).any() and stopping["best_epoch"].notna().all()
+    assert (summary.loc[summary["early_stopping.patience"].isna(), "epochs_run"] == 200).all()
+    for run_dir in summary["run_dir"]:
+        history = pd.read_csv(run_dir + "/history.csv")
+        record = json.loads((Path(run_dir) / "metrics.json").read_text())
+        schedule = record["hyperparameters"]["scheduler"]
+        assert (history["lr"].nunique() > 1) == (schedule != "constant")
+    optuna_dir = tmp_path / "o"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=6",
+        "scheduler=choice(constant,onecycle,plateau)",
+        "scheduler.patience=choice(1,3)",
+        "early_stopping.patience=choice(2,5)",
+        "epochs=choice(60)",
+        "plots=false",
+        f"hydra.sweep.dir={optuna_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load_study(optuna_dir)
+    assert len(study.trials) == 6 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    summary = pd.read_csv(optuna_dir / "summary.csv")
+    assert len(summary) == 6 and summary["best_epoch"].notna().all()
