@@ -6,6 +6,7 @@ sweeps or not, so this module imports nothing heavy at the top.
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,95 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-class FailureRecordCallback(Callback):
-    """A job whose task raised gets a ``metrics.json`` with status ``failed`` and the error.
+class PreflightCallback(Callback):
+    """Before a run or sweep starts: what would otherwise fail late, or with a traceback.
 
-    So the summary lists it as failed, with why, instead of as a job that never ran. A run that
-    wrote a record of its own keeps it; an interrupt (Ctrl-C, SIGTERM) leaves no record, so a
-    resumed sweep runs that job again.
+    A closed standard output (``... | head``) stops the printing from here on, not the sweep;
+    a launcher that cannot run here says so in one line before any job starts.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import sys
+
+        from sweeplr.console import guard_stdout
+
+        guard_stdout()
+        problem = _unwritable("hydra.run.dir", config.hydra.run.dir)
+        if problem:
+            sys.exit(problem)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import shutil
+
+        from sweeplr.console import guard_stdout
+        from sweeplr.plugins.failures import refuse
+
+        guard_stdout()
+        problem = _unwritable("hydra.sweep.dir", config.hydra.sweep.dir)
+        if problem:
+            refuse(config, problem)
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+        if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
+            refuse(
+                config,
+                "error: launcher=slurm needs a SLURM cluster, and this machine has no srun; "
+                "allowed: launcher=batch, joblib or submitit_local here",
+            )
+
+
+def _unwritable(key: str, path: str) -> str | None:
+    """The error line when the directory a run or sweep writes into cannot be made there.
+
+    Hydra would otherwise fail in its own ``mkdir`` or first write, with a traceback. Nothing is
+    created here: the nearest existing folder on the way must be a directory one can write to.
+    """
+    import os
+
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        reason = os.strerror(errno.ENOTDIR)
+    elif not os.access(folder, os.W_OK):
+        reason = "read-only" if _read_only_mount(folder) else "no permission to write"
+    else:
+        return None
+    return f"error: {key}={path} cannot be written ({reason}); allowed: a directory you can write"
+
+
+def _read_only_mount(folder: Path) -> bool:
+    import os
+
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+
+
+class JobRecordCallback(Callback):
+    """What each job of a run or sweep leaves beside its record, whatever its task is.
+
+    A job whose task raised gets a ``metrics.json`` with status ``failed`` and the error, so the
+    summary lists it as failed, with why, instead of as a job that never ran; a run that wrote
+    a record of its own keeps it, and an interrupt (Ctrl-C, SIGTERM) leaves none, so a resumed
+    sweep runs that job again. A trial's job that finished keeps its return value in
+    ``job_return.json``: a resume tells a finished trial's value to the study instead of running
+    it again when the process that ran it died before telling.
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        from sweeplr.pruning import TRIAL_ENV
+        from sweeplr.records import write_job_return
+
+        run_dir = OmegaConf.select(config, "hydra.runtime.output_dir")
+        if job_return.status == JobStatus.COMPLETED and run_dir:
+            if OmegaConf.select(config, f"hydra.job.env_set.{TRIAL_ENV}") is None:
+                return  # not a trial of sweeplr_optuna: nothing would read it (and an fsync)
+            try:
+                write_job_return(run_dir, job_return._return_value)
+            except OSError as exc:
+                log.warning(f"sweeplr: job return not kept: {exc}")
+            return
         error = job_return._return_value
         if job_return.status != JobStatus.FAILED or not isinstance(error, Exception):
             return
@@ -58,6 +139,16 @@ def optuna_study(config: DictConfig) -> Any:
     return optuna.load_study(study_name=study_name, storage=open_storage(storage))
 
 
+def _holds_runs(sweep_dir: Path) -> bool:
+    from sweeplr.errors import SweeplrError
+    from sweeplr.results import run_dirs
+
+    try:
+        return bool(run_dirs(sweep_dir))
+    except SweeplrError:
+        return False
+
+
 def study_values(study: Any) -> dict[int, list[float]]:
     """Each finished trial's values, as the task returned them, by trial number."""
     return {t.number: list(t.values) for t in study.get_trials(deepcopy=False) if t.values}
@@ -77,6 +168,7 @@ class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Imported here: Hydra builds its callbacks for every run, sweeps or not, and pandas
         # costs 0.4 s of a single run's start-up.
+        from sweeplr.plugins.failures import was_refused
         from sweeplr.records import METRICS_FILE
         from sweeplr.results import (
             add_trial_values,
@@ -88,8 +180,12 @@ class SummaryCallback(Callback):
         )
         from sweeplr.schema import UNFINISHED
 
+        if was_refused(config):  # the sweep's one error line says why; nothing of it to summarise
+            return
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
+            if not _holds_runs(sweep_dir):  # a sweep that stopped before its first job: the
+                return  # reason is the sweep's own error, printed next; no summary to speak of
             df = load_sweep(sweep_dir)
             study = optuna_study(config)
             if study is not None:

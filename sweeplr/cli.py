@@ -78,7 +78,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from sweeplr.lr_find import find_lr, lr_range, write_finding
 
     lrs = lr_range(args.min_lr, args.max_lr, args.num)
-    spec = run_spec(compose_app_config(args.config_dir, args.overrides))
+    spec = run_spec(compose_app_config(args.config_dir, args.overrides), args.overrides)
     finding = find_lr(spec, lrs, args.epochs)
     out = Path(args.out or f"lr_find/{datetime.now():%Y-%m-%d/%H-%M-%S-%f}")
     title = f"lr finder: {spec.dataset['name']}, {spec.optimizer}, {len(lrs)} lrs"
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sweeplr.console import guard_stdout
+
+    guard_stdout()  # `sweeplr summary ... | head` ends the printing, quietly
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

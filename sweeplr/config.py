@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -162,15 +163,40 @@ def register_configs() -> None:
         cs.store(group="dataset", name=f"{schema().name}_schema", node=schema, replace=True)
 
 
+# The overrides of the run being validated, by key: a message quotes a value as it was typed
+# (`lr=1e-400`), not as the config holds it (`lr=0.0`).
+_typed: ContextVar[Mapping[str, str] | None] = ContextVar("typed_overrides", default=None)
+
+
+def typed_values(overrides: Sequence[str]) -> dict[str, str]:
+    """``["lr=1e-400", "+x.y=2"]`` -> ``{"lr": "1e-400", "x.y": "2"}``."""
+    typed = {}
+    for text in overrides:
+        key, sep, value = text.lstrip("+~").partition("=")
+        if sep:
+            typed[key] = value
+    return typed
+
+
+def _shown(key: str, value: Any) -> str:
+    """``value`` as the user typed it for ``key``, when an override set it."""
+    return (_typed.get() or {}).get(key, str(value))
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise SweeplrError(message)
 
 
+def _require(ok: bool, key: str, value: Any, allowed: str, problem: str = "is invalid") -> None:
+    """One line naming ``key=value`` as typed, what is wrong with it and what is allowed."""
+    _check(ok, f"{key}={_shown(key, value)} {problem}; allowed: {allowed}")
+
+
 def _fraction(name: str, value: float, *, allow_zero: bool) -> None:
     low = "0 <= " if allow_zero else "0 < "
     ok = (0 <= value < 1) if allow_zero else (0 < value < 1)
-    _check(ok, f"{name}={value} is out of range; allowed: {low}{name} < 1")
+    _require(ok, name, value, f"{low}{name} < 1", "is out of range")
 
 
 def validate(cfg: Any) -> None:
@@ -178,69 +204,86 @@ def validate(cfg: Any) -> None:
 
     ``cfg`` is a composed DictConfig (or any object with the same attributes).
     """
-    _check(
-        math.isfinite(cfg.lr) and cfg.lr > 0,
-        f"lr={cfg.lr} is invalid; allowed: a finite number > 0",
-    )
-    _check(cfg.epochs >= 1, f"epochs={cfg.epochs} is invalid; allowed: an integer >= 1")
-    _check(
+    _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "a finite number > 0")
+    _require(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
+    _require(
         cfg.batch_size is None or cfg.batch_size >= 1,
-        f"batch_size={cfg.batch_size} is invalid; allowed: null (full batch) or an integer >= 1",
+        "batch_size",
+        cfg.batch_size,
+        "null (full batch) or an integer >= 1",
     )
-    _check(
+    _require(
         bool(DEVICE_PATTERN.match(str(cfg.device))),
-        f"device={cfg.device} is invalid; allowed: auto, cpu, cuda, cuda:N, mps",
+        "device",
+        cfg.device,
+        "auto, cpu, cuda, cuda:N, mps",
     )
     _fraction("test_size", cfg.test_size, allow_zero=False)
     _fraction("val_size", cfg.val_size, allow_zero=True)
-    _check(
-        cfg.engine in ENGINES,
-        f"engine={cfg.engine} is unknown; allowed: {', '.join(ENGINES)}",
-    )
-    _check(cfg.log_every >= 1, f"log_every={cfg.log_every} is invalid; allowed: an integer >= 1")
-    _check(
-        cfg.objective in OBJECTIVES,
-        f"objective={cfg.objective} is unknown; allowed: {', '.join(OBJECTIVES)}",
+    _require(cfg.engine in ENGINES, "engine", cfg.engine, ", ".join(ENGINES), "is unknown")
+    _require(cfg.log_every >= 1, "log_every", cfg.log_every, "an integer >= 1")
+    _require(
+        cfg.objective in OBJECTIVES, "objective", cfg.objective, ", ".join(OBJECTIVES), "is unknown"
     )
     _check(
         not (cfg.objective.startswith("val_") and cfg.val_size == 0),
-        f"objective={cfg.objective} needs a validation split; set val_size > 0 "
-        "or choose a train_ or test_ objective",
+        f"objective={_shown('objective', cfg.objective)} needs a validation split; "
+        "set val_size > 0 or choose a train_ or test_ objective",
     )
     opt = cfg.optimizer
-    _check(
-        opt.name in OPTIMIZERS,
-        f"optimizer.name={opt.name} is unknown; allowed: {', '.join(OPTIMIZERS)}",
+    _require(
+        opt.name in OPTIMIZERS, "optimizer.name", opt.name, ", ".join(OPTIMIZERS), "is unknown"
     )
-    _check(
-        opt.weight_decay >= 0,
-        f"optimizer.weight_decay={opt.weight_decay} is invalid; allowed: a number >= 0",
-    )
-    _check(
-        0 <= opt.momentum < 1,
-        f"optimizer.momentum={opt.momentum} is invalid; allowed: 0 <= momentum < 1",
-    )
+    _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "a number >= 0")
+    _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "0 <= momentum < 1")
     _check(
         not (opt.nesterov and opt.momentum == 0),
         "optimizer.nesterov=true needs optimizer.momentum > 0",
     )
     betas = list(opt.betas)
-    _check(
+    _require(
         len(betas) == 2 and all(0 <= b < 1 for b in betas),
-        f"optimizer.betas={betas} is invalid; allowed: two numbers in [0, 1)",
+        "optimizer.betas",
+        betas,
+        "two numbers in [0, 1)",
     )
-    _check(opt.eps > 0, f"optimizer.eps={opt.eps} is invalid; allowed: a number > 0")
-    _check(
+    _require(opt.eps > 0, "optimizer.eps", opt.eps, "a number > 0")
+    _no_foreign_options(opt)
+    _require(
         cfg.dataset.name in DATASETS,
-        f"dataset.name={cfg.dataset.name} is unknown; allowed: {', '.join(DATASETS)}",
+        "dataset.name",
+        cfg.dataset.name,
+        ", ".join(DATASETS),
+        "is unknown",
     )
-    if cfg.dataset.name == "csv":
-        _check(
-            cfg.dataset.missing in ("error", "drop"),
-            f"dataset.missing={cfg.dataset.missing} is invalid; allowed: error, drop",
-        )
+    _validate_dataset(cfg.dataset)
     _validate_scheduler(cfg)
     _validate_early_stopping(cfg)
+
+
+def _validate_dataset(dataset: Any) -> None:
+    name = dataset.name
+    if name == "csv":
+        for key, allowed in (("path", "a CSV or Parquet file"), ("target", "a column's name")):
+            _check(
+                not OmegaConf.is_missing(dataset, key) if isinstance(dataset, DictConfig) else True,
+                f"dataset.{key} is missing; allowed: {allowed} (dataset.{key}=...)",
+            )
+        _require(
+            dataset.missing in ("error", "drop"), "dataset.missing", dataset.missing, "error, drop"
+        )
+    if name in ("blobs", "synthetic"):
+        _require(
+            dataset.n_samples >= 10,
+            "dataset.n_samples",
+            dataset.n_samples,
+            "an integer >= 10 (enough rows to split)",
+            "is too few",
+        )
+    if name == "blobs":
+        _require(
+            dataset.cluster_std > 0, "dataset.cluster_std", dataset.cluster_std, "a number > 0"
+        )
 
 
 def _needs_a_watched_metric(cfg: Any, setting: str) -> None:
@@ -248,7 +291,8 @@ def _needs_a_watched_metric(cfg: Any, setting: str) -> None:
     _check(
         watched_metric(cfg.objective) is not None,
         f"{setting} watches the objective's validation loss or accuracy; "
-        f"objective={cfg.objective} has none; allowed: a *_loss or *_accuracy objective",
+        f"objective={_shown('objective', cfg.objective)} has none; "
+        "allowed: a *_loss or *_accuracy objective",
     )
     _check(
         cfg.val_size > 0,
@@ -256,60 +300,76 @@ def _needs_a_watched_metric(cfg: Any, setting: str) -> None:
     )
 
 
+# The options each optimizer has; any other option must keep its default (it would do nothing).
+OPTIMIZER_OPTIONS = {
+    "sgd": ("weight_decay", "momentum", "nesterov"),
+    "adam": ("weight_decay", "betas", "eps"),
+    "adamw": ("weight_decay", "betas", "eps"),
+}
+
+
+def _no_foreign_options(opt: Any) -> None:
+    defaults = OptimizerConfig(name=opt.name)
+    for name in ("momentum", "nesterov", "betas", "eps"):
+        if name in OPTIMIZER_OPTIONS[opt.name]:
+            continue
+        value = list(opt[name]) if name == "betas" else opt[name]
+        _require(
+            value == getattr(defaults, name),
+            f"optimizer.{name}",
+            value,
+            f"its options {', '.join(OPTIMIZER_OPTIONS[opt.name])}",
+            f"does not apply to optimizer={opt.name}",
+        )
+
+
 def _validate_scheduler(cfg: Any) -> None:
     sch = cfg.scheduler
-    _check(
-        sch.name in SCHEDULERS,
-        f"scheduler.name={sch.name} is unknown; allowed: {', '.join(SCHEDULERS)}",
+    _require(
+        sch.name in SCHEDULERS, "scheduler.name", sch.name, ", ".join(SCHEDULERS), "is unknown"
     )
     warmup = sch.warmup_epochs
     if sch.name in ("onecycle", "plateau"):
-        _check(
-            warmup == 0,
-            f"scheduler.warmup_epochs={warmup} does not apply to scheduler={sch.name}; allowed: 0"
-            + (
-                " (onecycle's rise is its warm-up: scheduler.pct_start)"
-                if sch.name == "onecycle"
-                else " (torch cannot chain ReduceLROnPlateau after a warm-up)"
-            ),
+        why = (
+            "onecycle's rise is its warm-up: scheduler.pct_start"
+            if sch.name == "onecycle"
+            else "torch cannot chain ReduceLROnPlateau after a warm-up"
         )
-    _check(
+        _require(
+            warmup == 0,
+            "scheduler.warmup_epochs",
+            warmup,
+            f"0 ({why})",
+            f"does not apply to scheduler={sch.name}",
+        )
+    _require(
         0 <= warmup < cfg.epochs,
-        f"scheduler.warmup_epochs={warmup} is invalid; allowed: 0 <= warmup_epochs < epochs "
-        f"({cfg.epochs})",
+        "scheduler.warmup_epochs",
+        warmup,
+        f"0 <= warmup_epochs < epochs ({cfg.epochs})",
     )
-    _check(
+    _require(
         0 < sch.warmup_start_factor <= 1,
-        f"scheduler.warmup_start_factor={sch.warmup_start_factor} is invalid; "
-        "allowed: 0 < warmup_start_factor <= 1",
+        "scheduler.warmup_start_factor",
+        sch.warmup_start_factor,
+        "0 < warmup_start_factor <= 1",
     )
-    _check(
-        sch.step_size >= 1,
-        f"scheduler.step_size={sch.step_size} is invalid; allowed: an integer >= 1",
+    _require(sch.step_size >= 1, "scheduler.step_size", sch.step_size, "an integer >= 1")
+    plateau = sch.name == "plateau"
+    _require(
+        0 < sch.gamma < 1 if plateau else sch.gamma > 0,
+        "scheduler.gamma",
+        sch.gamma,
+        "0 < gamma < 1" if plateau else "a number > 0",
     )
-    gamma_ok = 0 < sch.gamma < 1 if sch.name == "plateau" else sch.gamma > 0
-    _check(
-        gamma_ok,
-        f"scheduler.gamma={sch.gamma} is invalid; allowed: "
-        + ("0 < gamma < 1" if sch.name == "plateau" else "a number > 0"),
-    )
-    _check(sch.min_lr >= 0, f"scheduler.min_lr={sch.min_lr} is invalid; allowed: a number >= 0")
-    _check(
-        sch.patience >= 0,
-        f"scheduler.patience={sch.patience} is invalid; allowed: an integer >= 0",
-    )
-    _check(
-        sch.threshold >= 0,
-        f"scheduler.threshold={sch.threshold} is invalid; allowed: a number >= 0",
-    )
-    _check(
-        0 < sch.pct_start < 1,
-        f"scheduler.pct_start={sch.pct_start} is invalid; allowed: 0 < pct_start < 1",
-    )
+    _require(sch.min_lr >= 0, "scheduler.min_lr", sch.min_lr, "a number >= 0")
+    _require(sch.patience >= 0, "scheduler.patience", sch.patience, "an integer >= 0")
+    _require(sch.threshold >= 0, "scheduler.threshold", sch.threshold, "a number >= 0")
+    _require(0 < sch.pct_start < 1, "scheduler.pct_start", sch.pct_start, "0 < pct_start < 1")
     for name in ("div_factor", "final_div_factor"):
         value = getattr(sch, name)
-        _check(value > 0, f"scheduler.{name}={value} is invalid; allowed: a number > 0")
-    if sch.name == "plateau":
+        _require(value > 0, f"scheduler.{name}", value, "a number > 0")
+    if plateau:
         _needs_a_watched_metric(cfg, "scheduler=plateau")
 
 
@@ -317,14 +377,13 @@ def _validate_early_stopping(cfg: Any) -> None:
     es = cfg.early_stopping
     if es.patience is None:
         return
-    _check(
+    _require(
         es.patience >= 0,
-        f"early_stopping.patience={es.patience} is invalid; allowed: null (off) or an integer >= 0",
+        "early_stopping.patience",
+        es.patience,
+        "null (off) or an integer >= 0",
     )
-    _check(
-        es.min_delta >= 0,
-        f"early_stopping.min_delta={es.min_delta} is invalid; allowed: a number >= 0",
-    )
+    _require(es.min_delta >= 0, "early_stopping.min_delta", es.min_delta, "a number >= 0")
     _needs_a_watched_metric(cfg, "early_stopping")
 
 
@@ -392,12 +451,17 @@ class RunSpec:
         return watched_metric(self.objective)
 
 
-def run_spec(cfg: Any) -> RunSpec:
+def run_spec(cfg: Any, overrides: Sequence[str] = ()) -> RunSpec:
     """Validate ``cfg`` (a composed config, or anything with its attributes) and read its spec.
 
-    Raises :class:`SweeplrError` with one line naming the first invalid value.
+    Raises :class:`SweeplrError` with one line naming the first invalid value, as typed in
+    ``overrides`` (the command line's) when one set it.
     """
-    validate(cfg)
+    token = _typed.set(typed_values(overrides))
+    try:
+        validate(cfg)
+    finally:
+        _typed.reset(token)
     opt = cfg.optimizer
     return RunSpec(
         dataset=_plain(cfg.dataset),

@@ -6,6 +6,8 @@ run's block again without torch.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -13,6 +15,64 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sweeplr.schema import METRICS, SPLITS
+
+
+class _PipeGuard:
+    """Standard output until its reader closes it (``... | head``); then nowhere.
+
+    Training goes on and every record is still written: only the printing stops. Python
+    would raise ``BrokenPipeError`` from the next write or flush instead, ending the sweep.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, ValueError):  # ValueError: already closed here
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._silence()
+
+    def _silence(self) -> None:
+        self._closed = True
+        # Point the file descriptor itself at /dev/null: every other stream object writing to
+        # it (data still in a buffer, a handler holding the old sys.stdout) then succeeds.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_stdout() -> None:
+    """Make a closed standard output (``| head``) end the printing, not the process.
+
+    Idempotent. Logging handlers already writing to the old ``sys.stdout`` are pointed at
+    the guard too.
+    """
+    if isinstance(sys.stdout, _PipeGuard) or sys.stdout is None:
+        return
+    original = sys.stdout
+    sys.stdout = guard = _PipeGuard(original)
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is original:
+                handler.setStream(guard)
 
 
 def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
@@ -77,3 +137,12 @@ def progress_printer(epochs: int, stream: TextIO | None = None) -> Any:
         return False
 
     return show
+
+
+def end_interrupted(where: str) -> None:
+    """Ctrl-C or SIGTERM: one line instead of a traceback, and the shell's exit status 130.
+
+    Records are written atomically, so what is on disk is whole; ``where`` says what is kept.
+    """
+    print(f"interrupted: {where}", file=sys.stderr)
+    raise SystemExit(130)

@@ -132,17 +132,23 @@ def make_synthetic(
         )
     if n_classes < 2:
         raise SweeplrError(f"dataset.n_classes={n_classes} is invalid; allowed: >= 2")
+    for name, value in (("n_samples", n_samples), ("n_features", n_features)):
+        if value < 1:
+            raise SweeplrError(f"dataset.{name}={value} is invalid; allowed: an integer >= 1")
     from sklearn import datasets as skdatasets
 
-    X, y = skdatasets.make_classification(
-        n_samples=n_samples,
-        n_features=n_features,
-        n_informative=n_informative,
-        n_redundant=0,
-        n_classes=n_classes,
-        class_sep=class_sep,
-        random_state=generator_seed,
-    )
+    try:
+        X, y = skdatasets.make_classification(
+            n_samples=n_samples,
+            n_features=n_features,
+            n_informative=n_informative,
+            n_redundant=0,
+            n_classes=n_classes,
+            class_sep=class_sep,
+            random_state=generator_seed,
+        )
+    except ValueError as exc:  # scikit-learn's own checks: one line, named as typed here
+        raise SweeplrError(f"dataset=synthetic cannot be generated: {first_line(exc)}") from None
     return _table(
         X, y, [f"f{i}" for i in range(n_features)], [f"class_{c}" for c in range(n_classes)]
     )

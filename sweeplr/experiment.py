@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplr import job_batch
 from sweeplr.config import RunSpec, run_spec
-from sweeplr.console import format_report, job_line, progress_printer
+from sweeplr.console import end_interrupted, format_report, job_line, progress_printer
 from sweeplr.errors import SweeplrError
 from sweeplr.pruning import trial_link
 from sweeplr.records import write_run
@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        spec = run_spec(cfg)
+        spec = run_spec(cfg, OmegaConf.to_container(hydra_cfg.overrides.task))
         trial = trial_link(hydra_cfg)
         outcome = (
             _shared_outcome(hydra_cfg.job.get("num"), spec)
@@ -54,8 +54,18 @@ def run(cfg: DictConfig) -> float:
         if multirun:
             raise
         sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        if multirun:
+            raise  # the sweeper hands its trials back first
+        end_interrupted("the run stopped before writing its record; run it again")
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    record = write_run(run_dir, outcome, to_plain(cfg), job_fields(hydra_cfg, trial))
+    try:
+        record = write_run(run_dir, outcome, to_plain(cfg), job_fields(hydra_cfg, trial))
+    except OSError as exc:  # a full disk, a read-only or vanished folder: say which, once
+        message = f"could not write the record in {run_dir}: {exc.strerror or exc}"
+        if multirun:
+            raise SweeplrError(message) from exc
+        sys.exit(f"error: {message}")
     if trial is not None and outcome.status == DIVERGED:
         trial.stop(DIVERGED, outcome.diverged_epoch)  # the sweeper tells Optuna it was pruned
     if multirun:

@@ -10,6 +10,7 @@ As in ``sweeplr.predict``, torch and scikit-learn are imported only where they a
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,9 +32,6 @@ from sweeplr.schema import COMPLETED, DIVERGED
 
 if TYPE_CHECKING:
     import optuna
-
-# optuna's matplotlib plots go through pyplot; Agg needs no display (CI, SSH, cron).
-matplotlib.use("Agg")
 
 DPI = 100
 LOG_SCALE_DECADES = 2  # a loss falling by more than this many powers of ten is drawn log-y
@@ -374,6 +372,10 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     The history needs a completed trial; parallel coordinates need >= 2 (one trial is one
     line); importances need >= 2 completed trials and >= 2 parameters that vary.
     """
+    if "matplotlib.pyplot" not in sys.modules:
+        # optuna's plots go through pyplot; Agg needs no display (CI, SSH, cron). Chosen here,
+        # not at import: a notebook that imported pyplot keeps its own backend.
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as optuna_plots

@@ -127,7 +127,8 @@ def model_from_payload(payload: dict[str, Any], run_dir: Path) -> TrainedModel:
             f"{run_dir} holds a diverged run (its weights are not finite); "
             "allowed: a completed run, e.g. the best run of a sweep (--best)"
         )
-    model = LogisticRegression(int(payload["n_features"]), int(payload["n_classes"]))
+    n_features, n_classes = _checked_shapes(payload, run_dir)
+    model = LogisticRegression(n_features, n_classes)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     if not all(torch.isfinite(p).all() for p in model.parameters()):
@@ -138,6 +139,49 @@ def model_from_payload(payload: dict[str, Any], run_dir: Path) -> TrainedModel:
         class_names=tuple(payload["class_names"]),
         feature_names=tuple(payload["feature_names"]),
     )
+
+
+# A model.pt is checked before any of its numbers sizes an allocation: a damaged or hostile
+# file that loads safely (weights_only) must not ask for gigabytes.
+MAX_FEATURES = 1_000_000
+MAX_CLASSES = 100_000
+
+
+def _checked_shapes(payload: Any, run_dir: Path) -> tuple[int, int]:
+    """``(n_features, n_classes)`` of a payload whose parts agree, or a one-line error."""
+    import torch
+
+    path = f"{run_dir}/{MODEL_FILE}"
+
+    def bad(why: str) -> SweeplrError:
+        return SweeplrError(f"{path} is not a sweeplr model ({why}); allowed: a run's model.pt")
+
+    if not isinstance(payload, dict):
+        raise bad("not a dict")
+    keys = ("state_dict", "n_features", "n_classes", "class_names", "feature_names")
+    missing = [k for k in (*keys, "scaler_mean", "scaler_scale") if k not in payload]
+    if missing:
+        raise bad(f"no {', '.join(missing)}")
+    n_features, n_classes = payload["n_features"], payload["n_classes"]
+    if not (isinstance(n_features, int) and 1 <= n_features <= MAX_FEATURES):
+        raise bad(f"n_features={n_features!r}")
+    if not (isinstance(n_classes, int) and 2 <= n_classes <= MAX_CLASSES):
+        raise bad(f"n_classes={n_classes!r}")
+    out = 1 if n_classes == 2 else n_classes
+    shapes = {"linear.weight": (out, n_features), "linear.bias": (out,)}
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or set(state) != set(shapes):
+        raise bad("its state_dict is not a linear layer's")
+    for name, shape in shapes.items():
+        if not isinstance(state[name], torch.Tensor) or tuple(state[name].shape) != shape:
+            raise bad(f"{name} is not {shape}")
+    for name in ("scaler_mean", "scaler_scale"):
+        if not isinstance(payload[name], torch.Tensor) or payload[name].shape != (n_features,):
+            raise bad(f"{name} is not ({n_features},)")
+    for name, size in (("class_names", n_classes), ("feature_names", n_features)):
+        if not isinstance(payload[name], list | tuple) or len(payload[name]) != size:
+            raise bad(f"{name} does not hold {size} names")
+    return n_features, n_classes
 
 
 def best_run_dir(sweep_dir: str | Path) -> Path:

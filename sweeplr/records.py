@@ -13,7 +13,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -28,25 +28,19 @@ if TYPE_CHECKING:
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.pt"
+JOB_RETURN_FILE = "job_return.json"  # what a sweep's job returned: its trial's value, on resume
+SUPERSEDED_FILE = "superseded.json"  # a killed trial's folder, whose trial was run again
 SCHEMA_VERSION = 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files 0600; a record should be as readable as any file the user writes.
-FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, FILE_MODE)
+    # A name no other writer picks, created exclusively; mode 0666 less the umask, as any
+    # file the user writes (mkstemp's 0600 would hide records from a group's readers).
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -80,14 +74,67 @@ def write_metrics(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``metrics.json``; a one-line error if it is absent or unreadable."""
+    """The run's ``metrics.json``; a one-line error if it is absent, unreadable or no record."""
     path = Path(run_dir) / METRICS_FILE
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise SweeplrError(f"{path} does not exist; allowed: a run directory") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SweeplrError(f"{path} is corrupt: {exc}") from exc
+        raise SweeplrError(f"{path} is corrupt: {first_line(exc)}") from exc
+    except OSError as exc:  # a symlink loop, a directory, no permission...
+        raise SweeplrError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    problem = record_problem(record, complete=True)
+    if problem:
+        raise SweeplrError(f"{path} is not a run record: {problem}")
+    return record
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def record_problem(record: Any, complete: bool = False) -> str | None:
+    """What makes ``record`` no ``metrics.json`` of this schema (valid JSON or not), or None.
+
+    A failed job's record holds its status and error only; a trained run's all that the
+    summary reads (``complete``: and all that ``sweeplr show`` prints).
+    """
+    if not isinstance(record, dict):
+        return "not an object"
+    if not isinstance(record.get("status"), str):
+        return "no status"
+    if record["status"] == FAILED:
+        return None if isinstance(record.get("error"), str) else "a failure without an error"
+    checks = {
+        "metrics": lambda m: (
+            isinstance(m, dict)
+            and all(
+                isinstance(m.get(s), dict) and all(_number(v) for v in m[s].values())
+                for s in ("train", "val", "test")
+            )
+        ),
+        "objective": lambda o: (
+            isinstance(o, dict)
+            and _number(o.get("value"))
+            and isinstance(o.get("name"), str)
+            and o.get("direction") in ("minimize", "maximize")
+        ),
+        "hyperparameters": lambda h: isinstance(h, dict),
+        "epochs_run": lambda e: isinstance(e, int) and not isinstance(e, bool),
+        "wall_seconds": _number,
+    }
+    if complete:  # what `sweeplr show` prints besides
+        checks["data"] = lambda d: (
+            isinstance(d, dict) and all(k in d for k in ("n_train", "n_val", "n_test"))
+        )
+    for key, ok in checks.items():
+        if key not in record or not ok(record[key]):
+            return f"its {key!r} is missing or of the wrong type"
+    for key, kind in (("overrides", list), ("trial", dict), ("job", dict)):
+        if key in record and not isinstance(record[key], kind):
+            return f"its {key!r} is of the wrong type"
+    return None
 
 
 def write_history(run_dir: str | Path, columns: Mapping[str, list[float] | list[int]]) -> Path:
@@ -195,3 +242,32 @@ def write_failure(run_dir: str | Path, error: str, extra: Mapping[str, Any]) -> 
         return read_metrics(run_dir)
     write_metrics(run_dir, record)
     return record
+
+
+def write_job_return(run_dir: str | Path, value: Any) -> Path | None:
+    """Keep what a job returned beside its run, so a resume can tell its trial even when the
+    process that ran it died before the sweeper did. None when the value is not numbers."""
+    try:
+        numbers = [float(v) for v in value] if isinstance(value, list | tuple) else float(value)
+    except (TypeError, ValueError):
+        return None
+    text = json.dumps({"return_value": json_safe(numbers)}, allow_nan=False)
+    return atomic_write_text(Path(run_dir) / JOB_RETURN_FILE, text + "\n")
+
+
+def read_job_return(run_dir: str | Path) -> Any | None:
+    """The value a finished job returned (see :func:`write_job_return`), else None."""
+    try:
+        return json.loads((Path(run_dir) / JOB_RETURN_FILE).read_text())["return_value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mark_superseded(run_dir: str | Path, trial: int) -> None:
+    """Say that a killed trial's folder was left for a retry of its trial.
+
+    Its ``job_return.json`` is what makes a job finished: a record written just before the kill,
+    without it, is superseded too (the study never heard of it; its retry holds the result).
+    """
+    if Path(run_dir).is_dir():
+        atomic_write_text(Path(run_dir) / SUPERSEDED_FILE, json.dumps({"trial": trial}) + "\n")

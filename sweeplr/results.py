@@ -19,11 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from sweeplr.errors import SweeplrError
-from sweeplr.records import METRICS_FILE, atomic_write_text
+from sweeplr.records import METRICS_FILE, SUPERSEDED_FILE, atomic_write_text, record_problem
 from sweeplr.schema import (
     COMPLETED,
     CORRUPT,
@@ -35,6 +36,7 @@ from sweeplr.schema import (
     MISSING,
     PRUNED,
     SPLITS,
+    SUPERSEDED,
 )
 
 log = logging.getLogger(__name__)
@@ -147,7 +149,9 @@ def sort_runs(df: pd.DataFrame, column: str, ascending: bool | None = None) -> p
     keys = pd.DataFrame({"value": df[column]}, index=df.index)
     by, order = ["value"], [ascending]
     if column == "objective" and "status" in df:
-        unranked = df["objective"].isna() | ~df["status"].isin([COMPLETED, PRUNED])
+        # A non-finite objective (a damaged or hand-made record) ranks with the unfinished.
+        finite = np.isfinite(pd.to_numeric(df["objective"], errors="coerce").astype(float))
+        unranked = ~finite | ~df["status"].isin([COMPLETED, PRUNED])
         pruned = (df["status"] == PRUNED).astype(int)
         keys.insert(0, "tier", pruned.where(~unranked, 2))
         by, order = ["tier", "value"], [True, ascending]
@@ -199,11 +203,13 @@ def add_trial_values(
 
 
 def group_runs(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Mean and standard deviation (ddof=1) of every metric over rows sharing the ``by`` values.
+    """Mean and standard deviation (ddof=1) of every metric over the *completed* runs sharing
+    the ``by`` values.
 
     Used to average over seeds: one row per configuration, ``count`` runs of which
-    ``n_completed`` completed; a run without a value (diverged, missing) counts in ``count``
-    but not in the mean. Best ``objective_mean`` first; ``attrs["grouped_by"]`` names ``by``.
+    ``n_completed`` completed. Pruned runs stopped early and diverged, failed or missing ones
+    have no comparable numbers, so they count in ``count`` but not in the statistics. Best
+    ``objective_mean`` first; ``attrs["grouped_by"]`` names ``by``.
     """
     by = list(by)
     if not by:
@@ -216,11 +222,12 @@ def group_runs(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         if c in df and c not in by
     ]
     keys = [df[name] for name in by]
-    grouped = df[metrics].astype("float64").groupby(keys, dropna=False)
     completed = df["status"] == COMPLETED
+    values = df[metrics].astype("float64").where(completed)
+    grouped = values.groupby(keys, dropna=False)
     counts = pd.DataFrame(
         {
-            "count": grouped.size(),
+            "count": completed.groupby(keys, dropna=False).size(),
             "n_completed": completed.groupby(keys, dropna=False).sum(),
         }
     )
@@ -398,6 +405,8 @@ class _Run:
 
 
 def _read_run(path: Path, sweep: Path) -> _Run:
+    if (path / SUPERSEDED_FILE).exists():  # a retry of its trial holds the result: no row's worth
+        return _Run(path, sweep, SUPERSEDED, None)
     metrics = path / METRICS_FILE
     try:
         record = json.loads(metrics.read_text())
@@ -406,10 +415,11 @@ def _read_run(path: Path, sweep: Path) -> _Run:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         log.warning("%s is unreadable (%s); listed with status %s", metrics, exc, CORRUPT)
         return _Run(path, sweep, CORRUPT, None)
-    if not isinstance(record, dict):
-        log.warning("%s is not a run record; listed with status %s", metrics, CORRUPT)
+    problem = record_problem(record)
+    if problem:
+        log.warning("%s is not a run record (%s); listed with status %s", metrics, problem, CORRUPT)
         return _Run(path, sweep, CORRUPT, None)
-    return _Run(path, sweep, str(record.get("status")), record)
+    return _Run(path, sweep, str(record["status"]), record)
 
 
 def _read_overrides(path: Path) -> list[Any]:

@@ -128,9 +128,9 @@ class Outcome:
     metrics: dict[str, dict[str, float | None]]  # split -> loss, accuracy, roc_auc, f1
     model: LogisticRegression
     data: DeviceData
-    wall_seconds: float  # this configuration's share of its pass
+    wall_seconds: float  # this configuration's share of its pass: pass time / configurations
     batch_configs: int  # configurations trained in the same pass
-    batch_wall_seconds: float
+    batch_wall_seconds: float  # the pass: training and evaluation, data loading excluded
     best_epoch: int | None = None  # early stopping's best logged epoch
 
     @property
@@ -186,16 +186,21 @@ def train_runs(
         raise ValueError("train_runs needs specs with one batch_key")
     base = specs[0]
     callbacks = list(on_logs or [None] * len(specs))
-    started = time.perf_counter()
     data = data or DeviceData.load(base)
+    started = time.perf_counter()  # the pass: training and evaluation, not data loading
+    threads = torch.get_num_threads()
     if data.device.type == "cpu" and data.train[0].numel() < SMALL_DATA_ELEMENTS:
         # Thread start-up and hand-off cost far more than the arithmetic on small data:
-        # measured 2 ms/epoch with 2 threads against 0.3 ms with one on blobs.
+        # measured 2 ms/epoch with 2 threads against 0.3 ms with one on blobs. Given back
+        # after: the caller's process (a notebook, the next group) keeps its own setting.
         torch.set_num_threads(1)
-    if base.engine == "reference":
-        trained = [_train_reference(s, data, callbacks[k]) for k, s in enumerate(specs)]
-    else:
-        trained = _train_batched(specs, data, callbacks)
+    try:
+        if base.engine == "reference":
+            trained = [_train_reference(s, data, callbacks[k]) for k, s in enumerate(specs)]
+        else:
+            trained = _train_batched(specs, data, callbacks)
+    finally:
+        torch.set_num_threads(threads)
     outcomes = []
     for spec, result in zip(specs, trained, strict=True):
         diverged = result.status == DIVERGED

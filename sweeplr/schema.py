@@ -16,7 +16,8 @@ FAILED = "failed"  # the job raised (bad config value, bad data file, a bug in t
 # Rows of the summary table for run directories without a readable record.
 MISSING = "missing"
 CORRUPT = "corrupt"
-UNFINISHED = (MISSING, CORRUPT)
+SUPERSEDED = "superseded"  # a killed trial's folder: a retry of its trial holds the result
+UNFINISHED = (MISSING, CORRUPT, SUPERSEDED)
 Status = Literal["completed", "diverged", "pruned"]  # how training can end (the engine's view)
 
 SPLITS = ("train", "val", "test")

@@ -8,26 +8,30 @@ a later sweep can tell a trial whose process died from one still running elsewhe
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
+import json
 import logging
 import math
 import os
+import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 import sqlalchemy
+from filelock import FileLock
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeplr.errors import SweeplrError, first_line
 from sweeplr.schema import DIVERGED, PRUNED
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,8 @@ STORAGE_ERRORS = (
 DEFAULT_JOURNAL = "optuna.journal"
 WORKER_ATTR = "sweeplr:worker"
 HEARTBEAT_ATTR = "sweeplr:heartbeat"
-STOPPED_ATTR = "sweeplr:stopped"  # set by a job whose trial stopped early: pruned or diverged
+STOPPED_ATTR = "sweeplr:stopped"  # a user attribute: the job's trial stopped early, and why
+ATTEMPT_ATTRS = frozenset({STOPPED_ATTR, "run_dir", "status"})
 RETRY_ATTR = "failed_trial"  # the key Optuna's RetryHeartbeatStaleTrialCallback uses too
 
 
@@ -79,6 +84,50 @@ def open_storage(url: str) -> BaseStorage:
             storage = optuna.storages.RDBStorage(url)
         _storages[url] = storage
     return storage
+
+
+def repair_journal(url: str) -> str | None:
+    """Cut a torn last line off a journal file; a note of what was done, or None.
+
+    A crash, a kill or a full disk during Optuna's append can leave half a line at the end of
+    the journal. Optuna reads past it, but its next append would run on from the half line into
+    a record no reader can parse. Under Optuna's own journal lock (no worker is appending), the
+    file is copied aside and cut back to its last whole line. A damaged line anywhere else is
+    not a crash's doing: one error naming the file and the line, the file left alone.
+    """
+    if not url.startswith("journal:"):
+        return None
+    path = Path(url.removeprefix("journal:"))
+    if not path.is_file():
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        whole = data.rfind(b"\n") + 1  # bytes up to and including the last line end
+        for number, line in enumerate(data[:whole].splitlines(), start=1):
+            try:
+                json.loads(line)
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+                raise SweeplrError(
+                    f"{path} line {number} is not an Optuna journal record ({first_line(exc)});"
+                    " allowed: a journal Optuna wrote (restore it from a copy, or start "
+                    "another study)"
+                ) from None
+        if whole == len(data):
+            return None
+        backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(path, backup)
+        with open(path, "r+b") as handle:
+            handle.truncate(whole)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return (
+            f"{path} ended in a torn line ({len(data) - whole} bytes, from an interrupted "
+            f"write); cut it off, a copy of the file is {backup.name}"
+        )
+    finally:
+        lock.release()
 
 
 def lock_path(url: str, sweep_dir: str | Path) -> Path:
@@ -120,35 +169,38 @@ def study_lock(url: str, sweep_dir: str | Path, study_name: str) -> Iterator[Non
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (``flock``), held for the ``with`` block."""
+    """An exclusive lock on ``path`` between processes, held for the ``with`` block.
+
+    ``filelock`` (a dependency of torch already): ``flock`` on Linux and macOS, ``msvcrt`` on
+    Windows, rather than a hand-written ``fcntl`` call that exists on Unix alone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
-def _process_start_ticks(pid: int) -> str | None:
+def _process_started(pid: int) -> str | None:
+    """When process ``pid`` started (guards against a reused pid), or None if none runs."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return f"{psutil.Process(pid).create_time():.3f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time, guards against pid reuse
 
 
 def worker_identity() -> str:
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
+    return f"{socket.gethostname()}:{pid}:{_process_started(pid)}"
 
 
 def _worker_alive(identity: str) -> bool | None:
-    """True/False for a worker on this host; None when it runs elsewhere (ask the heartbeat)."""
-    host, pid, ticks = identity.rsplit(":", 2)
+    """True/False for a worker on this host; None when it runs elsewhere (ask the heartbeat).
+
+    ``psutil`` tells a process's start time on Linux, macOS and Windows alike.
+    """
+    host, pid, started = identity.rsplit(":", 2)
     if host != socket.gethostname():
         return None
-    return _process_start_ticks(int(pid)) == ticks
+    return _process_started(int(pid)) == started
 
 
 def is_stale(trial: FrozenTrial, grace_period: float, now: float | None = None) -> bool:
@@ -179,38 +231,69 @@ def budget_used(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in trials if t.number not in superseded)
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Fail a RUNNING trial and queue its parameters again as a WAITING trial."""
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of a study's trial ``number``.
+
+    Through Optuna's storage API (``BaseStorage``), with the storage :func:`open_storage`
+    returns: sweeplr needs no private attribute of a study or trial (``study._storage``,
+    ``trial._trial_id``) to reach a trial.
+    """
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def requeue(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial) -> None:
+    """Fail a RUNNING trial and queue its parameters again as a WAITING trial.
+
+    The state is set through the storage, not ``study.tell``: a sampler's ``after_trial``
+    (the grid sampler's stop, TPE's bookkeeping) has no business with a trial run again.
+    """
+    number = trial.number
+    storage.set_trial_state_values(trial_id(storage, study.study_name, number), TrialState.FAIL)
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs=trial.user_attrs,
+            # What the failed attempt recorded about itself is not the retry's.
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS},
             system_attrs={RETRY_ATTR: history[0], "retry_history": history},
         )
     )
 
 
-def requeue_stale_trials(study: optuna.Study, grace_period: float) -> list[int]:
+def requeue_stale_trials(
+    study: optuna.Study,
+    storage: BaseStorage,
+    grace_period: float,
+    settle: Callable[[FrozenTrial], bool] | None = None,
+) -> list[int]:
     """Fail every stale RUNNING trial and queue its parameters again; returns their numbers.
 
-    Call under :func:`file_lock` so two workers do not re-queue the same trial twice.
+    ``settle(trial)`` comes first: it may tell a trial whose job did finish (its worker died
+    before telling) and return True; that trial is not run again. Call under
+    :func:`study_lock` so two workers do not settle or re-queue the same trial twice.
     """
     stale = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if is_stale(t, grace_period)
     ]
+    requeued = []
     for trial in stale:
-        requeue(study, trial)
-    return [t.number for t in stale]
+        if settle is None or not settle(trial):
+            requeue(study, storage, trial)
+            requeued.append(trial.number)
+    return requeued
 
 
 class Heartbeat:
-    """Stamp trials this process runs with a timestamp every ``interval`` seconds."""
+    """Stamp trials this process runs with a timestamp every ``interval`` seconds.
+
+    Trials are named by their storage id (:func:`trial_id`); the stamps are system attributes,
+    which Optuna sets through its storage API alone.
+    """
 
     def __init__(self, storage: BaseStorage, interval: float) -> None:
         self._storage = storage
@@ -259,12 +342,9 @@ class TrialLink:
         number: int,
         pruner: optuna.pruners.BasePruner | None,
     ) -> None:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(url), pruner=pruner)
-        self._storage = study._storage
-        self._trial_id = self._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, number
-        )
-        self._trial = optuna.Trial(study, self._trial_id)
+        storage = open_storage(url)
+        study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+        self._trial = optuna.Trial(study, trial_id(storage, study_name, number))
         self.number = number
         self.study_name = study_name
         self.has_pruner = pruner is not None
@@ -287,6 +367,4 @@ class TrialLink:
 
     def stop(self, status: str, step: int | None) -> None:
         """Tell the sweeper that this trial stopped early (``pruned`` or ``diverged``)."""
-        self._storage.set_trial_system_attr(
-            self._trial_id, STOPPED_ATTR, {"status": status, "step": step}
-        )
+        self._trial.set_user_attr(STOPPED_ATTR, {"status": status, "step": step})

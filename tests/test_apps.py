@@ -51,7 +51,7 @@ def test_an_app_of_its_own_is_pruned_through_sweeplr_pruning(tmp_path):
         steps = int((run_dir / "steps.txt").read_text())
         assert max(trial.intermediate_values) == steps
         if trial.state == TrialState.PRUNED:
-            assert steps < 20 and trial.system_attrs[STOPPED_ATTR]["status"] == "pruned"
+            assert steps < 20 and trial.user_attrs[STOPPED_ATTR]["status"] == "pruned"
         else:
             assert steps == 20 and trial.value == pytest.approx(trial.intermediate_values[20])
     # Outside a sweep the same code runs to the end: report() does nothing.

@@ -125,10 +125,10 @@ def test_failed_jobs_are_recorded_and_the_others_finish(hydra_sweep_runner, tmp_
     assert exit_info.value.code == 1
     summary = pd.read_csv(sweep / "summary.csv").set_index("job").sort_index()
     assert summary["status"].tolist() == ["completed", "failed", "completed"]
-    assert summary.loc[1, "error"] == "lr=-1.0 is invalid; allowed: a finite number > 0"
+    assert summary.loc[1, "error"] == "lr=-1 is invalid; allowed: a finite number > 0"  # as typed
     assert summary[["status", "objective"]].loc[[0, 2]].notna().all().all()
     err = capsys.readouterr().err
-    assert "error: job 1 (lr=-1 epochs=30 device=cpu plots=False): lr=-1.0 is invalid" in err
+    assert "error: job 1 (lr=-1 epochs=30 device=cpu plots=False): lr=-1 is invalid" in err
 
 
 def test_a_bug_in_the_task_is_raised_after_every_job_ran(hydra_sweep_runner, tmp_path):

@@ -49,6 +49,8 @@ def test_batched_runs_match_solo_runs(overrides):
     batched = train_runs(specs)
     for i, one in enumerate(specs):
         solo = train_runs([one])[0]
+        again = train_runs([one])[0]  # a rerun is bit-identical
+        assert again.metrics == solo.metrics and again.history == solo.history
         got = batched[i]
         assert got.status == solo.status == "completed"
         for part in ("train", "val", "test"):

@@ -265,6 +265,8 @@ def test_swept_columns_are_typed_and_named_like_the_hyperparameters(tmp_path):
 )
 def test_trial_columns_come_from_the_record(tmp_path, status, state):
     trial = {"trial": {"number": 4, "study": "s"}, "status": status}
+    if status == "failed":
+        trial["error"] = "RuntimeError: boom"
     sweep = make_sweep(tmp_path / "s", {"4": (0.2, ["lr=0.1"], trial)})
     write_job(sweep, "5", None, ["lr=0.2"])  # crashed before writing a record
     df = load_sweep(sweep).sort_values("job")
@@ -463,14 +465,27 @@ def test_callback_prints_no_table_of_blanks_when_no_run_finished(tmp_path, capsy
     assert pd.read_csv(sweep / "summary.csv")["status"].tolist() == ["missing"]
 
 
-def test_callback_never_fails_the_sweep(tmp_path, caplog, capsys):
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}})
+def test_callback_never_fails_the_sweep(grid, caplog, capsys, monkeypatch):
+    import sweeplr.results
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(sweeplr.results, "load_sweep", broken)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(grid)}}})
     with caplog.at_level(logging.WARNING, logger="sweeplr.callbacks"):
         SummaryCallback().on_multirun_end(config)
     [message] = [r.getMessage() for r in caplog.records]
-    assert "no sweep summary" in message and "does not exist" in message
-    assert "\n" not in message
-    assert capsys.readouterr().out == ""
+    assert message == "sweeplr: no sweep summary: disk on fire"
+
+
+def test_callback_is_silent_when_the_sweep_ran_no_job(tmp_path, caplog, capsys):
+    """A sweep that stopped before its first job (a bad value) prints its own error next: a
+    summary warning before it would only bury it."""
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}})
+    with caplog.at_level(logging.DEBUG, logger="sweeplr.callbacks"):
+        SummaryCallback().on_multirun_end(config)
+    assert caplog.records == [] and capsys.readouterr().out == ""
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from sweeplr.studies import (
     open_storage,
     requeue_stale_trials,
     storage_url,
+    trial_id,
     worker_identity,
 )
 
@@ -42,18 +43,20 @@ def dead_worker() -> str:
 
 
 def study_with_running_trial(tmp_path, worker: str):
-    study = optuna.create_study(storage=open_storage(storage_url(None, tmp_path)))
+    storage = open_storage(storage_url(None, tmp_path))
+    study = optuna.create_study(storage=storage)
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0)})
-    study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
-    study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
-    return study, trial
+    stored_id = trial_id(storage, study.study_name, trial.number)
+    storage.set_trial_system_attr(stored_id, WORKER_ATTR, worker)
+    storage.set_trial_system_attr(stored_id, HEARTBEAT_ATTR, time.time())
+    return study, storage, trial
 
 
 def test_a_trial_of_a_dead_local_process_is_stale_and_requeued_once(tmp_path):
-    study, trial = study_with_running_trial(tmp_path, dead_worker())
+    study, storage, trial = study_with_running_trial(tmp_path, dead_worker())
     assert is_stale(study.trials[0], grace_period=3600)
-    assert requeue_stale_trials(study, grace_period=3600) == [trial.number]
-    assert requeue_stale_trials(study, grace_period=3600) == []
+    assert requeue_stale_trials(study, storage, grace_period=3600) == [trial.number]
+    assert requeue_stale_trials(study, storage, grace_period=3600) == []
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[1].params == study.trials[0].params
@@ -61,12 +64,12 @@ def test_a_trial_of_a_dead_local_process_is_stale_and_requeued_once(tmp_path):
 
 
 def test_a_live_local_trial_is_not_stale(tmp_path):
-    study, _ = study_with_running_trial(tmp_path, worker_identity())
+    study, _, _ = study_with_running_trial(tmp_path, worker_identity())
     assert not is_stale(study.trials[0], grace_period=0)
 
 
 def test_a_remote_trial_is_stale_only_after_its_heartbeat_goes_silent(tmp_path):
-    study, _ = study_with_running_trial(tmp_path, "elsewhere:123:456")
+    study, _, _ = study_with_running_trial(tmp_path, "elsewhere:123:456")
     frozen = study.trials[0]
     assert not is_stale(frozen, grace_period=60)
     assert is_stale(frozen, grace_period=60, now=time.time() + 61)
@@ -89,15 +92,15 @@ def test_a_trial_link_reports_prunes_and_marks_divergence(tmp_path):
     first, second = study.ask(), study.ask()
     link = TrialLink(url, "s", first.number, pruner)
     assert link.report(10, 0.4) is False
-    assert STOPPED_ATTR not in study.trials[0].system_attrs
+    assert STOPPED_ATTR not in study.trials[0].user_attrs
     assert link.report(20, 2.0) is True
     assert study.trials[0].intermediate_values == {10: 0.4, 20: 2.0}
-    assert study.trials[0].system_attrs[STOPPED_ATTR] == {"status": "pruned", "step": 20}
+    assert study.trials[0].user_attrs[STOPPED_ATTR] == {"status": "pruned", "step": 20}
     # A non-finite value stops the trial as diverged, and is not reported to the pruner.
     other = TrialLink(url, "s", second.number, None)
     assert other.report(5, float("nan")) is True
     assert study.trials[1].intermediate_values == {}
-    assert study.trials[1].system_attrs[STOPPED_ATTR] == {"status": "diverged", "step": 5}
+    assert study.trials[1].user_attrs[STOPPED_ATTR] == {"status": "diverged", "step": 5}
 
 
 @pytest.mark.parametrize(

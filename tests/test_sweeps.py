@@ -225,13 +225,13 @@ def test_a_grid_with_a_bad_value_runs_the_rest_and_exits_non_zero(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: job 1 (lr=-1 epochs=20): lr=-1.0 is invalid; allowed: a finite number > 0"
+        "error: job 1 (lr=-1 epochs=20): lr=-1 is invalid; allowed: a finite number > 0"
     )
     assert "Traceback" not in proc.stderr
     summary = pd.read_csv(sweep / "summary.csv").set_index("job")
     assert summary.loc[[0, 2], "status"].tolist() == ["completed", "completed"]
     assert summary.loc[1, "status"] == "failed"
-    assert summary.loc[1, "error"].startswith("lr=-1.0 is invalid")
+    assert summary.loc[1, "error"].startswith("lr=-1 is invalid")
 
 
 def test_schedules_and_early_stopping_in_a_grid_and_an_optuna_sweep(tmp_path):

@@ -64,7 +64,7 @@ def write_csv(path, frame):
 
 
 BAD_INPUTS = [
-    (["lr=-1"], "lr=-1.0"),
+    (["lr=-1"], "lr=-1 is invalid"),
     (["lr=abc"], "abc"),
     (["epochs=0"], "epochs=0"),
     (["test_size=1.5"], "test_size=1.5"),

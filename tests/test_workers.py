@@ -168,18 +168,15 @@ def test_soak_four_workers_300_trials_with_a_kill_and_restart(tmp_path):
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 300
     table = load_sweep(sweep)
-    done = table[table["status"] == "completed"].set_index("trial")
-    assert {t.number for t in finished} <= set(done.index)  # nothing lost
-    # A run that finished after its worker's last tell, before the kill, left a record; its
-    # trial was failed and re-queued, and the retry (same configuration, same seed) gave the
-    # same numbers under a new trial.
-    for number in set(done.index) - {t.number for t in finished}:
-        failed = trials[number]
-        assert failed.state == TrialState.FAIL
-        retries = [t for t in trials if number in t.system_attrs.get("retry_history", [])]
-        (retry,) = [t for t in retries if t.state == TrialState.COMPLETE]
-        assert retry.params == failed.params
-        assert done.loc[number, "objective"] == pytest.approx(retry.value, rel=1e-6)
+    done = table[table["status"] == "completed"]
+    # Every trial exactly once: a run that finished after its worker's last tell, before the
+    # kill, was told from its job_return.json by the restarted worker, not run again.
+    assert sorted(done["trial"]) == sorted(t.number for t in finished)
+    # A trial killed mid-run was run again; its folder says superseded, not missing.
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    left = table[table["status"] != "completed"]
+    assert set(left["status"]) <= {"superseded"}
+    assert {int(p.rsplit("/", 1)[1]) for p in left["run_dir"]} <= retried
     for path, identity in before.items():  # nothing overwritten
         assert run_identity(path) == identity
 

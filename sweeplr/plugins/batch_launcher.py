@@ -169,8 +169,10 @@ class BatchLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        from sweeplr.console import guard_stdout
         from sweeplr.job_batch import published
 
+        guard_stdout()  # a closed standard output ends the printing, not the jobs
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         assert self.task_function is not None

@@ -1,13 +1,31 @@
-"""How a sweep ends when jobs failed: one line per user mistake, else the job's own error."""
+"""How a sweep ends early: refused before its first job, or with jobs that failed."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from hydra.core.utils import JobReturn
+from omegaconf import DictConfig
 
 from sweeplr.errors import SweeplrError, first_line
+
+# The configs of sweeps refused before their first job, in this process (one, at most, outside
+# tests). Hydra calls the summary callback on the way out of any sweep, with the same config
+# object; after a refusal there is nothing of that sweep's to summarise (a refused directory
+# holds another sweep's runs) and the error line must be the last word, not a table.
+_refused: list[DictConfig] = []
+
+
+def refuse(config: DictConfig, message: str) -> NoReturn:
+    """End the sweep of ``config`` before its first job with one line and exit status 1."""
+    _refused.append(config)
+    sys.exit(message)
+
+
+def was_refused(config: DictConfig) -> bool:
+    return any(refused is config for refused in _refused)
 
 
 def failure_line(ret: JobReturn) -> str:

@@ -1,11 +1,13 @@
 """``hydra/sweeper=sweeplr_grid``: Hydra's basic grid sweeper, with failed jobs as results.
 
-Two differences from the basic sweeper:
+Three differences from the basic sweeper:
 
 - a job that fails does not stop the sweep: every batch runs, and the sweep ends non-zero
   afterwards (after ``on_multirun_end``, so ``summary.csv`` lists the failures). A failure that
   is a user mistake (sweeplr's one-line ``SweeplrError``) ends it with one line per failed job
   and no traceback; any other error is raised as the basic sweeper raises it;
+- it refuses a sweep directory that already holds a sweep's runs (one line), instead of
+  overwriting their folders and mixing both sweeps in one summary;
 - the basic sweeper composes every job once to validate its batch, and the launcher composes it
   again to run it (about 0.17 s per job here, more than training one). ``sweeplr_batch``
   composes a launch's jobs before it runs any, so its launch is that validation: skipped then.
@@ -24,8 +26,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from sweeplr.errors import SweeplrError
 from sweeplr.plugins.batch_launcher import BatchLauncher
-from sweeplr.plugins.failures import end_with_failures
+from sweeplr.plugins.failures import end_with_failures, refuse
 
 
 @dataclass
@@ -36,6 +39,21 @@ class SweeplrGridSweeperConf(BasicSweeperConf):
 ConfigStore.instance().store(
     group="hydra/sweeper", name="sweeplr_grid", node=SweeplrGridSweeperConf, provider="sweeplr"
 )
+
+
+def refuse_a_used_directory(sweep_dir: Path) -> None:
+    """A grid never writes into a directory that holds another sweep's runs: its job numbers
+    would overwrite their folders, and the summary would mix the two sweeps. Raises
+    :class:`SweeplrError` naming the directory."""
+    used = (sweep_dir / "multirun.yaml").exists() or (
+        sweep_dir.is_dir()
+        and any(child.is_dir() and child.name.isdigit() for child in sweep_dir.iterdir())
+    )
+    if used:
+        raise SweeplrError(
+            f"hydra.sweep.dir={sweep_dir} already holds another sweep's runs; allowed: "
+            "a new directory (by default every launch gets its own)"
+        )
 
 
 class SweeplrGridSweeper(BasicSweeper):
@@ -53,16 +71,25 @@ class SweeplrGridSweeper(BasicSweeper):
             parser.parse_overrides(params_conf), self.max_batch_size
         )
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        try:
+            refuse_a_used_directory(sweep_dir)
+        except SweeplrError as exc:
+            refuse(self.config, f"error: {exc}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: list[Sequence[JobReturn]] = []
         initial_job_idx = 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-            initial_job_idx += len(batch)
-            returns.append(results)
+        try:
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+                initial_job_idx += len(batch)
+                returns.append(results)
+        except KeyboardInterrupt:
+            from sweeplr.console import end_interrupted
+
+            end_interrupted(f"the finished runs are kept in {sweep_dir}")
         failed = [r for batch in returns for r in batch if r.status == JobStatus.FAILED]
         if failed:
             end_with_failures(failed)

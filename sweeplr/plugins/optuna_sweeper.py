@@ -20,6 +20,7 @@ Imports nothing heavy at the top: Hydra imports every plugin when any Hydra app 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,24 +40,25 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweeplr.errors import first_line
-from sweeplr.plugins.failures import end_with_failures
+from sweeplr.errors import SweeplrError, first_line
+from sweeplr.plugins.failures import end_with_failures, refuse
 from sweeplr.pruning import TRIAL_ENV, make_pruner
 from sweeplr.schema import OBJECTIVES
 
 if TYPE_CHECKING:
     import optuna
-
-    from sweeplr.studies import Heartbeat
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 log = logging.getLogger(__name__)
 
 # Keys of the sweeper config that do not change what a study searches, so they are left out of
-# the default study name: rerunning with more trials or workers continues the same study.
+# the default study name: rerunning with more trials or workers continues the same study. The
+# storage is not one of them: the same search in another storage is another study, in another
+# directory.
 NAME_NEUTRAL_KEYS = (
     "n_trials",
     "n_jobs",
-    "storage",
     "study_name",
     "heartbeat_interval",
     "grace_period",
@@ -129,6 +132,43 @@ def checked_values(returned: Any, n_directions: int) -> list[float]:
     return values
 
 
+STUDY_MARK = ".sweeplr-study.json"
+
+
+def claim_sweep_dir(sweep_dir: Path, study_name: str, url: str) -> None:
+    """Mark ``sweep_dir`` as the study's; :class:`SweeplrError` when another study's (or a
+    grid's) runs are there.
+
+    Trial numbers name run folders; two studies in one directory would write into each
+    other's folders and mix in one summary.
+    """
+    from sweeplr.plugins.grid_sweeper import refuse_a_used_directory
+    from sweeplr.records import atomic_write_text
+    from sweeplr.studies import storage_url
+
+    mark = sweep_dir / STUDY_MARK
+    # The default journal lies in the directory: named so, the mark survives a moved directory.
+    storage = "journal in this directory" if url == storage_url(None, sweep_dir) else url
+    ours = {"study_name": study_name, "storage": storage}
+    try:
+        theirs = json.loads(mark.read_text())
+    except FileNotFoundError:
+        theirs = None
+    except (OSError, ValueError):
+        theirs = {"study_name": "?", "storage": "an unreadable .sweeplr-study.json"}
+    if theirs is None:
+        if not (sweep_dir / "optuna.journal").exists():  # a study from before the mark is ours
+            refuse_a_used_directory(sweep_dir)  # a grid's runs are not
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(mark, json.dumps(ours) + "\n")
+    elif theirs != ours:
+        raise SweeplrError(
+            f"hydra.sweep.dir={sweep_dir} holds study {theirs.get('study_name')} in "
+            f"{theirs.get('storage')}; allowed: that study's storage and name, or another "
+            "hydra.sweep.dir"
+        )
+
+
 class SweeplrOptunaSweeper(Sweeper):
     """Optuna search over ``hydra.sweeper.params`` with resume, pruning and failure handling."""
 
@@ -181,15 +221,23 @@ class SweeplrOptunaSweeper(Sweeper):
             ]
         return self.impl._get_directions()
 
-    def _sampler(self, n_existing: int) -> optuna.samplers.BaseSampler:
-        """The configured sampler; a seeded one is re-seeded past the trials already run, so a
-        resumed study does not propose the same configurations again."""
+    def _samplers(self) -> Any:
+        """``number -> sampler``: the configured sampler, seeded with ``seed + number`` for the
+        trial numbered ``number`` when it has a seed.
+
+        The number is the study's trial count when the trial is asked for, under the study's
+        lock, so two workers started together, or a resumed sweep, never replay one sequence
+        of proposals, and the same command proposes the same trials again.
+        """
         from hydra.utils import instantiate
 
         cfg = OmegaConf.create(OmegaConf.to_container(self.sampler_cfg))
-        if cfg.get("seed") is not None and n_existing:
-            cfg.seed = int(cfg.seed) + n_existing
-        return instantiate(cfg, _execution_whitelist_=SAMPLER_TARGETS)
+        seed = cfg.get("seed")
+        if seed is None:
+            sampler = instantiate(cfg, _execution_whitelist_=SAMPLER_TARGETS)
+            return lambda number: sampler
+        make = instantiate(cfg, _partial_=True, _execution_whitelist_=SAMPLER_TARGETS)
+        return lambda number: make(seed=int(seed) + number)
 
     def _is_grid(self) -> bool:
         return str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler")
@@ -226,6 +274,8 @@ class SweeplrOptunaSweeper(Sweeper):
                 # resumed study never writes into a finished trial's directory.
                 config.hydra.sweep.subdir = TRIAL_SUBDIR
                 hydra_overrides.append(f"hydra.sweep.subdir={TRIAL_SUBDIR}")
+            raw_subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
+            self.trial_dirs = raw_subdir == TRIAL_SUBDIR
             config.hydra.overrides.hydra.extend(hydra_overrides)
         return sweep_dir, url
 
@@ -241,13 +291,29 @@ class SweeplrOptunaSweeper(Sweeper):
             Heartbeat,
             budget_used,
             open_storage,
+            repair_journal,
             requeue,
             requeue_stale_trials,
             study_lock,
+            trial_id,
         )
 
         impl, config = self.impl, self.config
+        for name in ("n_trials", "n_jobs"):
+            value = getattr(impl, name)
+            if value < 1:
+                refuse(
+                    config,
+                    f"error: hydra.sweeper.{name}={value} is invalid; allowed: an integer >= 1",
+                )
         params_conf = [*impl._parse_sweeper_params_config(), *arguments]
+        for text in params_conf:  # a space Optuna cannot take: one line naming it, as typed
+            try:
+                create_params_from_overrides([text])
+            except ValueError as exc:
+                refuse(
+                    config, f"error: {text} is not a search space Optuna takes: {first_line(exc)}"
+                )
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
         for name in fixed_params:
             distributions.pop(name, None)
@@ -256,34 +322,55 @@ class SweeplrOptunaSweeper(Sweeper):
             OmegaConf.to_container(config.hydra.overrides.task), config.hydra.sweeper
         )
         sweep_dir, url = self._settle_master_config(study_name)
+        try:
+            claim_sweep_dir(sweep_dir, study_name, url)
+        except SweeplrError as exc:
+            refuse(config, f"error: {exc}")
         pruner = make_pruner(self.pruner_cfg)
         directions = self._directions()
         try:
             with study_lock(url, sweep_dir, study_name):
+                repaired = repair_journal(url)
+                if repaired:
+                    log.warning(f"sweeplr: {repaired}")
+                storage = open_storage(url)
                 study = optuna.create_study(
                     study_name=study_name,
-                    storage=open_storage(url),
+                    storage=storage,
                     directions=directions,
                     pruner=pruner,
                     load_if_exists=True,
                 )
-                requeued = requeue_stale_trials(study, self.grace_period)
-                n_existing = len(study.get_trials(deepcopy=False))
+                settle = partial(self._settle, study, storage, sweep_dir, len(directions))
+                requeued = requeue_stale_trials(study, storage, self.grace_period, settle)
+                existing = study.get_trials(deepcopy=False)
+                n_existing = len(existing)
+                full = budget_used(existing) >= impl.n_trials and not any(
+                    t.state == TrialState.WAITING for t in existing
+                )
+        except SweeplrError as exc:
+            refuse(config, f"error: {exc}")
         except STORAGE_ERRORS as exc:
-            sys.exit(f"error: hydra.sweeper.storage={url} is unreachable: {first_line(exc)}")
+            refuse(config, f"error: hydra.sweeper.storage={url} is unreachable: {first_line(exc)}")
         if self._is_grid():
-            study.sampler = self._grid_sampler(distributions)
+            grid = self._grid_sampler(distributions)
+            samplers = lambda number: grid  # one sampler walks the whole grid
         else:
-            study.sampler = self._sampler(n_existing)
+            samplers = self._samplers()
         log.info(
             f"Study {study_name} ({', '.join(directions)}) in {url}: {n_existing} trials so far"
             + (f", re-queued stale trials {requeued}" if requeued else "")
-            + ". Rerun the same command to resume it."
+            + (
+                f"; it has all its {impl.n_trials} trials (hydra.sweeper.n_trials=N for more)."
+                if full
+                else ". Rerun the same command to resume it."
+            )
         )
         fixed = [*(f"{k}={v}" for k, v in fixed_params.items()), *fixed_overrides]
 
-        heartbeat = Heartbeat(study._storage, self.heartbeat_interval)
+        heartbeat = Heartbeat(storage, self.heartbeat_interval)
         in_flight: list[optuna.Trial] = []
+        ids: dict[int, int] = {}  # trial number -> storage id, for the heartbeat
         # SIGTERM (a scheduler's stop, `kill`) takes the same way out as Ctrl-C, below.
         previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
         try:
@@ -295,9 +382,13 @@ class SweeplrOptunaSweeper(Sweeper):
                     batch = min(impl.n_jobs, room)
                     if batch == 0:
                         break
-                    in_flight = [study.ask() for _ in range(batch)]
+                    in_flight = []
+                    for _ in range(batch):
+                        study.sampler = samplers(len(trials) + len(in_flight))
+                        in_flight.append(study.ask())
                     for trial in in_flight:
-                        heartbeat.add(trial._trial_id)
+                        ids[trial.number] = trial_id(storage, study_name, trial.number)
+                        heartbeat.add(ids[trial.number])
                 # Fixed values travel as overrides, not as one stored attribute per value and
                 # trial: every storage write costs a lock and an fsync.
                 job_overrides = impl._configure_trials(in_flight, distributions, {}, fixed)
@@ -306,40 +397,96 @@ class SweeplrOptunaSweeper(Sweeper):
                     for trial, job in zip(in_flight, job_overrides, strict=True)
                 ]
                 returns = impl.launcher.launch(overrides, initial_job_idx=in_flight[0].number)
-                self._tell_all(study, in_flight, returns, len(directions), heartbeat)
+                for trial in in_flight:
+                    heartbeat.discard(ids.pop(trial.number))
+                self._tell_all(study, storage, in_flight, returns, len(directions))
                 in_flight = []
         except STORAGE_ERRORS as exc:
+            lost = (
+                "the disk is full"  # the journal or a record: either way, nothing to retry
+                if getattr(exc, "errno", None) == errno.ENOSPC
+                else f"lost the study storage {url}: {first_line(exc)}"
+            )
             sys.exit(
-                f"error: lost the study storage {url}: {first_line(exc)}; the finished runs "
-                f"are kept in {sweep_dir}; rerun the same command to resume"
+                f"error: {lost}; the finished runs are kept in {sweep_dir}; "
+                "rerun the same command to resume"
             )
         except BaseException:
             # Ctrl-C or a crash: hand the trials in flight back so a resume runs them again.
             with study_lock(url, sweep_dir, study_name):
                 for trial in in_flight:
-                    heartbeat.discard(trial._trial_id)
-                    frozen = study._storage.get_trial(trial._trial_id)
-                    if frozen.state == TrialState.RUNNING:
-                        requeue(study, frozen)
+                    stored_id = ids.pop(trial.number, None)
+                    if stored_id is None:  # its launch had begun: the heartbeat let it go
+                        stored_id = trial_id(storage, study_name, trial.number)
+                    heartbeat.discard(stored_id)
+                    frozen = storage.get_trial(stored_id)
+                    settled = self._settle(study, storage, sweep_dir, len(directions), frozen)
+                    if frozen.state == TrialState.RUNNING and not settled:
+                        requeue(study, storage, frozen)
+            if isinstance(sys.exc_info()[1], KeyboardInterrupt):  # Ctrl-C, SIGTERM
+                from sweeplr.console import end_interrupted
+
+                end_interrupted(
+                    f"the finished runs are kept in {sweep_dir}, the trials in flight were "
+                    "handed back; rerun the same command to resume"
+                )
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
             heartbeat.close()
         self._write_results(study, sweep_dir, url)
 
+    def _settle(
+        self,
+        study: optuna.Study,
+        storage: BaseStorage,
+        sweep_dir: Path,
+        n_directions: int,
+        trial: FrozenTrial,
+    ) -> bool:
+        """Tell a RUNNING trial whose job finished (its ``job_return.json`` is there) and return
+        True; for one that did not, mark its folder superseded (a retry runs it) and return
+        False. Needs run folders named by trial; others are always run again."""
+        from optuna.trial import TrialState
+
+        from sweeplr.records import mark_superseded, read_job_return
+        from sweeplr.studies import STOPPED_ATTR, trial_id
+
+        if trial.state != TrialState.RUNNING or not self.trial_dirs:
+            return False
+        run_dir = sweep_dir / str(trial.number)
+        returned = read_job_return(run_dir)
+        if returned is None:
+            mark_superseded(run_dir, trial.number)
+            return False
+        stopped = trial.user_attrs.get(STOPPED_ATTR)
+        stored_id = trial_id(storage, study.study_name, trial.number)
+        storage.set_trial_user_attr(stored_id, "run_dir", str(run_dir.absolute()))
+        if stopped:
+            storage.set_trial_user_attr(stored_id, "status", stopped["status"])
+            self._safe_tell(study, trial.number, state=TrialState.PRUNED)
+        else:
+            try:
+                values = checked_values(returned, n_directions)
+            except ValueError:
+                self._safe_tell(study, trial.number, state=TrialState.FAIL)
+            else:
+                self._safe_tell(study, trial.number, values=values)
+        log.info(f"sweeplr: trial {trial.number} had finished before its worker stopped: told")
+        return True
+
     def _tell_all(
         self,
         study: optuna.Study,
+        storage: BaseStorage,
         trials: Sequence[optuna.Trial],
         returns: Sequence[JobReturn],
         n_directions: int,
-        heartbeat: Heartbeat,
     ) -> None:
         """Tell every trial of a batch its outcome; stop the sweep past ``max_failure_rate``."""
         failures: list[JobReturn | ValueError] = []
         for trial, ret in zip(trials, returns, strict=True):
-            heartbeat.discard(trial._trial_id)
-            failure = self._tell(study, trial, ret, n_directions)
+            failure = self._tell(study, storage, trial, ret, n_directions)
             if failure is not None:
                 failures.append(failure)
         if failures and len(failures) / len(returns) > self.impl.max_failure_rate:
@@ -354,26 +501,32 @@ class SweeplrOptunaSweeper(Sweeper):
                 end_with_failures(failed_jobs)
 
     def _tell(
-        self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn, n_directions: int
+        self,
+        study: optuna.Study,
+        storage: BaseStorage,
+        trial: optuna.Trial,
+        ret: JobReturn,
+        n_directions: int,
     ) -> JobReturn | ValueError | None:
         """Tell one trial its outcome; returns the failure, if it counts as one."""
         import optuna
         from optuna.trial import TrialState
 
-        from sweeplr.studies import STOPPED_ATTR
+        from sweeplr.studies import STOPPED_ATTR, trial_id
 
-        storage = study._storage
         if ret.hydra_cfg is not None:
-            run_dir = str(ret.hydra_cfg.hydra.runtime.output_dir)
-            storage.set_trial_user_attr(trial._trial_id, "run_dir", run_dir)
-        stopped = storage.get_trial_system_attrs(trial._trial_id).get(STOPPED_ATTR)
+            trial.set_user_attr("run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir))
+        # The job set it through its own handle on the trial (TrialLink.stop); this one's
+        # cached attributes predate it, so read the stored trial afresh.
+        stored_id = trial_id(storage, study.study_name, trial.number)
+        stopped = storage.get_trial_user_attrs(stored_id).get(STOPPED_ATTR)
         if ret.status == JobStatus.FAILED and not isinstance(ret._return_value, optuna.TrialPruned):
             study.tell(trial, state=TrialState.FAIL)
             log.warning(f"Trial {trial.number} failed: {first_line(ret._return_value)}")
             return ret
         if ret.status == JobStatus.FAILED or stopped:
             if stopped:  # pruned or diverged: the summary and Optuna's pictures say which
-                storage.set_trial_user_attr(trial._trial_id, "status", stopped["status"])
+                trial.set_user_attr("status", stopped["status"])
             self._safe_tell(study, trial, state=TrialState.PRUNED)
             return None
         try:
@@ -386,7 +539,7 @@ class SweeplrOptunaSweeper(Sweeper):
         return None
 
     @staticmethod
-    def _safe_tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
+    def _safe_tell(study: optuna.Study, trial: optuna.Trial | int, **kwargs: Any) -> None:
         """``study.tell``; the grid sampler's ``study.stop()`` at the last grid point, which
         raises outside ``study.optimize``, is expected (Optuna stores the trial first)."""
         try:
