@@ -1,6 +1,8 @@
 """The ``sweeplr`` command: look at runs and sweeps after the fact.
 
 Each subcommand is one small function; user mistakes print one ``error:`` line and exit 2.
+Building the parser imports nothing heavy: a subcommand imports pandas, torch or Hydra only
+when it runs, so ``sweeplr --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from typing import Any
 
 from sweeplr import __version__
 from sweeplr.errors import SweeplrError
-from sweeplr.predict import add_predict_parser
 from sweeplr.records import METRICS_FILE, MODEL_FILE
-from sweeplr.results import add_summary_parser
+from sweeplr.schema import FORMATS
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -27,6 +28,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     print(format_report(read_metrics(args.run_dir), Path(args.run_dir)))
     return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """A sweep's runs as one table (pandas is loaded here, not for every subcommand)."""
+    from sweeplr.results import cmd_summary as summary
+
+    return summary(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict with a run's model (torch is loaded here, not for every subcommand)."""
+    from sweeplr.predict import cmd_predict as predict
+
+    return predict(args)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -97,6 +112,71 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     print(f"  {table}")
     print(f"  {picture}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, or argparse's one-line error naming the text."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid; allowed: an integer >= 1")
+    return value
+
+
+def add_summary_parser(commands: Any) -> None:
+    """Register ``sweeplr summary`` on the subparsers object of ``build_parser``."""
+    parser = commands.add_parser(
+        "summary",
+        help="a sweep's runs as one table, best first",
+        description="One row per run directory of the given sweeps, best objective first.",
+    )
+    parser.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="a sweep directory (multirun/...) or run directory"
+    )
+    parser.add_argument("--sort", metavar="COL", help="sort by this column (default: objective)")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--ascending", action="store_true", help="smallest first")
+    order.add_argument("--descending", dest="ascending", action="store_false", help="largest first")
+    parser.set_defaults(ascending=None)  # neither: best first, judged from the column's name
+    parser.add_argument("--top", type=positive_int, metavar="N", help="show the first N rows")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    parser.add_argument(
+        "--group-by",
+        metavar="COL1,COL2",
+        help="one row per distinct value of these columns: mean and std over the rest (seeds)",
+    )
+    parser.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
+    parser.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="table/markdown: every column (default: swept values and main metrics)",
+    )
+    parser.set_defaults(func=cmd_summary)
+
+
+def add_predict_parser(commands: Any) -> None:
+    """Register ``sweeplr predict`` on the subparsers object of ``build_parser``."""
+    parser = commands.add_parser(
+        "predict",
+        help="predict classes of new data with a trained run",
+        description="Predict with a run's model from raw feature values, as the data set holds "
+        "them (the run's own scaler is applied).",
+    )
+    parser.add_argument("run_dir", help="a run directory (holds model.pt), or a sweep with --best")
+    parser.add_argument("values", nargs="*", help="one point's feature values, in the run's order")
+    parser.add_argument("--csv", help="predict every row of this CSV (columns: the features)")
+    parser.add_argument("--out", help="with --csv: write the predictions to this CSV file")
+    # nargs="*": argparse gives a positional nothing once an option comes between, so
+    # `predict SWEEP --best 1 1` would leave "1 1" unparsed; --best collects them instead.
+    parser.add_argument(
+        "--best",
+        nargs="*",
+        metavar="VALUE",
+        help="RUN_DIR is a sweep: use its best run (the point's feature values may follow)",
+    )
+    parser.set_defaults(func=cmd_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -148,8 +148,10 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
         if len(members) >= launched.max_batch:
             break
         if other != num and other not in launched.trained:
-            member = _sibling(config, key)
-            if member is not None:
+            if other not in launched.members:
+                launched.members[other] = _published_member(config)
+            member = launched.members[other]
+            if member is not None and batch_key(member[0]) == key:
                 members.append((other, *member))
     data = launched.data.get(data_key(spec))
     if data is None:
@@ -160,12 +162,10 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
         launched.trained[member] = (member_spec, outcome)
 
 
-def _sibling(config: Any, key: str) -> tuple[RunSpec, LogCallback | None] | None:
-    """Spec and callback of a published job that can join a pass with ``key``, else None."""
+def _published_member(config: Any) -> tuple[RunSpec, LogCallback | None] | None:
+    """Spec and callback of a published job, to train it with others; None if it cannot."""
     try:
         spec = run_spec(config)
-        if batch_key(spec) != key:
-            return None
         return spec, _on_log(spec, trial_link_of(config), progress=False)
     except Exception:  # noqa: BLE001 - that job fails, or trains, in its own run
         return None

@@ -26,6 +26,9 @@ class LaunchedJobs:
     max_batch: int  # configurations trained together in one pass, at most
     trained: dict[int, Any] = field(default_factory=dict)  # job number -> (spec, outcome)
     data: dict[str, Any] = field(default_factory=dict)  # data key -> a loaded data set
+    # job number -> its published config's spec and pruning link (None: cannot train here),
+    # worked out once per launch rather than once per training pass
+    members: dict[int, Any] = field(default_factory=dict)
 
 
 _current: LaunchedJobs | None = None

@@ -266,26 +266,3 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "  " + "  ".join(f"p_{n}={p:.4f}" for n, p in zip(trained.class_names, proba, strict=True))
     )
     return 0
-
-
-def add_predict_parser(commands: Any) -> None:
-    """Register ``sweeplr predict`` on the subparsers object of ``build_parser``."""
-    parser = commands.add_parser(
-        "predict",
-        help="predict classes of new data with a trained run",
-        description="Predict with a run's model from raw feature values, as the data set holds "
-        "them (the run's own scaler is applied).",
-    )
-    parser.add_argument("run_dir", help="a run directory (holds model.pt), or a sweep with --best")
-    parser.add_argument("values", nargs="*", help="one point's feature values, in the run's order")
-    parser.add_argument("--csv", help="predict every row of this CSV (columns: the features)")
-    parser.add_argument("--out", help="with --csv: write the predictions to this CSV file")
-    # nargs="*": argparse gives a positional nothing once an option comes between, so
-    # `predict SWEEP --best 1 1` would leave "1 1" unparsed; --best collects them instead.
-    parser.add_argument(
-        "--best",
-        nargs="*",
-        metavar="VALUE",
-        help="RUN_DIR is a sweep: use its best run (the point's feature values may follow)",
-    )
-    parser.set_defaults(func=cmd_predict)

@@ -30,6 +30,7 @@ from sweeplr.schema import (
     CORRUPT,
     DIVERGED,
     FAILED,
+    FORMATS,
     HYPERPARAMETERS,
     METRIC_COLUMNS,
     METRICS,
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-FORMATS = ("table", "csv", "markdown", "json")
 # Columns a run always has; an override key that would collide with one is renamed.
 FIXED_COLUMNS = (
     "job",
@@ -337,37 +337,6 @@ def write_summary(sweep_dir: str | os.PathLike[str], df: pd.DataFrame | None = N
     return atomic_write_text(path, table.to_csv(index=False))
 
 
-def add_summary_parser(commands: argparse._SubParsersAction) -> None:
-    """Register ``sweeplr summary`` on the ``sweeplr`` command's subparsers."""
-    parser = commands.add_parser(
-        "summary",
-        help="a sweep's runs as one table, best first",
-        description="One row per run directory of the given sweeps, best objective first.",
-    )
-    parser.add_argument(
-        "dirs", nargs="+", metavar="DIR", help="a sweep directory (multirun/...) or run directory"
-    )
-    parser.add_argument("--sort", metavar="COL", help="sort by this column (default: objective)")
-    order = parser.add_mutually_exclusive_group()
-    order.add_argument("--ascending", action="store_true", help="smallest first")
-    order.add_argument("--descending", dest="ascending", action="store_false", help="largest first")
-    parser.set_defaults(ascending=None)  # neither: best first, judged from the column's name
-    parser.add_argument("--top", type=_positive_int, metavar="N", help="show the first N rows")
-    parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
-    parser.add_argument(
-        "--group-by",
-        metavar="COL1,COL2",
-        help="one row per distinct value of these columns: mean and std over the rest (seeds)",
-    )
-    parser.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
-    parser.add_argument(
-        "--all-columns",
-        action="store_true",
-        help="table/markdown: every column (default: swept values and main metrics)",
-    )
-    parser.set_defaults(func=cmd_summary)
-
-
 def cmd_summary(args: argparse.Namespace) -> int:
     """``sweeplr summary``: print (or save) the table of one or more sweeps."""
     df = load_sweep(args.dirs)
@@ -646,13 +615,3 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return list(value) if isinstance(value, tuple) else value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is invalid; allowed: an integer >= 1")
-    return value

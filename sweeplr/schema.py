@@ -20,6 +20,9 @@ SUPERSEDED = "superseded"  # a killed trial's folder: a retry of its trial holds
 UNFINISHED = (MISSING, CORRUPT, SUPERSEDED)
 Status = Literal["completed", "diverged", "pruned"]  # how training can end (the engine's view)
 
+# What `sweeplr summary --format` can print.
+FORMATS = ("table", "csv", "markdown", "json")
+
 SPLITS = ("train", "val", "test")
 METRICS = ("loss", "accuracy", "roc_auc", "f1")
 METRIC_COLUMNS = tuple(f"{split}_{metric}" for split in SPLITS for metric in METRICS)

@@ -64,7 +64,59 @@ def storage_url(spec: str | None, sweep_dir: str | Path) -> str:
     return f"journal:{Path(path).resolve()}"
 
 
+class BatchedJournalFile(JournalFileBackend):
+    """Optuna's journal file, whose appends inside `one_fsync` share one fsync at its end.
+
+    Optuna fsyncs every append, and a trial takes about eight (its creation, each parameter,
+    the worker stamp, the run folder, the result): 2-4 ms each on this machine's disk, more
+    than the 500 epochs of a blobs trial. A sweep needs its study durable at two points only:
+    before a trial's run folder is written (a folder always belongs to a stored trial) and once
+    it has told a batch. Inside the block each append is still written and flushed whole,
+    under Optuna's own lock, as Optuna writes it, so other processes read it at once (the
+    page cache, or NFS's close-to-open); only the fsync waits for the block's end.
+    """
+
+    deferred = False
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        if not self.deferred:
+            super().append_logs(logs)
+            return
+        from optuna.storages.journal._file import get_lock_file
+
+        # Optuna's append_logs (optuna 5, pinned), less its fsync.
+        with get_lock_file(self._lock):
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            with open(self._file_path, "ab") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+
+    def fsync(self) -> None:
+        fd = os.open(self._file_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 _storages: dict[str, BaseStorage] = {}
+_journals: dict[str, BatchedJournalFile] = {}
+
+
+@contextmanager
+def one_fsync(url: str) -> Iterator[None]:
+    """The study's writes in the block made durable by one fsync at its end (see
+    `BatchedJournalFile`); a database storage commits each write as before."""
+    journal = _journals.get(url)
+    if journal is None or journal.deferred:
+        yield
+        return
+    journal.deferred = True
+    try:
+        yield
+    finally:
+        journal.deferred = False
+        journal.fsync()
 
 
 def open_storage(url: str) -> BaseStorage:
@@ -79,7 +131,8 @@ def open_storage(url: str) -> BaseStorage:
         if url.startswith("journal:"):
             path = Path(url.removeprefix("journal:"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            storage = JournalStorage(JournalFileBackend(str(path)))
+            journal = _journals[url] = BatchedJournalFile(str(path))
+            storage = JournalStorage(journal)
         else:
             storage = optuna.storages.RDBStorage(url)
         _storages[url] = storage

@@ -4,6 +4,7 @@ launch together behind Hydra's job machinery (in-process sweeps on sweeplr's con
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,11 @@ def passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def sweep_returns(
+def sweep_in_process(
     hydra_sweep_runner: Any, task: Any, overrides: list[str], sweep_dir: Path
-) -> list:
-    """Sweep ``task`` on sweeplr's conf/ in this process; the job returns, and the sweep
-    directory copied to ``sweep_dir`` (Hydra's runner deletes its own when it ends)."""
+) -> Any:
+    """Sweep ``task`` on sweeplr's conf/ in this process, in ``sweep_dir`` + ".tmp", copied to
+    ``sweep_dir`` (Hydra's runner deletes its own when it ends); what the sweeper returned."""
     sweep = hydra_sweep_runner(
         calling_file=str(ROOT / "train.py"),
         calling_module=None,
@@ -52,12 +53,20 @@ def sweep_returns(
     try:
         with execution_whitelist(["sweeplr.*"]), sweep:  # as train.py's @hydra.main allows
             shutil.copytree(sweep.temp_dir, sweep_dir)
-            assert sweep.returns is not None
-            return [r for batch in sweep.returns for r in batch]
+            return sweep.returns
     except BaseException:
         if not sweep_dir.exists():  # the sweep itself raised: its directory is still there
             shutil.copytree(sweep.temp_dir, sweep_dir)
         raise
+
+
+def sweep_returns(
+    hydra_sweep_runner: Any, task: Any, overrides: list[str], sweep_dir: Path
+) -> list:
+    """The job returns of a grid sweep run by `sweep_in_process`."""
+    returns = sweep_in_process(hydra_sweep_runner, task, overrides, sweep_dir)
+    assert returns is not None
+    return [r for batch in returns for r in batch]
 
 
 def test_a_users_own_task_runs_once_per_job(hydra_sweep_runner, passes, tmp_path):
@@ -145,3 +154,77 @@ def test_a_bug_in_the_task_is_raised_after_every_job_ran(hydra_sweep_runner, tmp
     summary = pd.read_csv(sweep / "summary.csv").set_index("job").sort_index()
     assert summary["status"].tolist() == ["completed", "failed", "completed", "failed"]
     assert summary.loc[1, "error"] == "RuntimeError: my code broke"
+
+
+def test_a_launch_makes_its_records_durable_with_one_sync_before_its_trials_are_told(
+    hydra_sweep_runner, monkeypatch, tmp_path
+):
+    """Records are not fsynced file by file: one os.sync per launch, and each launch's sync
+    comes before any of its trials is told, so the study never holds a value whose record could
+    be lost with the machine; the journal is fsynced once after the asks and once after the
+    tells of each batch."""
+    import os
+
+    sweep = tmp_path / "sweep"
+    journal = sweep.with_name("sweep.tmp")  # where sweep_in_process sweeps
+    events: list[tuple[str, int]] = []
+    fsync, sync = os.fsync, os.sync
+
+    def told() -> int:  # trials with a result in the journal so far
+        path = next(journal.rglob("optuna.journal"), None)
+        text = path.read_text() if path else ""
+        return sum('"op_code":6' in line for line in text.splitlines())
+
+    def counting_fsync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync journal" if name.endswith("optuna.journal") else "fsync", told()))
+        fsync(fd)
+
+    def counting_sync() -> None:
+        events.append(("sync", told()))
+        sync()
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    monkeypatch.setattr(os, "sync", counting_sync)
+    overrides = ["sweep=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", *FAST]
+    sweep_in_process(hydra_sweep_runner, run, overrides, sweep)
+    first = events.index(("fsync journal", 0))  # the study created; then the two batches:
+    assert events[first + 1 : first + 7] == [
+        ("fsync journal", 0),  # batch 1 asked, before its run folders are written
+        ("sync", 0),  # its records, before it is told
+        ("fsync journal", 2),  # batch 1 told
+        ("fsync journal", 2),  # batch 2 asked
+        ("sync", 2),
+        ("fsync journal", 4),
+    ]
+    assert "sync" not in [name for name, _ in events[first + 7 :]]  # summary files: an fsync each
+    for num in range(4):
+        assert json.loads((sweep / str(num) / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_tpe_batches_start_random_and_grow_with_its_results(
+    hydra_sweep_runner, monkeypatch, tmp_path
+):
+    """sweep=optuna: TPE's random start-up trials in one launch, then launches of at most a
+    quarter of the results so far (n_jobs caps them); the task is the user's, trains nothing."""
+    from sweeplr.plugins.batch_launcher import BatchLauncher
+
+    sizes: list[int] = []
+    launch = BatchLauncher.launch
+
+    def counting(self: Any, job_overrides: Any, initial_job_idx: int) -> Any:
+        sizes.append(len(job_overrides))
+        return launch(self, job_overrides, initial_job_idx)
+
+    monkeypatch.setattr(BatchLauncher, "launch", counting)
+    overrides = [
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=30",
+        "hydra.sweeper.n_jobs=5",
+        "hydra.sweeper.sampler.n_startup_trials=4",
+    ]
+    task = lambda cfg: (math.log10(cfg.lr) + 2) ** 2  # a user's task that trains nothing
+    sweep_in_process(hydra_sweep_runner, task, overrides, tmp_path / "sweep")
+    # 4 random; then learned // 4 (at least 1), capped by n_jobs=5 and the budget
+    assert sizes == [4, 1, 1, 1, 1, 2, 2, 3, 3, 4, 5, 3]
+    assert sum(sizes) == 30

@@ -533,3 +533,18 @@ def test_a_worker_directory_without_runs_is_skipped_when_combining(grid, tmp_pat
         load_sweep(idle)
     with pytest.raises(SweeplrError, match="none of"):
         load_sweep([idle, idle])
+
+
+def test_the_cli_answers_help_without_loading_what_a_subcommand_needs():
+    """`sweeplr --help` builds every subcommand's parser; torch, pandas, Hydra, matplotlib and
+    Optuna are loaded only by the subcommand that runs (speed: bench_sweeps.py cli)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, sweeplr.cli; sweeplr.cli.build_parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'pandas', 'hydra', 'matplotlib', 'optuna', 'numpy') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]"

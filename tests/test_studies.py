@@ -63,6 +63,19 @@ def test_a_trial_of_a_dead_local_process_is_stale_and_requeued_once(tmp_path):
     assert budget_used(study.trials) == 1  # the failure is superseded by its retry
 
 
+def test_a_trial_killed_while_suggesting_is_retried_with_what_it_had(tmp_path):
+    """A kill between two parameter writes leaves a trial with some of its parameters; its
+    retry keeps those and the sampler fills in the rest."""
+    study, storage, trial = study_with_running_trial(tmp_path, dead_worker())
+    assert set(trial.params) == {"lr"}  # "wd" was never written
+    requeue_stale_trials(study, storage, grace_period=3600)
+    retry = study.ask()
+    assert retry.number == 1 and retry.params == trial.params
+    assert retry.suggest_float("lr", 1e-3, 1.0) == trial.params["lr"]
+    assert 0.0 <= retry.suggest_float("wd", 0.0, 0.01) <= 0.01
+    assert set(storage.get_trial(retry._trial_id).params) == {"lr", "wd"}
+
+
 def test_a_live_local_trial_is_not_stale(tmp_path):
     study, _, _ = study_with_running_trial(tmp_path, worker_identity())
     assert not is_stale(study.trials[0], grace_period=0)
@@ -164,3 +177,48 @@ def test_the_study_direction(direction, app_config, expected):
     )
     sweeper.config = OmegaConf.create(app_config)
     assert sweeper._directions() == expected
+
+
+def test_journal_writes_in_one_fsync_are_read_at_once_and_synced_once(tmp_path, monkeypatch):
+    """Inside one_fsync a worker's appends wait for one fsync, yet another reader of the file
+    (another worker) sees them at once."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from sweeplr.studies import one_fsync
+
+    url = storage_url(None, tmp_path)
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    fsyncs: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), fsync(fd)))
+    other = JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    with one_fsync(url):
+        trials = [study.ask() for _ in range(3)]
+        for trial in trials:
+            trial.suggest_float("x", 0, 1)
+        assert fsyncs == []
+        seen = other.get_all_trials(other.get_study_id_from_name("s"))
+        assert [t.number for t in seen] == [0, 1, 2] and all("x" in t.params for t in seen)
+    assert len(fsyncs) == 1
+    study.tell(trials[0], 0.5)  # outside the block: Optuna's own fsync per append
+    assert len(fsyncs) == 2
+
+
+def test_batch_limit_follows_what_the_sampler_learns_from():
+    from sweeplr.plugins.optuna_sweeper import batch_limit
+
+    def trials(**counts: int) -> list:
+        states = [s for name, n in counts.items() for s in [TrialState[name.upper()]] * n]
+        return [
+            optuna.trial.create_trial(state=s, value=0.0 if s == TrialState.COMPLETE else None)
+            for s in states
+        ]
+
+    tpe = OmegaConf.create({"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 10})
+    assert batch_limit(tpe, []) == 10  # the random start-up, at once
+    assert batch_limit(tpe, trials(complete=3, running=4)) == 3  # another worker runs 4
+    assert batch_limit(tpe, trials(complete=10)) == 2
+    assert batch_limit(tpe, trials(complete=30, pruned=10, fail=20)) == 10  # FAIL teaches nothing
+    random = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"})
+    assert batch_limit(random, []) == batch_limit(random, trials(complete=2)) > 10**6

@@ -171,6 +171,7 @@ class BatchLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         from sweeplr.console import guard_stdout
         from sweeplr.job_batch import published
+        from sweeplr.records import one_sync
 
         guard_stdout()  # a closed standard output ends the printing, not the jobs
         setup_globals()
@@ -193,7 +194,9 @@ class BatchLauncher(Launcher):
                     config.hydra.job.id = str(idx)
                     config.hydra.job.num = idx
                 configs[idx] = config
-            with published(configs, self.max_batch):
+            # one_sync: the jobs' record files reach the disk together before the launch
+            # returns (and a sweeper tells anyone), not one fsync per file.
+            with published(configs, self.max_batch), one_sync():
                 for config in configs.values():
                     returns.append(
                         run_job(

@@ -65,6 +65,11 @@ NAME_NEUTRAL_KEYS = (
     "max_failure_rate",
 )
 SAMPLER_TARGETS = ("optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*")
+# Samplers whose proposals do not depend on results: nothing is lost by asking many at once.
+BLIND_SAMPLERS = ("RandomSampler", "GridSampler", "QMCSampler", "BruteForceSampler")
+# After its start-up trials, a learning sampler's batch is at most this fraction of the trials
+# it has results of (measured: bench/README.md, P3).
+RESULTS_PER_PROPOSAL = 4
 HYDRA_DEFAULT_SUBDIR = "${hydra.job.num}"
 TRIAL_SUBDIR = "${hydra.job.env_set." + TRIAL_ENV + "}"
 
@@ -74,7 +79,9 @@ class SweeplrOptunaConf(OptunaSweeperConf):
     _target_: str = "sweeplr.plugins.optuna_sweeper.SweeplrOptunaSweeper"
     # auto: the direction of the app's sweeplr `objective` key if it has one, else minimize
     direction: Any = "auto"
-    n_jobs: int = 1  # trials asked per batch (a batch is one launch)
+    # The most trials asked per batch (a batch is one launch, trained together by sweeplr_batch);
+    # a learning sampler gets fewer while it has few results (see `batch_limit`).
+    n_jobs: int = 16
     pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner}
     heartbeat_interval: float = 10.0  # seconds between liveness stamps of a running trial
     grace_period: float = 60.0  # a trial silent this long (on another host) is stale
@@ -92,6 +99,29 @@ def default_study_name(task_overrides: list[str], sweeper_cfg: DictConfig) -> st
     }
     text = json.dumps([sorted(task_overrides), searched], sort_keys=True, default=str)
     return "optuna-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def batch_limit(sampler_cfg: Any, trials: Sequence[FrozenTrial]) -> int:
+    """How many trials the sampler can propose well at once; ``n_jobs`` caps it.
+
+    A batch's proposals are made without one another's results. A sampler that learns nothing
+    (random, grid, QMC) loses nothing by that, and neither do a learning sampler's random
+    start-up trials (``n_startup_trials``), which go in one batch. After them a batch is at most
+    a quarter of the results the sampler has: early on, when each result moves the model most,
+    proposals are made one or two at a time, and batches grow as results add up. Pending trials
+    count as bad results (TPE's ``constant_liar``, on in sweep=optuna), so that a batch's
+    proposals spread out instead of piling onto one point. Ratios measured in bench/README.md.
+    """
+    from optuna.trial import TrialState
+
+    if str(sampler_cfg.get("_target_", "")).endswith(BLIND_SAMPLERS):
+        return sys.maxsize
+    learned = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    pending = sum(t.state == TrialState.RUNNING for t in trials)  # other workers' trials
+    startup = int(sampler_cfg.get("n_startup_trials") or 0)
+    if learned + pending < startup:
+        return startup - learned - pending
+    return max(1, learned // RESULTS_PER_PROPOSAL)
 
 
 def raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -290,6 +320,7 @@ class SweeplrOptunaSweeper(Sweeper):
             STORAGE_ERRORS,
             Heartbeat,
             budget_used,
+            one_fsync,
             open_storage,
             repair_journal,
             requeue,
@@ -375,23 +406,26 @@ class SweeplrOptunaSweeper(Sweeper):
         previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
         try:
             while True:
-                with study_lock(url, sweep_dir, study_name):
-                    trials = study.get_trials(deepcopy=False)
-                    waiting = sum(t.state == TrialState.WAITING for t in trials)
-                    room = max(0, impl.n_trials - budget_used(trials)) + waiting
-                    batch = min(impl.n_jobs, room)
-                    if batch == 0:
-                        break
-                    in_flight = []
-                    for _ in range(batch):
-                        study.sampler = samplers(len(trials) + len(in_flight))
-                        in_flight.append(study.ask())
-                    for trial in in_flight:
-                        ids[trial.number] = trial_id(storage, study_name, trial.number)
-                        heartbeat.add(ids[trial.number])
-                # Fixed values travel as overrides, not as one stored attribute per value and
-                # trial: every storage write costs a lock and an fsync.
-                job_overrides = impl._configure_trials(in_flight, distributions, {}, fixed)
+                # The batch's trials, parameters and worker stamps reach the disk with one
+                # fsync, before any of their run folders is written.
+                with one_fsync(url):
+                    with study_lock(url, sweep_dir, study_name):
+                        trials = study.get_trials(deepcopy=False)
+                        waiting = sum(t.state == TrialState.WAITING for t in trials)
+                        room = max(0, impl.n_trials - budget_used(trials)) + waiting
+                        batch = min(impl.n_jobs, room, batch_limit(self.sampler_cfg, trials))
+                        if batch == 0:
+                            break
+                        in_flight = []
+                        for _ in range(batch):
+                            study.sampler = samplers(len(trials) + len(in_flight))
+                            in_flight.append(study.ask())
+                        for trial in in_flight:
+                            ids[trial.number] = trial_id(storage, study_name, trial.number)
+                            heartbeat.add(ids[trial.number])
+                    # Fixed values travel as overrides, not as one stored attribute per value
+                    # and trial.
+                    job_overrides = impl._configure_trials(in_flight, distributions, {}, fixed)
                 overrides = [
                     (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}")
                     for trial, job in zip(in_flight, job_overrides, strict=True)
@@ -399,7 +433,8 @@ class SweeplrOptunaSweeper(Sweeper):
                 returns = impl.launcher.launch(overrides, initial_job_idx=in_flight[0].number)
                 for trial in in_flight:
                     heartbeat.discard(ids.pop(trial.number))
-                self._tell_all(study, storage, in_flight, returns, len(directions))
+                with one_fsync(url):
+                    self._tell_all(study, storage, in_flight, returns, len(directions))
                 in_flight = []
         except STORAGE_ERRORS as exc:
             lost = (
