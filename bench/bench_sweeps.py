@@ -24,7 +24,7 @@ P3  the command users type, ``train.py --multirun sweep=optuna 'epochs=choice(50
 
 CLI ``sweeplr --help`` (target <= 0.3 s), and which heavy modules building its parser loads.
 
-``--against DIR`` also runs P2's and P3's sweeplr commands with another checkout's train.py
+``--against DIR`` also runs P1's, P2's and P3's sweeplr commands with another checkout's train.py
 (e.g. ``git worktree add /tmp/before <commit>``), interleaved with this one's, and prints both:
 a before/after measured side by side.
 """
@@ -96,23 +96,28 @@ def checkouts(args: argparse.Namespace) -> dict[str, Path]:
 
 def p1(args: argparse.Namespace) -> None:
     n = args.epochs
+    run_args = ("experiment=seed", f"epochs={n}", "log_every=1000", "plots=false")
     res = median_runs(
         {
             "tutorial": [PY, str(ROOT / "bench/tutorial_loop.py"), f"--epochs={n}"],
-            "sweeplr": train("experiment=seed", f"epochs={n}", "log_every=1000", "plots=false"),
+            **{
+                f"sweeplr{label}": train(*run_args, root=root)
+                for label, root in checkouts(args).items()
+            },
         },
         args.reps,
     )
     tut_loss = float(res["tutorial"]["out"].split()[-1])
-    record = res["sweeplr"]["out"]
-    our_loss = json.loads(record[record.index("\n{") :])["metrics"]["train"]["loss"]
-    ratio = res["sweeplr"]["wall"] / res["tutorial"]["wall"]
-    print(
-        f"P1 epochs={n}: tutorial {res['tutorial']['wall']:.2f} s, sweeplr "
-        f"{res['sweeplr']['wall']:.2f} s, ratio {ratio:.3f} (target <= 0.15); final train "
-        f"loss tutorial {tut_loss:.8f} sweeplr {our_loss:.8f}, difference "
-        f"{abs(tut_loss - our_loss):.1e} (target <= 1e-4)"
-    )
+    for label in checkouts(args):
+        record = res[f"sweeplr{label}"]["out"]
+        our_loss = json.loads(record[record.index("\n{") :])["metrics"]["train"]["loss"]
+        wall = res[f"sweeplr{label}"]["wall"]
+        print(
+            f"P1{label} epochs={n}: tutorial {res['tutorial']['wall']:.2f} s, sweeplr "
+            f"{wall:.2f} s, ratio {wall / res['tutorial']['wall']:.3f} (target <= 0.10); final "
+            f"train loss tutorial {tut_loss:.8f} sweeplr {our_loss!r}, difference "
+            f"{abs(tut_loss - our_loss):.1e} (target <= 1e-4)"
+        )
 
 
 def lr_grid(points: int) -> str:
@@ -282,7 +287,7 @@ def main() -> None:
         "--n-jobs", type=int, default=0, help="P3 hydra.sweeper.n_jobs (0: the default)"
     )
     parser.add_argument(
-        "--against", metavar="DIR", help="P2, P3: also time another checkout, side by side"
+        "--against", metavar="DIR", help="also time another checkout's train.py, side by side"
     )
     args = parser.parse_args()
     for name in args.which:

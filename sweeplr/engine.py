@@ -15,8 +15,11 @@ overhead.  This engine trains K configurations of the *same* data set in one pas
 
 Configurations whose loss becomes non-finite are detected every ``check_every`` epochs and
 removed from the batch (so they cannot slow down or contaminate the others); a callback can
-prune configurations early.  The module deliberately does not import Hydra: it is the numeric
-core, and the sweep layer maps configurations onto it.
+prune configurations early.  Epochs that are neither checked, logged nor reported run back to
+back, on small binary full batches in a loop with fewer ops (on 670 x 2 rows an epoch is about
+ten microseconds of op dispatch, so per-epoch bookkeeping and every op count).  The module
+deliberately does not import Hydra: it is the numeric core, and the sweep layer maps
+configurations onto it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ _BIAS_CORRECTION_CHUNK = 64  # Adam bias corrections are tabulated this many ste
 # (see _Workspace).
 _BLOCK_ROWS = 2048
 _BLOCKED_MIN_ROWS = 16 * _BLOCK_ROWS
+# Plain epochs of a binary full batch with at most this many values in X run with a sign-folded
+# copy of X (see _FoldedBinarySteps): 4 MiB in float32, and where an epoch is short enough for
+# its op count to matter.
+_FOLD_MAX_ELEMENTS = 1 << 20
 
 
 def n_outputs(n_classes: int) -> int:
@@ -370,15 +377,20 @@ class _SGD:
         # torch skips the buffer when momentum == 0, i.e. uses the plain gradient; with a shared
         # buffer that is buf = 0 * buf + 1 * grad, so such configurations get no dampening.
         self.one_minus_dampening = col(torch.where(momentum > 0, 1 - hp["dampening"], 1.0))
-        self.buf: Tensor | None = None
+        # Allocated here, not on the first step: a step may run under torch.inference_mode
+        # (see _FoldedBinarySteps), and a buffer created there could not be updated outside it.
+        self.buf = torch.empty_like(like) if self.momentum is not None else None
+        self.started = False
 
     def step(self, p: Tensor, g: Tensor) -> None:
         """One update of all active configurations; ``g`` is scratch and may be overwritten."""
         if self.weight_decay is not None:
             g.addcmul_(p, self.weight_decay)
         if self.momentum is not None:
-            if self.buf is None:  # torch: buf = grad.clone() on the first step, no dampening
-                self.buf = g.clone()
+            assert self.buf is not None
+            if not self.started:  # torch: buf = grad.clone() on the first step, no dampening
+                self.buf.copy_(g)
+                self.started = True
             else:
                 self.buf.mul_(self.momentum).addcmul_(g, self.one_minus_dampening)
             if self.nesterov:
@@ -582,6 +594,80 @@ class _Workspace:
         torch.mv(self.dz, self.inv_n_vec, out=self.gb)
 
 
+class _FoldedBinarySteps:
+    """Plain full-batch epochs of a binary problem on small data: the same step, fewer ops.
+
+    A *plain* epoch is neither logged, reported nor the end of a divergence-check window: it
+    needs the update, and of the loss only whether it is finite (see `_Run._loss_and_grad`).
+    On small data an epoch costs what its op calls cost in dispatch, about a microsecond each
+    (the arithmetic on 670 x 2 values is far cheaper), so this loop makes fewer, cheaper calls
+    -- 7 instead of 9 for one configuration -- and gives the parameters bit for bit what
+    `_Run._full_batch_epoch` gives:
+
+    * the label signs s = 1 - 2y = +-1 are folded into copies of X and of the 1/n vector, so
+      the gradient is ``sigmoid(u) @ (s*X)`` and ``sigmoid(u) @ (s/n)`` without first forming
+      ``dz = s*sigmoid(u)``: each product only changes sign, negation is exact and commutes
+      with rounding, and the matmuls have the same shapes and strides, so they return the same
+      bits;
+    * with one configuration, the finiteness surrogate sum(u * sigmoid(u)) is one dot product
+      instead of a product and a sum.  Only its finiteness is used: it is non-finite exactly
+      when some u is (inf * 1, -inf * 0 and NaN products) or the sum overflows, as before; the
+      two roundings could only disagree on a sum within rounding error of the float maximum;
+    * the loop runs under ``torch.inference_mode``, which skips autograd's dispatch in every
+      call (measured: 10-20% of this loop).  Every op writes into tensors made outside it, so
+      no inference tensor reaches the rest of the run (`_SGD` preallocates its momentum buffer
+      for this; `_Adam`'s bias-correction tables made here are only ever read).
+
+    It costs a copy of X, hence small data only (`_FOLD_MAX_ELEMENTS`).
+    """
+
+    def __init__(self, ws: _Workspace) -> None:
+        (sign,) = ws.targets
+        self.ws = ws
+        self.xs = ws.x * sign.unsqueeze(1)  # contiguous like ws.x (checked by `applies`)
+        self.s_inv_n = sign * ws.inv_n_vec
+        self.sigmoid_flat = ws.scratch.view(-1)
+
+    @staticmethod
+    def applies(run: _Run, ws: _Workspace) -> bool:
+        x = ws.x
+        return (
+            run.batch_size is None
+            and ws.ls is None
+            and not ws.blocked
+            and x.is_contiguous()
+            and x.numel() <= _FOLD_MAX_ELEMENTS
+        )
+
+    def run(
+        self,
+        loss_cols: Sequence[Tensor],
+        step: Callable[[Tensor, Tensor], None],
+        p: Tensor,
+        g: Tensor,
+    ) -> None:
+        """One plain epoch per ``loss_cols`` entry, which gets its finiteness surrogate;
+        ``step(p, g)`` is the optimizer's update of the run's parameters ``p``."""
+        ws = self.ws
+        (sign,) = ws.targets
+        z, sig, ones, xs, s_inv_n = ws.z, ws.scratch, ws.ones, self.xs, self.s_inv_n
+        pb, pw, xt, gw, gb, inv_n = ws.pb, ws.pw, ws.xt, ws.gw, ws.gb, ws.inv_n
+        addmm, sigmoid, mv = torch.addmm, torch.sigmoid, torch.mv
+        one_config = z.shape[0] == 1
+        with torch.inference_mode():
+            for col in loss_cols:
+                addmm(pb, pw, xt, out=z)
+                z.mul_(sign)  # u = s*z
+                sigmoid(z, out=sig)
+                if one_config:
+                    mv(z, self.sigmoid_flat, out=col)
+                else:
+                    mv(z.mul_(sig), ones, out=col)
+                gw.addmm_(sig, xs, beta=0, alpha=inv_n)
+                mv(sig, s_inv_n, out=gb)
+                step(p, g)
+
+
 class _Run:
     """State of one `train_batched` call: the *active* configurations, stacked.
 
@@ -633,6 +719,7 @@ class _Run:
         else:
             self.targets = (y, -F.one_hot(y, n_classes).to(X.dtype).t().contiguous())
         self.workspaces: dict[int, _Workspace] = {}
+        self.folded: _FoldedBinarySteps | None = None  # the plain epochs' kernel, if it applies
         # Epoch train loss = ring value / loss_divisor: full batch stores the loss sum; mini-
         # batch the mean over batches of sum_j / n_j, via these weights 1 / (n_j * n_batches).
         n = X.shape[0]
@@ -686,6 +773,24 @@ class _Run:
             torch.mv(label_log_prob.view(ws.ka, -1), ws.ones, out=loss_sum_out).neg_()
             ls.exp_().add_(ws.targets[1])
         ws.backward()
+
+    def _plain_epochs(self, count: int) -> None:
+        """``count`` epochs that are neither logged, reported nor end a check window: their
+        losses are only checked for finiteness later, so they go into the ring in one go."""
+        cols = self.ring_cols[self.ring_pos : self.ring_pos + count]
+        self.ring_pos += count
+        if self.batch_size is not None:
+            for col in cols:
+                self._mini_batch_epoch(col, False)
+            return
+        ws = self._workspace(self.X.shape[0])
+        if self.folded is None or self.folded.ws is not ws:
+            self.folded = _FoldedBinarySteps(ws) if _FoldedBinarySteps.applies(self, ws) else None
+        if self.folded is not None:
+            self.folded.run(cols, self.opt.step, self.P, self.G)
+            return
+        for col in cols:
+            self._full_batch_epoch(col, False)
 
     def _full_batch_epoch(self, loss_out: Tensor, want_loss: bool) -> None:
         """One step on all of X; ``loss_out`` gets the loss *sum* (see ``loss_divisor``)."""
@@ -796,7 +901,7 @@ class _Run:
         like = self.P
         self._set_ring(like.new_empty(k, check_every))
         self.ring_pos = 0
-        logged = [e for e in range(1, epochs + 1) if log_every and (e % log_every == 0)]
+        logged = list(range(log_every, epochs + 1, log_every)) if log_every else []
         if log_every and epochs and epochs % log_every:
             logged.append(epochs)
         hist_epochs: list[int] = []
@@ -806,7 +911,19 @@ class _Run:
             self._start_early_stopping()
         epoch_loss = like.new_empty(k)
         epoch = 0
-        for epoch in range(1, epochs + 1):
+        while epoch < epochs:
+            if self.lr_schedule is None:  # (a schedule is asked for every epoch's lr)
+                # Run the epochs before the next logged, reported, checked or last one in one go.
+                special = min(
+                    logged[len(hist_epochs)] if len(hist_epochs) < len(logged) else epochs,
+                    (epoch // report_every + 1) * report_every if on_report is not None else epochs,
+                    epoch + check_every - self.ring_pos,
+                    epochs,
+                )
+                if special - 1 > epoch:
+                    self._plain_epochs(special - 1 - epoch)
+                    epoch = special - 1
+            epoch += 1
             logging = bool(logged) and epoch == logged[len(hist_epochs)]
             reporting = on_report is not None and epoch % report_every == 0
             if self.lr_schedule is not None:

@@ -318,6 +318,120 @@ def test_divergence_in_the_final_update_is_detected() -> None:
     assert result.epochs_run == [1, 1]
 
 
+PLAIN_CASES = [  # (n_classes, batch_size, kind, hparams with K-length lists)
+    pytest.param(2, None, "sgd", {"lr": [0.05]}, id="binary-sgd-K1"),
+    pytest.param(
+        2,
+        None,
+        "sgd",
+        {"lr": [0.05, 0.2], "momentum": 0.9, "nesterov": True, "weight_decay": [0.0, 0.1]},
+        id="binary-nesterov-K2",
+    ),
+    pytest.param(2, None, "adam", {"lr": [1e-3, 1e-2, 1e-1]}, id="binary-adam-K3"),
+    pytest.param(2, None, "adamw", {"lr": [0.05], "weight_decay": 0.1}, id="binary-adamw-K1"),
+    pytest.param(3, None, "sgd", {"lr": [0.05, 0.2], "momentum": 0.5}, id="multiclass-K2"),
+    pytest.param(2, BATCH, "sgd", {"lr": [0.05, 0.2], "momentum": 0.5}, id="minibatch-K2"),
+]
+
+
+class EveryEpochSchedule:
+    """An lr schedule that never changes the lr; the engine asks it every epoch, so with it
+    every epoch goes through the epoch loop's body one by one."""
+
+    def lr(self, epoch: int) -> None:
+        return None
+
+    def observe(self, metrics: Any, active: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("n_classes", "batch_size", "kind", "hparams"), PLAIN_CASES)
+@pytest.mark.parametrize("log_every", [0, 7])
+def test_plain_epochs_are_bit_identical_to_epoch_by_epoch_training(
+    n_classes: int,
+    batch_size: int | None,
+    kind: str,
+    hparams: dict[str, Any],
+    log_every: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Epochs that are neither logged, reported nor checked run back to back, on small binary
+    full batches in the sign-folded, inference-mode loop (engine._FoldedBinarySteps).  The
+    results must not differ in a bit from training epoch by epoch, whichever path the plain
+    epochs took, and no inference tensor may leak out of that loop."""
+    X, y = make_data(n_classes, torch.float32)
+    cfg = OptimizerConfig(kind, **hparams)  # type: ignore[arg-type]
+    seeds = list(range(len(hparams["lr"])))
+    folded_epochs = []
+    folded_run = engine._FoldedBinarySteps.run
+
+    def counting_run(self: Any, loss_cols: Any, *args: Any) -> None:
+        folded_epochs.append(len(loss_cols))
+        folded_run(self, loss_cols, *args)
+
+    monkeypatch.setattr(engine._FoldedBinarySteps, "run", counting_run)
+
+    def train(**kwargs: Any) -> EngineResult:
+        return run_engine(
+            X,
+            y,
+            n_classes,
+            seeds,
+            cfg,
+            epochs=EPOCHS,
+            batch_size=batch_size,
+            log_every=log_every,
+            check_every=50,  # the loss buffer's layout changes the loss sums' last bits
+            **kwargs,
+        )[0]
+
+    epoch_by_epoch = train(lr_schedule=EveryEpochSchedule())
+    assert folded_epochs == []
+    results = [train()]
+    foldable = n_classes == 2 and batch_size is None
+    assert (sum(folded_epochs) > EPOCHS // 2) == foldable
+    monkeypatch.setattr(engine, "_FOLD_MAX_ELEMENTS", 0)  # plain epochs, not folded
+    results.append(train())
+    for result in results:
+        assert torch.equal(result.weight, epoch_by_epoch.weight)
+        assert torch.equal(result.bias, epoch_by_epoch.bias)
+        assert result.history.epochs == epoch_by_epoch.history.epochs
+        assert torch.equal(result.history.train_loss, epoch_by_epoch.history.train_loss)
+        assert result.status == ["completed"] * len(seeds)
+        for t in (result.weight, result.bias, result.history.train_loss):
+            assert not t.is_inference()
+    # the parameters come back as ordinary tensors: autograd can use them
+    w = results[0].weight.clone().requires_grad_()
+    (w * 2).sum().backward()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_divergence_in_plain_epochs_is_found_at_its_epoch(k: int) -> None:
+    """Plain epochs check only the loss's finiteness, through a surrogate (for K=1 one dot
+    product of u and sigmoid(u)): a logit of -inf, whose sigmoid is exactly 0, must still make
+    it non-finite (-inf * 0 is NaN, as torch's BCE there), and so must geometric blow-up."""
+    X, y = make_data(2, torch.float32)
+    X, y = X[y == 0].abs() + 1.0, y[y == 0]  # class 0 only, and x > 1 everywhere
+    weight, bias = linear_init(X.shape[1], 2, list(range(k)), dtype=X.dtype)
+    weight[0, 0, 0] = -3e38  # every logit of configuration 0 overflows to -inf
+    cfg = OptimizerConfig("sgd", lr=0.01)
+    result = train_batched(X, y, 2, weight, bias, cfg, 5, check_every=100)
+    assert result.diverged_epoch == [1] + [None] * (k - 1)
+    assert result.status == ["diverged"] + ["completed"] * (k - 1)
+
+    X, y = make_data(2, torch.float32)
+    for lr, wd in ((30.0, 1.0), (8.0, 1.0)):
+        seeds = list(range(k))
+        cfg = diverging_sgd([lr] * k, [wd] * k)
+        result, w0, b0 = run_engine(X, y, 2, seeds, cfg, epochs=EPOCHS, check_every=100)
+        hparams = {"lr": lr, "momentum": 0.5, "weight_decay": wd}
+        for j in seeds:
+            _, _, losses = reference_train(X, y, 2, w0[j], b0[j], "sgd", hparams, EPOCHS)
+            epoch = first_nonfinite_epoch(losses)
+            assert epoch is not None and 1 < epoch < EPOCHS
+            assert result.diverged_epoch[j] == epoch
+
+
 def test_pruning_callback_freezes_flagged_configs() -> None:
     X, y = make_data(3)
     X_val, y_val = make_data(3, n=40, seed=1)
