@@ -199,36 +199,42 @@ def train_runs(
             trained = [_train_reference(s, data, callbacks[k]) for k, s in enumerate(specs)]
         else:
             trained = _train_batched(specs, data, callbacks)
+        # Evaluated before the threads are given back: on small data a second thread's
+        # hand-off costs more than the arithmetic here too (and stalls on a busy machine).
+        outcomes = [
+            _evaluated(spec, result, data, len(specs))
+            for spec, result in zip(specs, trained, strict=True)
+        ]
     finally:
         torch.set_num_threads(threads)
-    outcomes = []
-    for spec, result in zip(specs, trained, strict=True):
-        diverged = result.status == DIVERGED
-        metrics = {
-            name: _no_metrics() if diverged else evaluate(result.model, X, y)
-            for name, (X, y) in zip(SPLITS, (data.train, data.val, data.test), strict=True)
-        }
-        outcomes.append(
-            Outcome(
-                spec,
-                result.status,
-                result.epochs_run,
-                result.diverged_epoch,
-                result.history,
-                metrics,
-                result.model,
-                data,
-                wall_seconds=0.0,
-                batch_configs=len(specs),
-                batch_wall_seconds=0.0,
-                best_epoch=result.best_epoch,
-            )
-        )
     wall = time.perf_counter() - started
     for outcome in outcomes:
         outcome.wall_seconds = wall / len(specs)
         outcome.batch_wall_seconds = wall
     return outcomes
+
+
+def _evaluated(spec: RunSpec, result: _Trained, data: DeviceData, batch_configs: int) -> Outcome:
+    """``result`` with its metrics on every split (none for a diverged model)."""
+    diverged = result.status == DIVERGED
+    metrics = {
+        name: _no_metrics() if diverged else evaluate(result.model, X, y)
+        for name, (X, y) in zip(SPLITS, (data.train, data.val, data.test), strict=True)
+    }
+    return Outcome(
+        spec,
+        result.status,
+        result.epochs_run,
+        result.diverged_epoch,
+        result.history,
+        metrics,
+        result.model,
+        data,
+        wall_seconds=0.0,
+        batch_configs=batch_configs,
+        batch_wall_seconds=0.0,
+        best_epoch=result.best_epoch,
+    )
 
 
 def _no_metrics() -> dict[str, float | None]:
