@@ -197,26 +197,53 @@ def test_matches_torch_optim(
         )
 
 
-@pytest.mark.parametrize("batch_size", [None, BATCH], ids=["full", "minibatch"])
-@pytest.mark.parametrize("n_classes", [2, 3], ids=["binary", "multiclass"])
-def test_blocked_matmuls_match_torch_optim(
-    n_classes: int, batch_size: int | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Large batches use blockwise matmuls; shrink the blocks so that small data takes that path.
+# Fused steps (engine._Workspace) on small data: groups of 40 rows (K*out == 1: 2 blocks of 16
+# + 8 rows) or 24 rows (K*out > 1), fused from 2 groups on.  150 rows are groups of 40, 40, 40
+# and 30 (1 block + 14 rows), or 6 groups of 24 and one of 6.
+def tiny_fused_sizes(ko: int, *_: Any) -> tuple[int, int]:
+    return (40 if ko == 1 else 24), 16
 
-    Full batch: 150 rows = 9 blocks of 16 + 6 remainder rows.  Mini-batch: batches of 32 rows
-    are 2 blocks with no remainder, the last batch of 22 rows is below the threshold.
-    """
-    monkeypatch.setattr(engine, "_BLOCK_ROWS", 16)
-    monkeypatch.setattr(engine, "_BLOCKED_MIN_ROWS", 32)
+
+FUSED_SIZES = {"_fused_sizes": tiny_fused_sizes, "_FUSED_MIN_X_BYTES": 0, "_FUSED_MIN_GROUPS": 2}
+UNFUSED_SIZES = {"_FUSED_MIN_GROUPS": 10**9}
+FUSED_BATCH = 96  # mini-batches of 96 rows are fused; the last one, 54 rows, too if K*out > 1
+
+
+def use_sizes(monkeypatch: pytest.MonkeyPatch, sizes: dict[str, Any]) -> None:
+    for name, value in sizes.items():
+        monkeypatch.setattr(engine, name, value)
+
+
+def test_fused_sizes_fit_a_core_cache() -> None:
+    """The real sizes: a group's rows and buffers fit `_CACHE_BYTES`; small X is not fused."""
+    for ko, multiclass in [(1, False), (8, False), (64, False), (30, True)]:
+        rows, block = engine._fused_sizes(ko, 100, 4, multiclass)
+        assert rows % block == 0 and block <= engine._MAX_BLOCK_ROWS
+        assert rows * (100 + (3 if multiclass else 2) * ko) * 4 <= engine._CACHE_BYTES
+        assert engine._fuses(1_000_000, rows, 100, ko, 4, multiclass)
+        assert not engine._fuses(rows, rows, 100, ko, 4, multiclass)
+    assert engine._fused_sizes(1, 100, 4, False) == (3854, 1927)
+    assert not engine._fuses(32_000, 3854, 100, 1, 4, False)  # X (13 MB) stays in L3
+    assert engine._fuses(8_000, 1724, 100, 64, 4, False)  # 4 MB of logit buffers do not
+
+
+@pytest.mark.parametrize("batch_size", [None, FUSED_BATCH], ids=["full", "minibatch"])
+@pytest.mark.parametrize("n_classes", [2, 3], ids=["binary", "multiclass"])
+@pytest.mark.parametrize("seeds", [[1], [1, 2]], ids=["K1", "K2"])
+def test_fused_steps_match_torch_optim(
+    seeds: list[int], n_classes: int, batch_size: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps on many rows are fused; shrunken sizes make small data take that path."""
+    use_sizes(monkeypatch, FUSED_SIZES)
     X, y = make_data(n_classes)
     hparams = {"lr": [0.01, 0.1], "weight_decay": 0.01}
     epochs = 20
-    cfg = OptimizerConfig("adam", **hparams)  # type: ignore[arg-type]
+    chosen = config_k(hparams, 0) if len(seeds) == 1 else hparams
+    cfg = OptimizerConfig("adam", **chosen)
     result, w0, b0 = run_engine(
-        X, y, n_classes, [1, 2], cfg, epochs=epochs, batch_size=batch_size, log_every=1
+        X, y, n_classes, seeds, cfg, epochs=epochs, batch_size=batch_size, log_every=1
     )
-    for k in range(2):
+    for k in range(len(seeds)):
         w, b, losses = reference_train(
             X, y, n_classes, w0[k], b0[k], "adam", config_k(hparams, k), epochs, batch_size
         )
@@ -225,6 +252,155 @@ def test_blocked_matmuls_match_torch_optim(
         torch.testing.assert_close(
             result.history.train_loss[:, k], torch.tensor(losses, dtype=X.dtype)
         )
+
+
+def one_step(
+    X: Tensor, y: Tensor, n_classes: int, seeds: list[int], want_loss: bool
+) -> tuple[Tensor, Tensor, int]:
+    """Loss sum and gradient ``[K, out, F+1]`` of one engine step, and its number of groups
+    (0: not fused)."""
+    weight, bias = linear_init(X.shape[1], n_classes, seeds, dtype=X.dtype)
+    cfg = OptimizerConfig("sgd", lr=0.1)
+    run = engine._Run(X, y, n_classes, weight, bias, cfg, None, 0, None)
+    ws = run._workspace(X.shape[0])
+    loss = X.new_full((len(seeds),), math.nan)
+    run._loss_and_grad(ws, loss, want_loss)
+    return loss, run.G.clone(), sum(len(lane.groups) for lane in ws.lanes)
+
+
+@pytest.mark.parametrize("want_loss", [True, False], ids=["loss", "surrogate"])
+@pytest.mark.parametrize("n_classes", [2, 3], ids=["binary", "multiclass"])
+@pytest.mark.parametrize("k", [1, 3], ids=["K1", "K3"])
+@pytest.mark.parametrize("n", [150, 160, 60, 40])
+def test_fused_step_is_the_two_pass_step(
+    n: int,
+    k: int,
+    n_classes: int,
+    want_loss: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One fused step against the two-pass step and a float64 autograd reference.
+
+    150 rows are no multiple of the block or group size, 160 rows are 4 groups of 2 blocks + 8
+    rows (K*out == 1); 60 rows are fused only for K*out > 1, 40 rows not at all.
+    """
+    X, y = make_data(n_classes, torch.float32, n=n)
+    seeds = list(range(k))
+    use_sizes(monkeypatch, UNFUSED_SIZES)
+    loss_2p, grad_2p, n_groups = one_step(X, y, n_classes, seeds, want_loss)
+    assert n_groups == 0
+    use_sizes(monkeypatch, FUSED_SIZES)
+    loss, grad, n_groups = one_step(X, y, n_classes, seeds, want_loss)
+    rows = 40 if k * n_outputs(n_classes) == 1 else 24
+    assert n_groups == (-(-n // rows) if n >= 2 * rows else 0)
+    torch.testing.assert_close(loss, loss_2p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, grad_2p, rtol=1e-5, atol=1e-6)
+    # float64 autograd: the mean loss and its gradient
+    weight, bias = (t.double().requires_grad_() for t in linear_init(X.shape[1], n_classes, seeds))
+    logits = torch.einsum("kof,nf->kno", weight, X.double()) + bias[:, None, :]
+    if n_classes == 2:
+        target = y.double().expand(k, n)
+        losses = F.binary_cross_entropy_with_logits(logits[..., 0], target, reduction="none")
+    else:
+        losses = F.cross_entropy(logits.transpose(1, 2), y.expand(k, n), reduction="none")
+    losses.mean(1).sum().backward()
+    assert weight.grad is not None and bias.grad is not None
+    reference = torch.cat([weight.grad, bias.grad.unsqueeze(-1)], 2).float()
+    torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
+    if want_loss or n_classes > 2:  # otherwise the sum of the finiteness surrogate
+        torch.testing.assert_close(loss / n, losses.mean(1).detach().float())
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize(("n_classes", "k"), [(2, 1), (2, 3), (3, 2)])
+def test_fused_step_runs_one_lane_per_thread(
+    threads: int, n_classes: int, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With T torch threads a fused step runs T lanes of whole groups, each on one thread; the
+    numbers are those of one lane, and the thread count is T again afterwards, even when a lane
+    fails."""
+    X, y = make_data(n_classes, torch.float32, n=150)
+    use_sizes(monkeypatch, FUSED_SIZES)
+    one_lane = one_step(X, y, n_classes, list(range(k)), True)
+    try:
+        torch.set_num_threads(threads)
+        loss, grad, n_groups = one_step(X, y, n_classes, list(range(k)), True)
+        assert torch.get_num_threads() == threads
+        weight, bias = linear_init(X.shape[1], n_classes, list(range(k)))
+        run = engine._Run(
+            X, y, n_classes, weight, bias, OptimizerConfig("sgd", lr=0.1), None, 0, None
+        )
+        ws = run._workspace(X.shape[0])
+        assert len(ws.lanes) == threads and all(lane.groups for lane in ws.lanes)
+        seen_in_lane = []
+
+        def failing_lane(ws: Any, lane: Any, want_loss: bool) -> None:
+            seen_in_lane.append(torch.get_num_threads())
+            if lane is not ws.lanes[0]:
+                raise RuntimeError("lane failed")
+
+        monkeypatch.setattr(engine._Run, "_run_lane", staticmethod(failing_lane))
+        with pytest.raises(RuntimeError, match="lane failed"):
+            run._loss_and_grad(ws, X.new_empty(k), True)
+        assert seen_in_lane == [1] * threads  # each lane's ops run on one thread
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(1)
+    assert n_groups == one_lane[2]
+    torch.testing.assert_close(loss, one_lane[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, one_lane[1], rtol=1e-6, atol=1e-7)
+
+
+def test_fused_runs_are_the_two_pass_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole runs, fused and not: divergence (first non-finite epoch, inf or NaN alike),
+    pruning and early stopping shrink the batch mid-run, and every number stays the same.
+
+    Binary, the batch ends with config 0 alone (K*out == 1: batched matrix-vector products)."""
+    X, y = make_data(3, torch.float32)
+    X_val, y_val = make_data(3, torch.float32, n=40, seed=1)
+    lrs, wds = [0.05, 30.0, 0.5, 0.1, 100.0], [0.0, 1.0, 0.0, 0.01, 1.0]
+
+    def run(sizes: dict[str, Any], n_classes: int) -> EngineResult:
+        use_sizes(monkeypatch, sizes)
+        labels = y if n_classes == 3 else y % 2
+        return run_engine(
+            X,
+            labels,
+            n_classes,
+            [0, 1, 2, 3, 4],
+            diverging_sgd(lrs, wds),
+            epochs=40,
+            val=(X_val, y_val if n_classes == 3 else y_val % 2),
+            log_every=3,
+            check_every=4,
+            on_report=lambda e, *_: torch.tensor([False, False, e == 12, False, False]),
+            report_every=6,
+            early_stopping=engine.EarlyStopping(
+                [None, None, None, 2, None], [0.0] * 5, ["val_accuracy"] * 5, [True] * 5
+            ),
+        )[0]
+
+    for n_classes in (2, 3):
+        fused, two_pass = run(FUSED_SIZES, n_classes), run(UNFUSED_SIZES, n_classes)
+        assert fused.status == two_pass.status
+        assert fused.status == ["completed", "diverged", "pruned", "completed", "diverged"]
+        assert fused.best_epoch[3] is not None  # stopped early, with its best weights
+        assert fused.diverged_epoch == two_pass.diverged_epoch
+        if n_classes == 2:  # the divergence epoch is a logged one: an inf loss, then NaN
+            assert fused.history.train_loss[8, 1].isinf()
+        assert fused.epochs_run == two_pass.epochs_run
+        assert fused.best_epoch == two_pass.best_epoch
+        ok = [k for k, status in enumerate(fused.status) if status != "diverged"]
+        torch.testing.assert_close(fused.weight[ok], two_pass.weight[ok], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused.bias[ok], two_pass.bias[ok], rtol=1e-5, atol=1e-6)
+        for a, b in zip(
+            (fused.history.train_loss, fused.history.val_loss, fused.history.val_accuracy),
+            (two_pass.history.train_loss, two_pass.history.val_loss, two_pass.history.val_accuracy),
+            strict=True,
+        ):
+            assert a is not None and b is not None
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def test_linear_init_is_nn_linear_under_manual_seed() -> None:
