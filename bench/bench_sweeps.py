@@ -19,8 +19,8 @@ P3  the command users type, ``train.py --multirun sweep=optuna 'epochs=choice(50
     hydra.sweeper.n_trials=100`` with sweep=optuna's defaults, vs one run ``train.py
     epochs=500`` (target <= 2.5), and its best value vs the same study run one trial at a time
     through the basic launcher with the reference path (target within 1% for every one of
-    sampler seeds 0-4); also the same study of bench/floor_app.py, an app that trains nothing:
-    what Hydra's job machinery and Optuna cost alone.
+    sampler seeds 0-4); also the same sweep through bench/floor_app.py, sweeplr's config with a
+    task that trains nothing: what Hydra's job machinery and Optuna cost alone.
 
 CLI ``sweeplr --help`` (target <= 0.3 s), and which heavy modules building its parser loads.
 
@@ -206,13 +206,14 @@ def p3(args: argparse.Namespace) -> None:
                 walls_one[label].append(wall_one)
                 walls_study[label].append(wall_study)
                 ours[label].append(best_value(fast))
-            # Hydra's and Optuna's share: the same study of an app that trains nothing.
+            # Hydra's and Optuna's share: the same sweep of sweeplr's config, training nothing.
             floor, _, _ = timed(
                 [
                     PY,
                     str(ROOT / "bench/floor_app.py"),
                     "--multirun",
-                    "hydra.sweeper.n_trials=100",
+                    "sweep=optuna",
+                    *space,
                     *n_jobs,
                     f"hydra.sweeper.sampler.seed={seed}",
                     f"hydra.sweep.dir={tmp_path / 'floor'}",
@@ -242,7 +243,7 @@ def p3(args: argparse.Namespace) -> None:
                     f"  seed {seed}{label}: one run {walls_one[label][-1]:.2f} s, study "
                     f"{walls_study[label][-1]:.2f} s, best {ours[label][-1]:.6f} vs "
                     f"one-at-a-time basic/reference {basics[-1]:.6f} ({gap:+.2%}); "
-                    f"an app that trains nothing, same study: {floor:.2f} s",
+                    f"the same sweep training nothing: {floor:.2f} s",
                     flush=True,
                 )
     for label in labels:
@@ -253,7 +254,7 @@ def p3(args: argparse.Namespace) -> None:
         print(
             f"P3{label} 100-trial TPE ({setting}): ratio {ratio:.2f} (target <= 2.5); worst best-value gap "
             f"{max(gaps):+.2%} over seeds 0-{args.seeds - 1} (target within 1% for every seed); "
-            f"the app that trains nothing: {statistics.median(floors) / one:.2f}x one run"
+            f"the same sweep training nothing: {statistics.median(floors) / one:.2f}x one run"
         )
 
 

@@ -1,33 +1,27 @@
-"""An app that trains nothing, swept like sweeplr's P3 study: Hydra's and Optuna's share of it.
+"""sweeplr's own config and sweep, with a task that trains nothing: Hydra's and Optuna's share.
 
-    python bench/floor_app.py --multirun hydra.sweeper.n_trials=100
+    python bench/floor_app.py --multirun sweep=optuna 'epochs=choice(500)' hydra.sweeper.n_trials=100
 
-Same sweeper and launcher as ``train.py --multirun sweep=optuna`` (``sweeplr_optuna``,
-``sweeplr_batch``), a one-parameter space, and a task that returns at once; every job still goes
-through Hydra's ``run_job`` and every trial through the study's journal. Used by bench_sweeps.py.
+The same composed config as ``train.py`` (sweeplr's ``conf/``, so Hydra copies and saves a job
+config of the same size), the same sweeper and launcher, the same search space and trials; the
+task returns a number computed from the trial's ``lr`` at once. Every job still goes through
+Hydra's ``run_job`` and every trial through the study's journal. Used by bench_sweeps.py (P3):
+what is left of a study's time after this is sweeplr's (training, records, pictures).
 """
 
+import math
+
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-ConfigStore.instance().store(
-    name="floor",
-    node={
-        "x": 0.0,
-        "defaults": [
-            {"override hydra/sweeper": "sweeplr_optuna"},
-            {"override hydra/launcher": "sweeplr_batch"},
-            "_self_",
-        ],
-        "hydra": {"sweeper": {"params": {"x": "interval(0, 1)"}}},
-    },
-)
+from sweeplr.config import register_configs
+
+register_configs()
 
 
-@hydra.main(version_base=None, config_path=None, config_name="floor")
+@hydra.main(config_path="../conf", config_name="config", execution_whitelist=["sweeplr.*"])
 def main(cfg: DictConfig) -> float:
-    return (cfg.x - 0.3) ** 2
+    return (math.log10(cfg.lr) + 2) ** 2
 
 
 if __name__ == "__main__":
