@@ -114,6 +114,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_command(commands: Any, name: str, summary: str, description: str, example: str) -> Any:
+    """A subcommand whose help has a description and one example, printed as written."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1, or argparse's one-line error naming the text."""
     try:
@@ -127,10 +138,13 @@ def positive_int(text: str) -> int:
 
 def add_summary_parser(commands: Any) -> None:
     """Register ``sweeplr summary`` on the subparsers object of ``build_parser``."""
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "summary",
-        help="a sweep's runs as one table, best first",
-        description="One row per run directory of the given sweeps, best objective first.",
+        "a sweep's runs as one table, best first",
+        "One row per run directory of the given sweeps, best objective first; every\n"
+        "column is in the sweep's summary.csv.",
+        "sweeplr summary multirun/seeds --group-by optimizer,lr",
     )
     parser.add_argument(
         "dirs", nargs="+", metavar="DIR", help="a sweep directory (multirun/...) or run directory"
@@ -158,45 +172,78 @@ def add_summary_parser(commands: Any) -> None:
 
 def add_predict_parser(commands: Any) -> None:
     """Register ``sweeplr predict`` on the subparsers object of ``build_parser``."""
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "predict",
-        help="predict classes of new data with a trained run",
-        description="Predict with a run's model from raw feature values, as the data set holds "
-        "them (the run's own scaler is applied).",
+        "predict classes of new data with a trained run",
+        "Predict with a run's model from raw feature values, as the data set holds them\n"
+        "(the run's own scaler is applied): one point given on the command line, or every\n"
+        "row of a CSV.",
+        "sweeplr predict multirun/seeds --best 1.0 1.0",
     )
-    parser.add_argument("run_dir", help="a run directory (holds model.pt), or a sweep with --best")
-    parser.add_argument("values", nargs="*", help="one point's feature values, in the run's order")
-    parser.add_argument("--csv", help="predict every row of this CSV (columns: the features)")
-    parser.add_argument("--out", help="with --csv: write the predictions to this CSV file")
+    parser.usage = (
+        "sweeplr predict [-h] RUN_DIR [VALUE ...] [--csv FILE [--out FILE]]\n"
+        "       sweeplr predict [-h] SWEEP_DIR --best [VALUE ...] [--csv FILE ...]"
+    )
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a run directory (holds model.pt), or a sweep with --best",
+    )
+    parser.add_argument(
+        "values", nargs="*", metavar="VALUE", help="one point's feature values, in the run's order"
+    )
+    parser.add_argument(
+        "--csv", metavar="FILE", help="predict every row of this CSV (columns: the features)"
+    )
+    parser.add_argument(
+        "--out", metavar="FILE", help="with --csv: write the predictions to this CSV file"
+    )
     # nargs="*": argparse gives a positional nothing once an option comes between, so
     # `predict SWEEP --best 1 1` would leave "1 1" unparsed; --best collects them instead.
     parser.add_argument(
         "--best",
         nargs="*",
         metavar="VALUE",
-        help="RUN_DIR is a sweep: use its best run (the point's feature values may follow)",
+        help="RUN_DIR is a sweep: use its best run (the point's values may follow --best)",
     )
     parser.set_defaults(func=cmd_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sweeplr", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sweeplr",
+        description="Look at sweeplr's runs and sweeps after the fact: tables, predictions,\n"
+        "pictures; and an lr finder. Runs and sweeps themselves start with train.py.",
+        epilog="examples:\n"
+        "  sweeplr summary multirun/seeds --sort test_accuracy --top 3\n"
+        "  sweeplr predict RUN_DIR 1.0 1.0\n"
+        "  sweeplr COMMAND --help      (each command's options and an example)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"sweeplr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    show = commands.add_parser("show", help="print a run's results again")
-    show.add_argument("run_dir", help="a run directory (holds metrics.json)")
+    show = add_command(
+        commands,
+        "show",
+        "print a run's results again",
+        "Print a finished run's report block again: its metrics per split, its objective.",
+        "sweeplr show outputs/2026-11-28/10-00-00-000000",
+    )
+    show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds metrics.json)")
     show.set_defaults(func=cmd_show)
     add_summary_parser(commands)
     add_predict_parser(commands)
-    finder = commands.add_parser(
+    finder = add_command(
+        commands,
         "lr-find",
-        help="train a range of learning rates, each its own run, and suggest one",
-        description=(
-            "Train a log-spaced range of learning rates, each its own configuration in one "
-            "batched pass from the same start, for a short budget; write lr_find.csv and "
-            "lr_find.png and print the lr with the lowest final loss."
-        ),
+        "train a range of learning rates, each its own run, and suggest one",
+        "Train a log-spaced range of learning rates, each its own configuration in one\n"
+        "batched pass from the same start, for a short budget; write lr_find.csv and\n"
+        "lr_find.png and print the lr with the lowest final loss. Run it in the project's\n"
+        "folder (it reads conf/).",
+        "sweeplr lr-find optimizer=adam dataset=breast_cancer --epochs 200",
     )
     finder.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
     finder.add_argument("--min-lr", type=float, default=1e-5, help="smallest lr (1e-5)")
@@ -204,10 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     finder.add_argument("--num", type=int, default=40, help="how many lrs (40)")
     finder.add_argument("--epochs", type=int, default=100, help="each lr's budget (100)")
     finder.add_argument("--out", metavar="DIR", help="where to write (lr_find/DATE/TIME)")
-    finder.add_argument("--config-dir", default="conf", help="sweeplr's conf/ folder (conf)")
+    finder.add_argument(
+        "--config-dir", metavar="DIR", default="conf", help="sweeplr's conf/ folder (conf)"
+    )
     finder.set_defaults(func=cmd_lr_find)
-    plot = commands.add_parser("plot", help="draw a run's or a sweep's pictures")
-    plot.add_argument("dir", help="a run directory (model.pt) or a sweep directory")
+    plot = add_command(
+        commands,
+        "plot",
+        "draw a run's or a sweep's pictures",
+        "Draw a run's pictures (loss curve, decision boundary), or a sweep's (its runs,\n"
+        "its best run's, an Optuna study's) and its report.html, beside the records.",
+        "sweeplr plot multirun/seeds",
+    )
+    plot.add_argument("dir", metavar="DIR", help="a run directory (model.pt) or a sweep directory")
     plot.set_defaults(func=cmd_plot)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -548,3 +549,19 @@ def test_the_cli_answers_help_without_loading_what_a_subcommand_needs():
     )
     done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_command_has_a_description_and_an_example_in_plain_text(monkeypatch):
+    from sweeplr.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps its own text to the terminal's width
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(commands.choices) == ["lr-find", "plot", "predict", "show", "summary"]
+    for name, sub in [("sweeplr", parser), *commands.choices.items()]:
+        text = sub.format_help()
+        assert "example" in text and sub.description, name
+        assert "``" not in text, name  # no reST markup in a terminal
+        example = text.split("example")[1]
+        assert "sweeplr " in example, name
+        assert max(len(line) for line in text.splitlines()) <= 80, name
