@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import socket
 import threading
@@ -62,6 +63,31 @@ def storage_url(spec: str | None, sweep_dir: str | Path) -> str:
         return spec
     path = spec.removeprefix("journal:")
     return f"journal:{Path(path).resolve()}"
+
+
+def public_storage(url: str) -> str:
+    """A storage as other tools take it: a journal by its file's path (optuna-dashboard, and
+    ``hydra.sweeper.storage`` here), a database by its URL (those and ``optuna.load_study``)."""
+    return url.removeprefix("journal:")
+
+
+def dashboard_command(url: str) -> str:
+    """The shell command that opens the study's storage in optuna-dashboard."""
+    return f"optuna-dashboard {shlex.quote(public_storage(url))}"
+
+
+def load_study_code(url: str, study_name: str) -> str:
+    """One Python line that loads the study. ``optuna.load_study`` takes a string only as a
+    database URL; a journal file needs its storage object."""
+    name = json.dumps(study_name)
+    if url.startswith("journal:"):
+        path = json.dumps(public_storage(url))
+        storage = (
+            f"optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend({path}))"
+        )
+    else:
+        storage = json.dumps(url)
+    return f"optuna.load_study(study_name={name}, storage={storage})"
 
 
 class BatchedJournalFile(JournalFileBackend):

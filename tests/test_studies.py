@@ -222,3 +222,20 @@ def test_batch_limit_follows_what_the_sampler_learns_from():
     assert batch_limit(tpe, trials(complete=30, pruned=10, fail=20)) == 10  # FAIL teaches nothing
     random = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"})
     assert batch_limit(random, []) == batch_limit(random, trials(complete=2)) > 10**6
+
+
+def test_a_study_is_named_as_other_tools_take_it(tmp_path):
+    from sweeplr.studies import dashboard_command, load_study_code, public_storage
+
+    folder = tmp_path / "a sweep"  # a space: the command must quote it
+    url = storage_url(None, folder)
+    study = optuna.create_study(storage=open_storage(url), study_name='it\'s "mine"')
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert public_storage(url) == str(folder.resolve() / "optuna.journal")
+    assert dashboard_command(url) == f"optuna-dashboard '{folder.resolve()}/optuna.journal'"
+    loaded = eval(load_study_code(url, study.study_name), {"optuna": optuna})
+    assert [t.value for t in loaded.trials] == [t.value for t in study.trials]
+    db = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(storage=db, study_name="db")
+    assert public_storage(db) == db and 'storage="sqlite:///' in load_study_code(db, "db")
+    assert optuna.load_study(study_name="db", storage=public_storage(db)).study_name == "db"

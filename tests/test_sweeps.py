@@ -61,6 +61,67 @@ def test_optuna_sweep_trials_rows_and_best(tmp_path):
     assert f"best_trial: {best.number}" in results and f"{sweep}/{best.number}" in results
 
 
+def test_the_storage_a_sweep_prints_opens_in_optuna_dashboard_and_python(tmp_path):
+    """optimization_results.yaml's `dashboard` command serves the study, as printed; its
+    `load_study` line loads it; with a database, `storage` loads with optuna.load_study as is."""
+    import shlex
+    import socket
+    import urllib.request
+
+    from omegaconf import OmegaConf
+
+    journal_sweep, db_sweep = tmp_path / "j", tmp_path / "d"
+    printed = {}
+    for sweep, storage in (
+        (journal_sweep, []),
+        (db_sweep, [f"hydra.sweeper.storage=sqlite:///{tmp_path}/s.db"]),
+    ):
+        proc = run_train(
+            tmp_path,
+            "--multirun",
+            "sweep=optuna",
+            "hydra.sweeper.n_trials=3",
+            *FAST_SPACE,
+            *storage,
+            f"hydra.sweep.dir={sweep}",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        printed[sweep] = proc.stdout
+    results = OmegaConf.load(journal_sweep / "optimization_results.yaml")
+    assert results.storage == str(journal_sweep / "optuna.journal")
+    assert f"Dashboard: {results.dashboard}" in printed[journal_sweep]
+    study = eval(results.load_study, {"optuna": optuna})  # the line as a user pastes it
+    assert study.study_name == results.study_name and len(study.trials) == 3
+    db = OmegaConf.load(db_sweep / "optimization_results.yaml")
+    assert len(optuna.load_study(study_name=db.study_name, storage=db.storage).trials) == 3
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    command = shlex.split(results.dashboard)
+    log = tmp_path / "dashboard.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(bin_dir / command[0]), *command[1:], "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline, names = time.monotonic() + 60, None
+        while names is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as reply:
+                    names = [s["study_name"] for s in json.load(reply)["study_summaries"]]
+            except OSError:
+                assert server.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.2)
+        assert names == [results.study_name]
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def test_resume_after_kill_finishes_exactly_n_trials(tmp_path):
     n_trials = 8
     args = [

@@ -79,9 +79,12 @@ class SweeplrOptunaConf(OptunaSweeperConf):
     _target_: str = "sweeplr.plugins.optuna_sweeper.SweeplrOptunaSweeper"
     # auto: the direction of the app's sweeplr `objective` key if it has one, else minimize
     direction: Any = "auto"
-    # The most trials asked per batch (a batch is one launch, trained together by sweeplr_batch);
-    # a learning sampler gets fewer while it has few results (see `batch_limit`).
-    n_jobs: int = 16
+    # The most trials asked per batch (a batch is one launch); a learning sampler gets fewer
+    # while it has few results (see `batch_limit`). 1 here: a batch pays off only with a
+    # launcher that runs its jobs together or in parallel, and sweep=optuna, whose launcher
+    # trains them together, sets 16; under the basic launcher a batch would only hold back
+    # the results TPE and the pruner learn from.
+    n_jobs: int = 1
     pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner}
     heartbeat_interval: float = 10.0  # seconds between liveness stamps of a running trial
     grace_period: float = 60.0  # a trial silent this long (on another host) is stale
@@ -322,6 +325,7 @@ class SweeplrOptunaSweeper(Sweeper):
             budget_used,
             one_fsync,
             open_storage,
+            public_storage,
             repair_journal,
             requeue,
             requeue_stale_trials,
@@ -389,7 +393,8 @@ class SweeplrOptunaSweeper(Sweeper):
         else:
             samplers = self._samplers()
         log.info(
-            f"Study {study_name} ({', '.join(directions)}) in {url}: {n_existing} trials so far"
+            f"Study {study_name} ({', '.join(directions)}) in {public_storage(url)}: "
+            f"{n_existing} trials so far"
             + (f", re-queued stale trials {requeued}" if requeued else "")
             + (
                 f"; it has all its {impl.n_trials} trials (hydra.sweeper.n_trials=N for more)."
@@ -588,10 +593,15 @@ class SweeplrOptunaSweeper(Sweeper):
 
         trials = study.get_trials(deepcopy=False)
         counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+        from sweeplr.studies import dashboard_command, load_study_code, public_storage
+
         results: dict[str, Any] = {
             "name": "optuna",
             "study_name": study.study_name,
-            "storage": url,
+            # as optuna-dashboard takes it (and optuna.load_study, for a database)
+            "storage": public_storage(url),
+            "load_study": load_study_code(url, study.study_name),
+            "dashboard": dashboard_command(url),
             "trials": {k: v for k, v in counts.items() if v},
         }
         if not any(t.state == TrialState.COMPLETE for t in trials):
@@ -620,6 +630,7 @@ class SweeplrOptunaSweeper(Sweeper):
             log.info(f"Number of Pareto solutions: {len(best_trials)}")
             for t in best_trials:
                 log.info(f"    Trial {t.number}: values {t.values}, params {t.params}")
+        log.info(f"Dashboard: {results['dashboard']}")
         from sweeplr.records import atomic_write_text
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
