@@ -2,15 +2,17 @@
 
 A run gets its loss curve and, for 2-feature data, its decision boundary drawn over the raw
 training and test points (the tutorial's pictures). A sweep gets the objective against the
-learning rate and the validation-loss curves of its best runs. Every PNG is rendered in memory
-and written atomically, so a reader (the HTML report, a browser) never sees half a file.
+learning rate and the validation-loss curves of its best runs; an Optuna study its history,
+parallel coordinates and parameter importances, drawn here in the same style as the rest rather
+than by optuna.visualization (grey ggplot, "Objective Value", pruned trials hidden). Every PNG is
+rendered in memory and written atomically, so a reader (the HTML report, a browser) never sees
+half a file. Only ``Figure`` is used, never pyplot: no backend is chosen, no global state touched.
 As in ``sweeplr.predict``, torch and scikit-learn are imported only where they are used.
 """
 
 from __future__ import annotations
 
 import io
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,61 +22,116 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import colors as mcolors
+from matplotlib import ticker as mticker
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
 from sweeplr.errors import SweeplrError
 from sweeplr.predict import TrainedModel, model_from_payload
-from sweeplr.records import HISTORY_FILE, atomic_write, load_model_payload
-from sweeplr.results import FIXED_COLUMNS, load_sweep
-from sweeplr.schema import COMPLETED, DIVERGED
+from sweeplr.records import HISTORY_FILE, atomic_write, load_model_payload, read_metrics
+from sweeplr.results import FIXED_COLUMNS, load_sweep, run_dirs
+from sweeplr.schema import COMPLETED, DIVERGED, PRUNED
 
 if TYPE_CHECKING:
     import optuna
 
 DPI = 100
-LOG_SCALE_DECADES = 2  # a loss falling by more than this many powers of ten is drawn log-y
+LOG_SCALE_DECADES = 1  # values spanning more than this many powers of ten are drawn log-y
+# Loss against epoch: the first epochs' loss is often several times the end's, and a linear
+# axis then spends the picture on that spike and flattens the part worth reading.
+LOSS_CURVE_DECADES = 0.5
 MESH_POINTS = 250  # per axis: fine enough for smooth region edges, cheap to predict
 TOP_RUNS = 5
+GRID_TICKS = 8  # at most this many distinct lrs: the lr axis is labelled at each of them
+HISTORY_PNG, PARALLEL_PNG, IMPORTANCE_PNG = (
+    "optuna_history.png",
+    "optuna_parallel.png",
+    "optuna_importance.png",
+)
 # Columns of a sweep table that describe a run's outcome or place, not its configuration.
 OUTCOME_COLUMNS = frozenset(FIXED_COLUMNS)
+# Settings that do not make a different configuration: runs differing only here are repeats.
+REPEAT_COLUMNS = frozenset({"seed"})
+# How each outcome is drawn wherever runs or trials are points (sweep scatter, Optuna pictures).
+MARKERS = {COMPLETED: "o", PRUNED: "v", DIVERGED: "X"}
+DIVERGED_COLOR = "tab:red"  # as the lr finder marks diverged lrs
+# Both ends dark enough to see on white: viridis' top (near-yellow) is cut off.
+OBJECTIVE_CMAP = mcolors.LinearSegmentedColormap.from_list(
+    "sweeplr_objective", matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, 256))
+)
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Render to PNG in memory, then write atomically; no software/URL metadata in the file."""
 
     buffer = io.BytesIO()
-    # bbox "tight": optuna's figures place rotated labels and colorbars past the edges.
+    # bbox "tight": rotated axis names may reach past the edges; cut, they would be unreadable.
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
     return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
-def _log_if_wide(ax: Axes, values: Sequence[np.ndarray]) -> None:
-    """Log-y when the positive values span more than ``LOG_SCALE_DECADES`` powers of ten."""
+class _PlainLogFormatter(mticker.LogFormatter):
+    """Labels the ticks matplotlib's log formatter would, as plain numbers."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _log_if_wide(
+    ax: Axes, values: Sequence[np.ndarray], decades: float = LOG_SCALE_DECADES
+) -> None:
+    """Log-y when the positive values span more than ``decades`` powers of ten."""
     finite = np.concatenate([np.empty(0), *(np.asarray(v, dtype=float).ravel() for v in values)])
     finite = finite[np.isfinite(finite) & (finite > 0)]
-    if finite.size and finite.max() / finite.min() > 10**LOG_SCALE_DECADES:
+    if finite.size and finite.max() / finite.min() > 10**decades:
         ax.set_yscale("log")
+        # Plain numbers (0.04, not 4 x 10^-2): a loss axis is read, not admired.
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        # Within two decades, every minor tick labelled: the end of a loss curve is readable.
+        ax.yaxis.set_minor_locator(mticker.LogLocator(subs=(1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_minor_formatter(
+            _PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 2))
+        )
 
 
-def plot_loss(history: str | Path | pd.DataFrame, out_path: str | Path, title: str = "") -> Path:
+def loss_name(n_classes: int | None) -> str:
+    """What the loss is, for axis labels: the model's loss depends on the number of classes."""
+    if n_classes is None:
+        return "loss"
+    return "binary cross-entropy" if n_classes == 2 else "cross-entropy"
+
+
+def dataset_title(dataset: Any) -> str:
+    """A data set's name for titles: a CSV/Parquet file by its file name, not "csv"."""
+    path = getattr(dataset, "path", None) if dataset.name == "csv" else None
+    return Path(str(path)).name if path else str(dataset.name)
+
+
+def plot_loss(
+    history: str | Path | pd.DataFrame,
+    out_path: str | Path,
+    title: str = "",
+    loss: str = "loss",
+) -> Path:
     """Training and (when the run had a validation split) validation loss against epoch, and
-    the lr on a second axis when a schedule moved it."""
+    the lr on a second axis when a schedule moved it. ``loss`` names the loss on the y axis."""
     frame = history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    curves = [("train_loss", "train"), ("val_loss", "validation")]
+    curves = [("train_loss", "train"), ("val_loss", "val")]
     drawn = [c for c, _ in curves if c in frame and frame[c].notna().any()]
     lines = []
     for column, label in curves:
         if column in drawn:
-            lines += ax.plot(frame["epoch"], frame[column], label=f"{label} loss")
-    _log_if_wide(ax, [frame[c].to_numpy() for c in drawn])
+            lines += ax.plot(frame["epoch"], frame[column], label=f"{loss} ({label})")
+    _log_if_wide(ax, [frame[c].to_numpy() for c in drawn], LOSS_CURVE_DECADES)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title or "loss")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel(loss)
+    ax.set_title(title or loss)
+    ax.grid(alpha=0.3, which="both")
     lr = frame["lr"].dropna() if "lr" in frame else pd.Series(dtype=float)
     if lr.nunique() > 1:
         lr_ax = ax.twinx()
@@ -214,8 +271,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     status = payload["status"]
     schedule = OmegaConf.select(cfg, "scheduler.name", default="constant")
     lr = f"lr={cfg.lr:g}" + ("" if schedule == "constant" else f" ({schedule})")
-    title = f"{cfg.dataset.name}, {cfg.optimizer.name} {lr}: {status}"
-    written = [plot_loss(run_dir / HISTORY_FILE, run_dir / "loss.png", title)]
+    title = f"{dataset_title(cfg.dataset)}, {cfg.optimizer.name} {lr}: {status}"
+    loss = loss_name(len(payload["class_names"]))
+    written = [plot_loss(run_dir / HISTORY_FILE, run_dir / "loss.png", title, loss)]
     if status == DIVERGED or payload["n_features"] != 2:
         return written
     model = model_from_payload(payload, run_dir)
@@ -265,59 +323,165 @@ def resolve_run_dir(sweep_dir: Path, run_dir: Any) -> Path:
     return path if path.is_absolute() or path.exists() else sweep_dir / path
 
 
-def _plot_objective_vs_lr(table: pd.DataFrame, out_path: Path) -> Path:
-    objective_name = table.attrs.get("objective_name", "objective")
-    direction = table.attrs.get("direction", "minimize")
-    panels = (("objective", f"{objective_name} ({direction})"), ("test_accuracy", "test accuracy"))
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    axes = fig.subplots(1, 2)
+def _objective_label(table: pd.DataFrame) -> tuple[str, str]:
+    """The sweep's objective name and direction (older or empty tables may hold neither)."""
+    return (
+        table.attrs.get("objective_name") or "objective",
+        table.attrs.get("direction") or "minimize",
+    )
+
+
+def _series_keys(table: pd.DataFrame) -> list[str]:
+    """Columns whose equal values make runs one series along lr: every varying setting but lr
+    and the repeats' seed. Runs equal in all of them differ only in lr (and seed)."""
+    varying, _ = split_params(table)
+    return [c for c in varying if c != "lr" and c not in REPEAT_COLUMNS]
+
+
+def _optimizer_colors(table: pd.DataFrame) -> dict[str, Any]:
+    names = sorted(table["optimizer"].astype(str).unique()) if "optimizer" in table else [""]
+    return {name: f"C{k % 10}" for k, name in enumerate(names)}
+
+
+def _draw_lr_panel(
+    ax: Axes, table: pd.DataFrame, column: str, colors: dict[str, Any], bounds: tuple[float, float]
+) -> None:
+    """One panel of :func:`objective_vs_lr_figure`: lines for series, points for the rest."""
+    keys = _series_keys(table)
+    optimizer = (
+        table["optimizer"].astype(str) if "optimizer" in table else pd.Series("", table.index)
+    )
     done = table[table["status"] == COMPLETED]
-    done = done.assign(**{c: pd.to_numeric(done[c], errors="coerce") for c, _ in panels})
+    scattered = []
+    groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]
+    for _, runs in groups:
+        stats = runs.groupby("lr")[column].agg(["mean", "std", "count"]).dropna(subset="mean")
+        if len(stats) < 2:  # one lr: nothing to join
+            scattered.append(runs)
+            continue
+        color = colors[optimizer[runs.index[0]]]
+        ax.plot(stats.index, stats["mean"], "-", color=color, alpha=0.8, zorder=2)
+        if (stats["count"] > 1).any():  # repeats: mean ± std, never past what the metric allows
+            spread = stats["std"].fillna(0.0)
+            low, high = (
+                (stats["mean"] - spread).clip(*bounds),
+                (stats["mean"] + spread).clip(*bounds),
+            )
+            ax.fill_between(stats.index, low, high, color=color, alpha=0.18, linewidth=0)
+    # Every run is its own marker, whether or not it is part of a line.
+    for status in (COMPLETED, PRUNED):
+        runs = table[(table["status"] == status) & table[column].notna()]
+        if runs.empty:
+            continue
+        ax.scatter(
+            runs["lr"],
+            runs[column],
+            marker=MARKERS[status],
+            s=36 if status == COMPLETED else 44,
+            c=[colors[o] for o in optimizer[runs.index]],
+            edgecolors="k" if status == COMPLETED else "none",
+            linewidths=0.4,
+            alpha=0.9 if status == COMPLETED else 0.6,
+            zorder=3,
+        )
     diverged = table[table["status"] == DIVERGED]
-    for ax, (column, label) in zip(axes, panels, strict=True):
-        for optimizer, runs in done.groupby("optimizer", sort=True):
-            stats = runs.groupby("lr")[column].agg(["mean", "std", "count"]).dropna(subset="mean")
-            if stats.empty:
-                continue
-            several = bool((stats["count"] > 1).any())
-            (line,) = ax.plot(
-                stats.index,
-                stats["mean"],
-                "o-",
-                label=f"{optimizer} (mean ± std)" if several else str(optimizer),
-            )
-            if several:
-                spread = stats["std"].fillna(0.0)
-                ax.fill_between(
-                    stats.index,
-                    stats["mean"] - spread,
-                    stats["mean"] + spread,
-                    color=line.get_color(),
-                    alpha=0.2,
-                )
-        if not diverged.empty:
-            at_bottom = blended_transform_factory(ax.transData, ax.transAxes)
-            ax.plot(
-                diverged["lr"],
-                np.full(len(diverged), 0.02),
-                "x",
-                color="crimson",
-                transform=at_bottom,
-                label="diverged",
-            )
-        if column == "objective":
-            _log_if_wide(ax, [done[column].to_numpy(dtype=float)])
+    if not diverged.empty:  # no value to place them by: at the top edge, as the lr finder does
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(
+            diverged["lr"],
+            np.full(len(diverged), 0.97),
+            marker=MARKERS[DIVERGED],
+            s=50,
+            color=DIVERGED_COLOR,
+            transform=top,
+            zorder=3,
+        )
+        # Placed in axes coordinates, they do not widen the lr axis themselves.
+        ax.update_datalim(np.column_stack([diverged["lr"], np.zeros(len(diverged))]), updatey=False)
+        ax.autoscale_view()
+
+
+def _legend_handles(table: pd.DataFrame, colors: dict[str, Any]) -> list[Line2D]:
+    """Colours name optimizers, markers name outcomes: one entry for each that is drawn."""
+    handles = [
+        Line2D([], [], color=c, marker="s", linestyle="", label=name)
+        for name, c in colors.items()
+        if name
+    ]
+    labels = {
+        COMPLETED: "completed",
+        PRUNED: "pruned (at last reported value)",
+        DIVERGED: "diverged (at the top edge)",
+    }
+    present = set(table["status"])
+    for status, label in labels.items():
+        if status in present:
+            color = DIVERGED_COLOR if status == DIVERGED else "0.4"
+            handles.append(Line2D([], [], color=color, marker=MARKERS[status], ls="", label=label))
+    return handles
+
+
+def objective_vs_lr_figure(table: pd.DataFrame) -> Figure:
+    """The objective and the test accuracy of every run against its learning rate (log x).
+
+    Colour is the optimizer, the marker the outcome: pruned runs sit at the last objective
+    they reported, diverged ones at the top edge. Runs that differ only in lr (and seed) are
+    joined by a line of their mean, with a ± std band over seeds; runs that differ in anything
+    else (an Optuna study's epochs and weight decay) stay unjoined points.
+    """
+    objective_name, direction = _objective_label(table)
+    table = table.assign(
+        **{
+            c: pd.to_numeric(table[c], errors="coerce")
+            for c in ("lr", "objective", "test_accuracy")
+        }
+    )
+    accuracy_like = not objective_name.endswith("_loss")
+    panels = (
+        (
+            "objective",
+            f"{objective_name} ({direction})",
+            (0.0, 1.0) if accuracy_like else (0, np.inf),
+        ),
+        ("test_accuracy", "test accuracy", (0.0, 1.0)),
+    )
+    colors = _optimizer_colors(table)
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (column, label, bounds) in zip(axes, panels, strict=True):
+        _draw_lr_panel(ax, table, column, colors, bounds)
+        if column == "objective" and not accuracy_like:
+            _log_if_wide(ax, [table.loc[table["status"] != DIVERGED, column].to_numpy(dtype=float)])
         ax.set_xscale("log")
+        lrs = np.sort(table["lr"].dropna().unique())
+        if len(lrs) <= GRID_TICKS:  # a grid's few lrs: each one named, where its runs are
+            ax.set_xticks(lrs, [_short(float(lr)) for lr in lrs])
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
         ax.set_xlabel("learning rate")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+    handles = _legend_handles(table, colors)
+    if handles:
+        axes[0].legend(handles=handles, fontsize="small")
+    counts = table["status"].value_counts()
+    shown = ", ".join(f"{counts[s]} {s}" for s in (COMPLETED, PRUNED, DIVERGED) if s in counts)
     fig.suptitle(
-        f"{objective_name} and test accuracy against learning rate "
-        f"({len(done)} completed runs of {len(table)})"
+        f"{objective_name} and test accuracy against learning rate ({shown}; {len(table)} runs)"
     )
-    return save_figure(fig, out_path)
+    return fig
+
+
+def _plot_objective_vs_lr(table: pd.DataFrame, out_path: Path) -> Path:
+    return save_figure(objective_vs_lr_figure(table), out_path)
+
+
+def _run_loss_name(sweep_dir: Path, run_dir: Any) -> str:
+    """The loss of a sweep's run, from the class count its record holds."""
+    try:
+        record = read_metrics(resolve_run_dir(sweep_dir, run_dir))
+        return loss_name(len(record["data"]["class_names"]))
+    except (SweeplrError, OSError, KeyError, TypeError):
+        return "loss"  # an old or damaged record: the picture is still worth drawing
 
 
 def _plot_top_val_loss(table: pd.DataFrame, sweep_dir: Path, out_path: Path) -> Path:
@@ -332,12 +496,14 @@ def _plot_top_val_loss(table: pd.DataFrame, sweep_dir: Path, out_path: Path) -> 
         params = ", ".join(f"{c}={_short(row[c])}" for c in varying)
         label = f"job {row['job']}: {params}" if params else f"job {row['job']}"
         ax.plot(history["epoch"], history[column], label=f"{label} ({_short(row['objective'])})")
-    _log_if_wide(ax, [h[column].to_numpy(dtype=float) for h in histories])
+    _log_if_wide(ax, [h[column].to_numpy(dtype=float) for h in histories], LOSS_CURVE_DECADES)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation loss" if has_val else "training loss (no validation split)")
-    objective_name = table.attrs.get("objective_name", "objective")
-    ax.set_title(f"the {len(top)} best runs by {objective_name}")
-    ax.grid(alpha=0.3)
+    loss = _run_loss_name(sweep_dir, top["run_dir"].iloc[0]) if len(top) else "loss"
+    ax.set_ylabel(f"{loss} (val)" if has_val else f"{loss} (train; no validation split)")
+    objective_name, _ = _objective_label(table)
+    runs = f"the {len(top)} best runs" if len(top) > 1 else "the best run"
+    ax.set_title(f"{runs} by {objective_name}")
+    ax.grid(alpha=0.3, which="both")
     if histories:
         ax.legend(fontsize="small")
     else:
@@ -365,45 +531,239 @@ def plot_sweep(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> list
     ]
 
 
-def plot_optuna_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
-    """``optuna_history.png``, ``optuna_parallel.png`` and ``optuna_importance.png``: optuna's
-    own pictures, each skipped when the study is too small for it to say anything.
+def study_objective_name(study: optuna.Study, out_dir: str | Path | None = None) -> str:
+    """What the study's value is: its metric name, its ``objective`` user attr, or the
+    ``objective`` of a run record in ``out_dir``; "objective" when nothing says."""
+    if study.metric_names:
+        return str(study.metric_names[0])
+    for key in ("objective", "objective_name"):
+        if study.user_attrs.get(key):
+            return str(study.user_attrs[key])
+    try:
+        found = run_dirs(out_dir) if out_dir is not None else []
+    except SweeplrError:
+        found = []
+    for run_dir in found:
+        try:
+            return str(read_metrics(run_dir)["objective"]["name"])
+        except (SweeplrError, OSError, KeyError, TypeError):
+            continue  # a failed job's record: the next run says it
+    return "objective"
+
+
+def study_trials(study: optuna.Study) -> pd.DataFrame:
+    """One row per completed or pruned trial: ``number``, ``status``, ``value`` (a pruned
+    trial's last reported one) and its parameters; trials with no value to show are left out."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)):
+        if trial.state == state.COMPLETE:
+            value, status = trial.value, COMPLETED
+        elif trial.intermediate_values:
+            value, status = trial.intermediate_values[max(trial.intermediate_values)], PRUNED
+        else:
+            continue
+        rows.append({"number": trial.number, "status": status, "value": value, **trial.params})
+    return pd.DataFrame(rows, columns=["number", "status", "value"] if not rows else None)
+
+
+def _is_wide(values: np.ndarray) -> bool:
+    """True when the positive values span more than ``LOG_SCALE_DECADES`` powers of ten."""
+    values = values[np.isfinite(values)]
+    return bool(values.size and (values > 0).all()) and (
+        values.max() / values.min() > 10**LOG_SCALE_DECADES
+    )
+
+
+def optuna_history_figure(trials: pd.DataFrame, name: str, direction: str) -> Figure:
+    """Each trial's value by trial number (pruned ones at their last report) and the best
+    completed value so far."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.subplots()
+    for status, color, label in (
+        (COMPLETED, "C0", "completed"),
+        (PRUNED, "C1", "pruned (last reported value)"),
+    ):
+        rows = trials[trials["status"] == status]
+        if not rows.empty:
+            ax.scatter(
+                rows["number"],
+                rows["value"],
+                marker=MARKERS[status],
+                s=36,
+                color=color,
+                edgecolors="k" if status == COMPLETED else "none",
+                linewidths=0.4,
+                alpha=0.9 if status == COMPLETED else 0.7,
+                label=label,
+                zorder=3,
+            )
+    done = trials[trials["status"] == COMPLETED].sort_values("number")
+    best = done["value"].cummin() if direction == "minimize" else done["value"].cummax()
+    ax.step(done["number"], best, where="post", color="C2", label=f"best {name} so far")
+    _log_if_wide(ax, [trials["value"].to_numpy(dtype=float)])
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{name} ({direction})")
+    n_pruned = int((trials["status"] == PRUNED).sum())
+    ax.set_title(f"optimisation history: {len(done)} completed, {n_pruned} pruned trials")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _category_key(choice: str) -> tuple[int, float, str]:
+    """Numeric choices in numeric order (100 < 300 < 1000), then the rest alphabetically."""
+    try:
+        return (0, float(choice), "")
+    except ValueError:
+        return (1, 0.0, choice)
+
+
+def _axis_positions(
+    values: pd.Series, log: bool, categorical: bool
+) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """A parallel-coordinates axis: each value's height in [0, 1] and the ticks to label it.
+
+    Numbers are scaled linearly (or in log10 when ``log``) from min to max; categories (and
+    anything not a number) are spread evenly in order. A constant axis sits at the middle.
+    """
+    numeric = pd.to_numeric(values, errors="coerce")
+    is_text = values.map(lambda v: isinstance(v, bool | str)).any()
+    if not categorical and numeric.notna().all() and not is_text:
+        scaled = np.log10(numeric.to_numpy(dtype=float)) if log else numeric.to_numpy(dtype=float)
+        low, high = scaled.min(), scaled.max()
+        span = high - low
+        heights = (scaled - low) / span if span > 0 else np.full(len(scaled), 0.5)
+        ticks = [(0.0, low), (0.5, (low + high) / 2), (1.0, high)] if span > 0 else [(0.5, low)]
+        return heights, [(h, _short(float(10**v if log else v))) for h, v in ticks]
+    text = values.astype(str)
+    choices = sorted(text.unique(), key=_category_key)
+    place = {
+        c: (k / (len(choices) - 1) if len(choices) > 1 else 0.5) for k, c in enumerate(choices)
+    }
+    return text.map(place).to_numpy(dtype=float), [(place[c], c) for c in choices]
+
+
+def optuna_parallel_figure(
+    trials: pd.DataFrame,
+    params: Sequence[str],
+    name: str,
+    direction: str,
+    log_params: frozenset[str] = frozenset(),
+    categorical: frozenset[str] = frozenset(),
+) -> Figure:
+    """Parallel coordinates: one line per trial through the objective and each parameter.
+
+    Completed trials are coloured by their value, the best drawn last (on top); pruned trials are
+    grey and dashed, at their last reported value. Axis names are written in full.
+    """
+    values = trials["value"].to_numpy(dtype=float)
+    log_value = _is_wide(values)
+    columns = [("value", f"{name}\n({direction})", log_value)]
+    columns += [(p, p, p in log_params) for p in params]
+    placed = [_axis_positions(trials[c], log, c in categorical) for c, _, log in columns]
+    heights = np.stack([h for h, _ in placed], axis=1)
+    x = np.arange(len(columns))
+
+    fig = Figure(figsize=(max(8.0, 2.0 * len(columns) + 1.5), 5.5), layout="constrained")
+    ax = fig.subplots()
+    done = trials["status"].to_numpy() == COMPLETED
+    norm_cls = mcolors.LogNorm if log_value else mcolors.Normalize
+    norm = norm_cls(values[done].min(), values[done].max()) if done.any() else norm_cls(0, 1)
+    for k in np.flatnonzero(~done):
+        ax.plot(x, heights[k], color="0.55", linestyle="--", linewidth=1, alpha=0.7, zorder=1)
+    # Best last, so the good trials are not buried under the many bad ones.
+    order = np.flatnonzero(done)[np.argsort(values[done])]
+    order = order[::-1] if direction == "minimize" else order
+    for k in order:
+        ax.plot(x, heights[k], color=OBJECTIVE_CMAP(norm(values[k])), linewidth=1.6, zorder=2)
+    for position, (_, ticks) in zip(x, placed, strict=True):
+        ax.axvline(position, color="k", linewidth=0.8, zorder=0)
+        for height, text in ticks:
+            ax.text(
+                position + 0.04,
+                height,
+                text,
+                fontsize="small",
+                va="center",
+                zorder=4,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
+    ax.set_xticks(x, [label for _, label, _ in columns])
+    if max(len(label) for _, label, _ in columns) > 16:  # long names: slanted, never cut
+        ax.tick_params(axis="x", labelrotation=15)
+    ax.set_yticks([])
+    ax.set_xlim(-0.15, x[-1] + 0.45)
+    ax.set_ylim(-0.05, 1.05)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=OBJECTIVE_CMAP), ax=ax, label=name)
+    handles = [Line2D([], [], color=OBJECTIVE_CMAP(0.5), label="completed (colour: value)")]
+    if (~done).any():
+        handles.append(Line2D([], [], color="0.55", ls="--", label="pruned (last reported value)"))
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.12))
+    n_pruned = int((~done).sum())
+    ax.set_title(f"parallel coordinates: {int(done.sum())} completed, {n_pruned} pruned trials")
+    return fig
+
+
+def optuna_importance_figure(importances: dict[str, float], name: str, n_trials: int) -> Figure:
+    """Each parameter's share of the objective's variance (fANOVA), largest at the top."""
+    fig = Figure(figsize=(8, 1.2 + 0.5 * len(importances)), layout="constrained")
+    ax = fig.subplots()
+    ordered = sorted(importances.items(), key=lambda item: item[1])
+    bars = ax.barh([p for p, _ in ordered], [v for _, v in ordered], color="C0")
+    ax.bar_label(bars, fmt="%.2f", padding=3, fontsize="small")
+    ax.set_xlim(0, max(1.0, max(importances.values()) * 1.15))
+    ax.set_xlabel(f"importance for {name} (fANOVA; sums to 1)")
+    ax.set_title(f"hyperparameter importance over {n_trials} completed trials")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def plot_optuna_study(
+    study: optuna.Study, out_dir: str | Path, objective_name: str | None = None
+) -> list[Path]:
+    """``optuna_history.png``, ``optuna_parallel.png`` and ``optuna_importance.png``, drawn from
+    the study's trials in sweeplr's style, each skipped when the study is too small for it to
+    say anything. ``objective_name`` labels the value (else read from the study or the runs).
 
     The history needs a completed trial; parallel coordinates need >= 2 (one trial is one
     line); importances need >= 2 completed trials and >= 2 parameters that vary.
     """
-    if "matplotlib.pyplot" not in sys.modules:
-        # optuna's plots go through pyplot; Agg needs no display (CI, SSH, cron). Chosen here,
-        # not at import: a notebook that imported pyplot keeps its own backend.
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna
-    from optuna.visualization import matplotlib as optuna_plots
 
     out_dir = Path(out_dir)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
+    trials = study_trials(study)
+    complete = trials[trials["status"] == COMPLETED]
+    if complete.empty:
         return []
-    names = {name for trial in complete for name in trial.params}
-    varying = [n for n in names if len({repr(t.params.get(n)) for t in complete}) > 1]
-    plots = [("optuna_history.png", optuna_plots.plot_optimization_history)]
+    name = objective_name or study_objective_name(study, out_dir)
+    direction = study.direction.name.lower()
+    params = sorted(c for c in trials.columns if c not in ("number", "status", "value"))
+    varying = [p for p in params if complete[p].astype(str).nunique() > 1]
+    written = [save_figure(optuna_history_figure(trials, name, direction), out_dir / HISTORY_PNG)]
     if len(complete) >= 2:
-        plots.append(("optuna_parallel.png", optuna_plots.plot_parallel_coordinate))
+        distributions = {
+            p: d for t in study.get_trials(deepcopy=False) for p, d in t.distributions.items()
+        }
+        log_params = frozenset(p for p, d in distributions.items() if getattr(d, "log", False))
+        categorical = frozenset(
+            p
+            for p, d in distributions.items()
+            if isinstance(d, optuna.distributions.CategoricalDistribution)
+        )
+        fig = optuna_parallel_figure(trials, params, name, direction, log_params, categorical)
+        written.append(save_figure(fig, out_dir / PARALLEL_PNG))
     if len(complete) >= 2 and len(varying) >= 2:
-        plots.append(("optuna_importance.png", optuna_plots.plot_param_importances))
-    written = []
-    for name, plot in plots:
-        # optuna switches the global style to ggplot; rc_context puts the caller's back.
-        with matplotlib.rc_context(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # Trials with equal values give an axis of zero height; matplotlib widens it.
-            warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
-            fig = plot(study).figure
-            try:
-                fig.set_size_inches(9, 5.5)
-                written.append(save_figure(fig, out_dir / name))
-            finally:
-                plt.close(fig)
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # same picture twice
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        fig = optuna_importance_figure(importances, name, len(complete))
+        written.append(save_figure(fig, out_dir / IMPORTANCE_PNG))
     return written
 
 

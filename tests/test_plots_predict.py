@@ -23,12 +23,25 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from matplotlib.collections import PathCollection, PolyCollection
 from omegaconf import OmegaConf
 
 from sweeplr.cli import main
 from sweeplr.data import load_dataset, split
 from sweeplr.errors import SweeplrError
-from sweeplr.plots import boundary_line, plot_optuna_study, plot_run, plot_sweep
+from sweeplr.plots import (
+    boundary_line,
+    dataset_title,
+    loss_name,
+    objective_vs_lr_figure,
+    optuna_history_figure,
+    optuna_parallel_figure,
+    plot_optuna_study,
+    plot_run,
+    plot_sweep,
+    study_objective_name,
+    study_trials,
+)
 from sweeplr.predict import best_run_dir, load_run
 from sweeplr.records import read_metrics
 from sweeplr.report import write_report
@@ -365,6 +378,117 @@ def test_optuna_pictures(tmp_path: Path) -> None:
     flat.optimize(lambda t: t.suggest_float("lr", 0, 1) * 0, n_trials=3)
     names = [p.name for p in plot_optuna_study(flat, tmp_path / "flat")]
     assert names == ["optuna_history.png", "optuna_parallel.png"]  # one parameter: no importances
+
+
+def lr_table(rows: list[dict[str, Any]], objective: str = "val_loss") -> pd.DataFrame:
+    """A sweep table as load_sweep returns it, for the columns the lr picture reads."""
+    table = pd.DataFrame(rows)
+    table["job"] = range(len(table))
+    table["run_dir"] = [str(k) for k in range(len(table))]
+    table.attrs.update(objective_name=objective, direction="minimize")
+    return table
+
+
+def markers(ax: Any) -> int:
+    """How many points the panel's scatters draw."""
+    return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+
+
+def test_optuna_sweep_is_a_scatter_with_every_run() -> None:
+    """Runs that differ in more than lr are not joined; pruned and diverged runs are shown."""
+    table = lr_table(
+        [
+            {"lr": 0.1, "optimizer": "adam", "epochs": 100, "weight_decay": 0.001,
+             "status": "completed", "objective": 0.02, "test_accuracy": 0.99},
+            {"lr": 0.3, "optimizer": "adam", "epochs": 300, "weight_decay": 0.004,
+             "status": "completed", "objective": 0.03, "test_accuracy": 0.98},
+            {"lr": 0.01, "optimizer": "sgd", "epochs": 100, "weight_decay": 0.002,
+             "status": "pruned", "objective": 0.5, "test_accuracy": 0.8},
+            {"lr": 1e30, "optimizer": "sgd", "epochs": 100, "weight_decay": 0.003,
+             "status": "diverged", "objective": None, "test_accuracy": None},
+        ]
+    )  # fmt: skip
+    fig = objective_vs_lr_figure(table)
+    for ax in fig.axes:
+        assert markers(ax) == 4  # one per run: two completed, one pruned, one diverged
+        assert not ax.get_lines()  # nothing joined
+        assert ax.get_xscale() == "log"
+        assert ax.get_xlim()[1] > 1e30  # the diverged lr is inside the picture
+    shapes = {len(c.get_paths()[0].vertices) for c in fig.axes[0].collections}
+    assert len(shapes) == 3  # completed, pruned and diverged each have their own marker
+    labels = fig.axes[0].get_legend().get_texts()
+    assert {"pruned (at last reported value)", "diverged (at the top edge)"} <= {
+        t.get_text() for t in labels
+    }
+    assert fig.axes[0].get_yscale() == "log"  # 0.02 .. 0.5: more than a decade
+
+
+def test_grid_sweep_keeps_lines_and_bands_stay_within_accuracy_bounds() -> None:
+    rows = [
+        {"lr": lr, "optimizer": opt, "seed": seed, "status": "completed",
+         "objective": 0.2 + 0.01 * seed, "test_accuracy": (1.0, 0.9)[seed]}
+        for opt in ("sgd", "adam")
+        for lr in (0.01, 0.1, 0.3)
+        for seed in (0, 1)
+    ]  # fmt: skip
+    fig = objective_vs_lr_figure(lr_table(rows))
+    objective_ax, accuracy_ax = fig.axes
+    assert len(objective_ax.get_lines()) == 2  # a series per optimizer, lr the only change
+    assert markers(objective_ax) == len(rows)
+    assert objective_ax.get_yscale() == "linear"  # 0.2 .. 0.21: no decades to span
+    bands = [c for c in accuracy_ax.collections if isinstance(c, PolyCollection)]
+    heights = np.concatenate([path.vertices[:, 1] for band in bands for path in band.get_paths()])
+    assert heights.size and heights.max() <= 1.0 and heights.min() >= 0.0  # mean 0.95 ± 0.07
+
+
+def test_loss_names_and_csv_titles() -> None:
+    assert loss_name(2) == "binary cross-entropy" and loss_name(3) == "cross-entropy"
+    csv = OmegaConf.create({"name": "csv", "path": "/data/patients.csv", "target": "y"})
+    assert dataset_title(csv) == "patients.csv"
+    assert dataset_title(OmegaConf.create({"name": "iris"})) == "iris"
+
+
+def pruned_study() -> optuna.Study:
+    """Completed and pruned trials over lr, an optimizer and a long dotted parameter name."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    study.set_user_attr("objective", "val_loss")
+    for k in range(10):
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-4, 1, log=True)
+        trial.suggest_categorical("optimizer", ["sgd", "adam"])
+        trial.suggest_float("optimizer.weight_decay", 0, 0.01)
+        value = 0.01 + (np.log10(lr) + 1) ** 2
+        trial.report(value, step=10)
+        if k % 3 == 2:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    return study
+
+
+def test_optuna_pictures_name_the_objective_and_show_pruned_trials() -> None:
+    study = pruned_study()
+    name = study_objective_name(study)
+    assert name == "val_loss"
+    trials = study_trials(study)
+    assert (trials["status"] == "pruned").sum() == 3  # at their last reported value
+    history = optuna_history_figure(trials, name, "minimize")
+    assert history.axes[0].get_ylabel() == "val_loss (minimize)"
+    assert markers(history.axes[0]) == 10
+    params = ["lr", "optimizer", "optimizer.weight_decay"]
+    parallel = optuna_parallel_figure(trials, params, name, "minimize", frozenset({"lr"}))
+    ax = parallel.axes[0]
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    assert names == ["val_loss\n(minimize)", *params]  # in full, never "optimizer.weight_..."
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 3  # one per pruned trial
+    solid = [
+        line for line in ax.get_lines() if line.get_linestyle() == "-" and len(line.get_xdata()) > 2
+    ]
+    lightness = [np.mean(matplotlib.colors.to_rgb(line.get_color())) for line in solid]
+    assert len(solid) == 7 and max(lightness) < 0.75  # the worst trial is not near-white
+    assert parallel.axes[1].get_ylabel() == "val_loss"  # the colour bar
 
 
 @pytest.fixture(scope="module")
