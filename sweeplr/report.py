@@ -1,54 +1,87 @@
-"""``report.html``: one self-contained page per sweep, to open or mail without a server.
+"""``report.html``: one self-contained page per sweep, to open, mail or put in slides.
 
-Everything is inline (CSS, a few lines of script to sort the table, PNGs as base64 data URIs),
+Everything is inline (CSS, a few lines of script to sort the tables, PNGs as base64 data URIs),
 so the page works from a file, offline, and keeps working after the sweep directory moves.
+The page reads top down: the command as typed (and an Optuna sweep's search space and
+sampler), what differs from the defaults, the pictures, then the tables, narrow enough for a
+1400 px screen; ``summary.csv`` beside it holds every column.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
+import math
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
 
+from sweeplr.errors import SweeplrError
 from sweeplr.plots import (
-    OUTCOME_COLUMNS,
     plot_optuna_study,
     plot_run,
     plot_sweep,
     ranked_runs,
     resolve_run_dir,
-    split_params,
 )
 from sweeplr.records import atomic_write_text
-from sweeplr.results import METRICS_FILE, load_sweep, run_dirs
+from sweeplr.results import (
+    FIXED_COLUMNS,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    group_runs,
+    load_sweep,
+    run_dirs,
+)
 
 if TYPE_CHECKING:
     import optuna
 
 REPORT_FILE = "report.html"
-HYDRA_ADDED = frozenset({"hydra.mode=MULTIRUN"})  # Hydra's own override for --multirun
+MULTIRUN_MARK = "hydra.mode=MULTIRUN"  # Hydra adds it after the typed overrides of --multirun
+HYDRA_FILE = Path(".hydra") / "hydra.yaml"
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # sweeplr's own, in a checkout
+# The per-run table's outcome columns: the ones people compare runs by.
+RUN_METRICS = (
+    "status",
+    "objective",
+    "val_loss",
+    "val_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "epochs_run",
+)
+GROUP_METRICS = ("objective", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+MAX_LISTED = 6  # more swept values than this read as a range
+# Past this many columns whole numbers no longer fit 1400 px side by side: they wrap too.
+MAX_WHOLE_COLUMNS = 16
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1336px; }
 code, pre { background: #f4f4f4; padding: 0.1em 0.3em; }
-pre { padding: 0.6em; white-space: pre-wrap; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #eee; cursor: pointer; user-select: none; white-space: nowrap; }
+pre { padding: 0.6em; white-space: pre-wrap; overflow-wrap: anywhere; }
+table { border-collapse: collapse; font-size: 0.9em; max-width: 100%; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.4em; text-align: right; }
+td { white-space: nowrap; }  /* a number stays whole; words wrap at _ . / to fit */
+td.text, th { white-space: normal; overflow-wrap: break-word; }
+table.many td, table.many th { white-space: normal; overflow-wrap: anywhere; }
+td.text, th.text { text-align: left; }
+th { background: #eee; }
+table.sortable th { cursor: pointer; user-select: none; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
 tbody tr:nth-child(odd) { background: #fafafa; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dt { font-weight: bold; }
-dd { margin: 0; }
+dd { margin: 0; overflow-wrap: anywhere; }
 figure { margin: 1em 0; }
 img { max-width: 100%; border: 1px solid #ddd; }
 """
@@ -87,88 +120,400 @@ SORT_SCRIPT = """
 """
 
 
-def sweep_command(sweep_dir: Path) -> tuple[str, str]:
-    """The command that ran the sweep, and where it was read from.
-
-    Hydra's ``multirun.yaml`` holds the overrides as typed; without it (the Optuna sweeper does
-    not write one) they are rebuilt from each run's own overrides, values joined per key (the
-    Optuna sweeper's ``trial`` bookkeeping left out).
-    """
-    multirun = sweep_dir / "multirun.yaml"
-    if multirun.is_file():
-        overrides: Any = OmegaConf.to_container(OmegaConf.load(multirun).hydra.overrides)
-        args = [o for o in overrides.get("hydra") or [] if o not in HYDRA_ADDED]
-        args += overrides.get("task") or []
-        source = "multirun.yaml"
-    else:
-        values: dict[str, list[str]] = {}
-        for run_dir in run_dirs(sweep_dir):
-            try:
-                record = json.loads((run_dir / METRICS_FILE).read_text())
-            except (OSError, ValueError):  # a run that crashed has no overrides to add
-                continue
-            for override in record.get("overrides") or []:
-                name, _, value = override.partition("=")
-                if name != "trial" and value not in values.setdefault(name, []):
-                    values[name].append(value)
-        args = [f"{name}={','.join(vals)}" for name, vals in values.items()]
-        source = "the runs' overrides: the values the runs used"
-    return " ".join(["python train.py --multirun", *map(shlex.quote, args)]), source
+# --- values as text -------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    """A cell's display text: floats to 6 significant digits, missing values empty."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+def yaml_text(value: Any) -> str:
+    """A value as a YAML file spells it (``false``, ``null``, ``1.0e-08``, ``[0.9, 0.999]``)."""
+    if hasattr(value, "item") and not isinstance(value, list | tuple | dict):
+        value = value.item()  # numpy and pandas scalars
+    if _missing(value):
+        return "null"  # a missing value, not NaN: the tables hold None as NaN
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def significant(value: Any) -> str:
+    """A table cell's text: floats to 4 significant figures, other values as YAML spells them,
+    missing ones empty."""
+    if hasattr(value, "item") and not isinstance(value, list | tuple | dict):
+        value = value.item()
+    if _missing(value):
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else yaml_text(value)
 
 
 def _raw(value: Any) -> str:
     """A cell's sort key: floats at full precision so the order is exact."""
     if isinstance(value, float) and not pd.isna(value):
-        return repr(value)
-    return _text(value)
+        return repr(float(value))
+    return significant(value)
 
 
-def _relative(sweep_dir: Path, run_dir: Any) -> str:
-    path = resolve_run_dir(sweep_dir, run_dir).resolve()
+def _values_text(values: Iterable[Any]) -> str:
+    """A swept parameter's values, in order; many of them as their count and range."""
+    values = list(values)
+    unique = list(dict.fromkeys(significant(v) or "null" for v in values))
+    numbers = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    if len(unique) > MAX_LISTED and len(numbers):
+        return f"{len(unique)} values from {numbers.min():.4g} to {numbers.max():.4g}"
+    with contextlib.suppress(TypeError):  # mixed types keep the order the runs had
+        unique = list(dict.fromkeys(significant(v) or "null" for v in sorted(values)))
+    return ", ".join(unique)
+
+
+# --- the command as typed -------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        return str(path.relative_to(sweep_dir.resolve()))
-    except ValueError:
-        return str(path)
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
-def results_table(table: pd.DataFrame, sweep_dir: Path) -> str:
-    """The sweep table as HTML, varying parameters first; the script makes it sortable."""
-    varying, _ = split_params(table)
-    outcome = [c for c in table.columns if c in OUTCOME_COLUMNS and c not in ("job", "run_dir")]
-    columns = [c for c in ("job", *varying, *outcome) if c in table.columns]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*columns, "run"])
-    rows = []
-    for _, row in table.iterrows():
-        cells = [(_text(row[c]), _raw(row[c])) for c in columns]
-        run = _relative(sweep_dir, row["run_dir"])
-        cells.append((run, run))
-        rows.append(
-            "<tr>"
-            + "".join(
-                f'<td data-v="{html.escape(raw)}">{html.escape(text)}</td>' for text, raw in cells
-            )
-            + "</tr>"
+def job_hydra(sweep_dir: Path) -> dict[str, Any] | None:
+    """The ``hydra`` node a job of the sweep saved (``multirun.yaml``'s, else a run's)."""
+    paths = [sweep_dir / "multirun.yaml"]
+    with contextlib.suppress(SweeplrError):  # no runs: multirun.yaml is all there is
+        paths += [run_dir / HYDRA_FILE for run_dir in run_dirs(sweep_dir)]
+    for path in paths:
+        node = _read_yaml(path) if path.is_file() else None
+        if isinstance(node, dict) and isinstance(node.get("hydra"), dict):
+            return node["hydra"]
+    return None
+
+
+def is_optuna(hydra_node: Mapping[str, Any]) -> bool:
+    target = str((hydra_node.get("sweeper") or {}).get("_target_", ""))
+    return "optuna" in target.lower()
+
+
+def typed_hydra_overrides(overrides: Sequence[str]) -> list[str]:
+    """The ``hydra.*`` overrides the user typed: those before Hydra's ``hydra.mode=MULTIRUN``
+    (the Optuna sweeper and the launcher append the study, storage and trial folder after)."""
+    overrides = list(overrides)
+    return overrides[: overrides.index(MULTIRUN_MARK)] if MULTIRUN_MARK in overrides else overrides
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def optuna_command_args(
+    overrides: Mapping[str, Sequence[str]], space: Sequence[tuple[str, str, bool]]
+) -> list[str]:
+    """An Optuna sweep's command line: typed ``hydra.*`` overrides, the search-space entries
+    typed on the command line, and the task overrides that are not sampled values.
+
+    ``overrides`` is a job's ``hydra.overrides`` (``hydra`` and ``task`` lists); ``space``
+    holds ``(name, distribution, typed)`` per searched parameter.
+    """
+    sampled = {name for name, _, _ in space}
+    args = typed_hydra_overrides(overrides.get("hydra") or [])
+    args += [f"{name}={text}" for name, text, typed in space if typed]
+    args += [o for o in overrides.get("task") or [] if _key(o) not in sampled]
+    return args
+
+
+def grid_command_args(overrides: Mapping[str, Sequence[str]]) -> list[str]:
+    """A grid's command line: its ``multirun.yaml`` holds the overrides as typed."""
+    hydra_args = [o for o in overrides.get("hydra") or [] if o != MULTIRUN_MARK]
+    return [*hydra_args, *(overrides.get("task") or [])]
+
+
+def command_line(args: Sequence[str]) -> str:
+    return " ".join(["python train.py --multirun", *map(shlex.quote, args)])
+
+
+def hydra_distribution(distribution: Any) -> str:
+    """An Optuna distribution in Hydra's sweep syntax (``tag(log, interval(0.0001, 1.0))``)."""
+    kind = type(distribution).__name__
+    if kind == "CategoricalDistribution":
+        return f"choice({', '.join(yaml_text(c) for c in distribution.choices)})"
+    low, high, step = distribution.low, distribution.high, distribution.step
+    is_int = kind == "IntDistribution"
+    if step is not None and not (is_int and step == 1):
+        return f"range({low}, {high + step}, {step})"  # Hydra's range stops before its end
+    text = f"int(interval({low}, {high}))" if is_int else f"interval({low}, {high})"
+    return f"tag(log, {text})" if distribution.log else text
+
+
+def search_space(
+    configured: Mapping[str, Any], distributions: Mapping[str, Any] | None
+) -> list[tuple[str, str, bool]]:
+    """``(name, distribution, typed)`` per searched parameter.
+
+    ``configured`` is ``hydra.sweeper.params``; ``distributions`` the study's (None when the
+    study is unreadable: the configured space is then all there is). A parameter whose
+    distribution differs from the configured one, or has none, was typed on the command line.
+    """
+    if distributions is None:
+        return [(str(k), str(v), False) for k, v in configured.items()]
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    space = []
+    for name, distribution in distributions.items():
+        text = configured.get(name)
+        if text is not None:
+            parsed, _, _ = create_params_from_overrides([f"{name}={text}"])
+            if parsed.get(name) == distribution:
+                space.append((name, str(text), False))
+                continue
+        space.append((name, hydra_distribution(distribution), True))
+    return space
+
+
+def study_distributions(study: optuna.Study) -> dict[str, Any]:
+    """Every parameter the study's trials sampled, with its distribution."""
+    found: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, distribution in trial.distributions.items():
+            found.setdefault(name, distribution)
+    return found
+
+
+def load_study(hydra_node: Mapping[str, Any]) -> optuna.Study | None:
+    """The sweep's study from the storage its jobs name; None if it cannot be read."""
+    sweeper = hydra_node.get("sweeper") or {}
+    try:
+        import optuna
+
+        from sweeplr.studies import open_storage
+
+        storage = open_storage(str(sweeper["storage"]))
+        return optuna.load_study(study_name=str(sweeper["study_name"]), storage=storage)
+    except Exception:  # noqa: BLE001 - a moved or damaged study: the report goes without it
+        return None
+
+
+def sampler_settings(sweeper: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The Optuna sweeper's sampler (class and seed), budget, parallelism and pruner."""
+    sampler = sweeper.get("sampler") or {}
+    name = str(sampler.get("_target_", "?")).rpartition(".")[2]
+    seed = sampler.get("seed")
+    pruner = sweeper.get("pruner")
+    pruner_name = str(pruner.get("_target_", "?")).rpartition(".")[2] if pruner else "none"
+    return [
+        ("sampler", f"{name} (seed {yaml_text(seed)})"),
+        ("n_trials", yaml_text(sweeper.get("n_trials"))),
+        ("n_jobs", yaml_text(sweeper.get("n_jobs"))),
+        ("direction", yaml_text(sweeper.get("direction"))),
+        ("pruner", pruner_name),
+        ("study", f"{sweeper.get('study_name')} in {sweeper.get('storage')}"),
+    ]
+
+
+def _overrides_from_runs(sweep_dir: Path) -> list[str]:
+    """Without any saved Hydra config: each key's values over the runs, joined."""
+    values: dict[str, list[str]] = {}
+    for run_dir in run_dirs(sweep_dir):
+        try:
+            record = json.loads((run_dir / METRICS_FILE).read_text())
+        except (OSError, ValueError):  # a run that crashed has no overrides to add
+            continue
+        for override in record.get("overrides") or []:
+            name, _, value = str(override).partition("=")
+            if name != "trial" and value not in values.setdefault(name, []):
+                values[name].append(value)
+    return [f"{name}={','.join(vals)}" for name, vals in values.items()]
+
+
+def sweep_command(
+    sweep_dir: Path, study: optuna.Study | None = None
+) -> tuple[str, str, list[tuple[str, str, bool]] | None, dict[str, Any] | None]:
+    """The command as typed, where it was read from, and for an Optuna sweep its search space
+    and sweeper settings (None for a grid)."""
+    node = job_hydra(sweep_dir)
+    if node is not None and is_optuna(node):
+        sweeper = node.get("sweeper") or {}
+        study = study if study is not None else load_study(node)
+        distributions = None if study is None else study_distributions(study)
+        space = search_space(sweeper.get("params") or {}, distributions)
+        args = optuna_command_args(node.get("overrides") or {}, space)
+        source = "a trial's .hydra/hydra.yaml" + (" and the study" if study else "")
+        return command_line(args), source, space, sweeper
+    if node is not None and (sweep_dir / "multirun.yaml").is_file():
+        return (
+            command_line(grid_command_args(node.get("overrides") or {})),
+            "multirun.yaml",
+            None,
+            None,
         )
+    args = _overrides_from_runs(sweep_dir)
+    return command_line(args), "the runs' overrides: the values the runs used", None, None
+
+
+# --- what differs from the defaults ---------------------------------------------------------
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"name": "sgd"}}`` -> ``{"optimizer.name": "sgd"}``; lists stay values."""
+    if not isinstance(node, Mapping) or not node:
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def default_config(hydra_node: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The config ``python train.py`` composes with no override, flattened; None if the config
+    folder is gone. The folder is the one the sweep's jobs read, else sweeplr's own."""
+    sources = ((hydra_node or {}).get("runtime") or {}).get("config_sources") or []
+    folders = [s.get("path") for s in sources if s.get("provider") == "main"]
+    folder = Path(folders[0]) if folders and folders[0] else CONF_DIR
+    if not (folder / "config.yaml").is_file():
+        return None
+    # Hydra's loader, not hydra.compose: inside a sweep's callback Hydra is already initialised.
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+
+    from sweeplr.config import register_configs
+
+    try:
+        register_configs()
+        loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(folder)))
+        config = loader.load_configuration("config", overrides=[], run_mode=RunMode.RUN)
+        plain = OmegaConf.to_container(config, resolve=False)
+    except Exception:  # noqa: BLE001 - a config the loader refuses: no comparison, no report lost
+        return None
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    return flatten(plain)
+
+
+def run_configs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Each run's saved config (``.hydra/config.yaml``), flattened."""
+    configs = []
+    for run_dir in run_dirs(sweep_dir):
+        config = _read_yaml(run_dir / CONFIG_FILE)
+        if isinstance(config, dict):
+            configs.append(flatten(config))
+    return configs
+
+
+def config_changes(
+    configs: Sequence[Mapping[str, Any]], defaults: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """``(key, this sweep, default)`` for every key all runs set alike, unlike the default.
+
+    Keys whose value differs between runs are the swept ones (or follow from them, as an
+    optimizer's own settings do), listed under "swept" instead.
+    """
+    missing = object()
+    keys = dict.fromkeys(k for config in configs for k in config)
+    changes = []
+    for key in keys:
+        values = {yaml_text(c.get(key)) if key in c else "(absent)" for c in configs}
+        if len(values) != 1:
+            continue
+        value = values.pop()
+        default = defaults.get(key, missing)
+        default_text = "(absent)" if default is missing else yaml_text(default)
+        if value != default_text:
+            changes.append((key, value, default_text))
+    return changes
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def varying_params(table: pd.DataFrame) -> list[str]:
+    """The configuration columns whose value differs between runs, swept ones first."""
+    params = [
+        c for c in table.columns if c not in FIXED_COLUMNS and not str(c).startswith("value_")
+    ]
+    return [c for c in params if table[c].astype(str).nunique() > 1]
+
+
+def repeat_groups(table: pd.DataFrame) -> list[str] | None:
+    """The columns that tell a sweep's configurations apart when it repeats each over seeds;
+    None when no two runs differ only in ``seed``."""
+    varying = varying_params(table)
+    if "seed" not in varying:
+        return None
+    by = [c for c in varying if c != "seed"]
+    if not by:  # a seed sweep of one configuration: group by anything constant
+        by = [c for c in ("dataset", "optimizer", "lr") if c in table][:1]
+    if not by:
+        return None
+    counts = table.groupby([table[c].astype(str) for c in by]).size()
+    return by if counts.max() > 1 else None
+
+
+def _cell(text: str, raw: str, *, numeric: bool = True) -> str:
+    css = "" if numeric else ' class="text"'
+    shown = html.escape(text) if numeric else _breakable(text)
+    return f'<td{css} data-v="{html.escape(raw)}">{shown}</td>'
+
+
+def _breakable(name: str) -> str:
+    """Text that may wrap after ``_``, ``.`` and ``/``: long names and paths narrow their
+    column without breaking inside a word."""
+    text = html.escape(name)
+    for mark in "_./":
+        text = text.replace(mark, f"{mark}<wbr>")
+    return text
+
+
+def _table(table_id: str, header: Sequence[str], rows: Iterable[str]) -> str:
+    css = ' class="text"'
+    head = "".join(f"<th{css if h == 'status' else ''}>{_breakable(h)}</th>" for h in header)
+    many = " many" if len(header) > MAX_WHOLE_COLUMNS else ""
     return (
-        f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        f'<table id="{table_id}" class="sortable{many}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 
+def results_table(table: pd.DataFrame) -> str:
+    """One row per run: its job, what was swept, and the main metrics to 4 significant figures.
+    The script makes it sortable."""
+    columns = ["job", *varying_params(table), *(c for c in RUN_METRICS if c in table)]
+    rows = []
+    for _, row in table.iterrows():
+        cells = [
+            _cell(significant(row[c]), _raw(row[c]), numeric=not isinstance(row[c], str))
+            for c in columns
+        ]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return _table("runs", columns, rows)
+
+
+def grouped_table(table: pd.DataFrame, by: Sequence[str]) -> str:
+    """One row per configuration: mean ± std over its completed repeats."""
+    grouped = group_runs(table, by)
+    metrics = [m for m in GROUP_METRICS if f"{m}_mean" in grouped]
+    rows = []
+    for _, row in grouped.iterrows():
+        cells = [
+            _cell(significant(row[c]), _raw(row[c]), numeric=not isinstance(row[c], str))
+            for c in by
+        ]
+        cells.append(_cell(f"{row['n_completed']}/{row['count']}", str(row["n_completed"])))
+        for metric in metrics:
+            mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+            text = significant(mean)
+            if text and not pd.isna(std):
+                text += f" ± {std:.4g}"
+            cells.append(_cell(text, _raw(mean)))
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return _table("grouped", [*by, "completed", *metrics], rows)
+
+
 def _definitions(items: Iterable[tuple[str, Any]]) -> str:
-    """Name/value pairs; a missing value reads ``null``, as in the config it came from."""
     body = "".join(
-        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_text(v) or 'null')}</dd>"
-        for k, v in items
+        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items
     )
     return f"<dl>{body}</dl>"
 
@@ -185,43 +530,107 @@ def _images(paths: Sequence[Path]) -> str:
     return "".join(figures)
 
 
+def _relative(sweep_dir: Path, run_dir: Any) -> str:
+    path = resolve_run_dir(sweep_dir, run_dir).resolve()
+    try:
+        return str(path.relative_to(sweep_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _best_run(table: pd.DataFrame, sweep_dir: Path) -> str:
     ranked = ranked_runs(table)
     if ranked.empty:
         return "<p>No run completed with an objective value.</p>"
     best = ranked.iloc[0]
-    varying, _ = split_params(table)
     run_dir = resolve_run_dir(sweep_dir, best["run_dir"])
     objective = table.attrs.get("objective_name", "objective")
     items = [
         ("run", _relative(sweep_dir, best["run_dir"])),
-        ("job", best["job"]),
-        *((c, best[c]) for c in varying),
-        (f"{objective} ({table.attrs.get('direction', 'minimize')})", best["objective"]),
-        *((c, best[c]) for c in ("test_accuracy", "test_loss") if c in best),
+        *((c, significant(best[c])) for c in varying_params(table)),
+        (
+            f"{objective} ({table.attrs.get('direction', 'minimize')})",
+            significant(best["objective"]),
+        ),
+        *((c, significant(best[c])) for c in ("test_accuracy", "test_loss") if c in best),
     ]
     return _definitions(items) + _images(sorted(run_dir.glob("*.png")))
 
 
-def write_report(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> Path:
-    """Write ``report.html`` into the sweep directory: command, key config, sortable results,
-    best run and every PNG of the sweep directory, in one file with no outside references.
+# --- the page -------------------------------------------------------------------------------
+
+
+def _command_section(sweep_dir: Path, study: optuna.Study | None) -> str:
+    command, source, space, sweeper = sweep_command(sweep_dir, study)
+    parts = [
+        "<h2>Command</h2>",
+        f"<pre>{html.escape(command)}</pre>",
+        f"<p>(as typed, from {html.escape(source)})</p>",
+    ]
+    if space is not None and sweeper is not None:
+        parts += [
+            "<h2>Search space</h2>",
+            _definitions((name, text) for name, text, _ in space),
+            "<h2>Sampler</h2>",
+            _definitions(sampler_settings(sweeper)),
+        ]
+    return "\n".join(parts)
+
+
+def _config_section(sweep_dir: Path, table: pd.DataFrame) -> str:
+    statuses = table["status"].value_counts()
+    objective = table.attrs.get("objective_name", "objective")
+    summary = [
+        ("objective", f"{objective} ({table.attrs.get('direction', 'minimize')})"),
+        ("runs", ", ".join(f"{n} {status}" for status, n in statuses.items())),
+        *((c, _values_text(table[c].tolist())) for c in varying_params(table)),
+    ]
+    parts = ["<h2>Config</h2>", "<h3>What was swept</h3>", _definitions(summary)]
+    configs = run_configs(sweep_dir)
+    defaults = default_config(job_hydra(sweep_dir)) if configs else None
+    parts.append("<h3>Differs from the defaults</h3>")
+    if defaults is None:
+        parts.append("<p>No saved config (.hydra/config.yaml) or default config to compare.</p>")
+        return "\n".join(parts)
+    changes = config_changes(configs, defaults)
+    if not changes:
+        parts.append("<p>Nothing: every setting not swept is the default.</p>")
+        return "\n".join(parts)
+    rows = (
+        f'<tr><td class="text">{html.escape(k)}</td><td class="text">{html.escape(v)}</td>'
+        f'<td class="text">{html.escape(d)}</td></tr>'
+        for k, v, d in changes
+    )
+    parts.append(
+        '<table id="changes"><thead><tr><th class="text">setting</th>'
+        '<th class="text">this sweep</th><th class="text">default</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+    return "\n".join(parts)
+
+
+def write_report(
+    sweep_dir: str | Path, table: pd.DataFrame | None = None, study: optuna.Study | None = None
+) -> Path:
+    """Write ``report.html`` into the sweep directory: the command as typed, the config that
+    differs from the defaults, the sweep's pictures, a mean ± std table when the sweep repeats
+    over seeds, the per-run table and the best run, in one file with no outside references.
 
     ``table`` is the sweep's table as :func:`sweeplr.results.load_sweep` returns it (read from
-    ``sweep_dir`` when not given).
+    ``sweep_dir`` when not given); ``study`` an Optuna sweep's study (read from its storage
+    when not given).
     """
     sweep_dir = Path(sweep_dir)
     table = load_sweep(sweep_dir) if table is None else table
-    command, source = sweep_command(sweep_dir)
-    _, constant = split_params(table)
-    statuses = table["status"].value_counts()
-    objective = table.attrs.get("objective_name", "objective")
-    key_config = [
-        ("objective", f"{objective} ({table.attrs.get('direction', 'minimize')})"),
-        ("runs", ", ".join(f"{n} {status}" for status, n in statuses.items())),
-        *sorted(constant.items()),
-    ]
     title = f"sweeplr sweep {sweep_dir.name}"
+    pictures = _images(sorted(sweep_dir.glob("*.png")))
+    by = repeat_groups(table)
+    grouped = ""
+    if by is not None:
+        grouped = (
+            f"<h2>Mean ± std over seeds ({', '.join(by)}; click a header to sort)</h2>\n"
+            + grouped_table(table, by)
+        )
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -232,17 +641,17 @@ def write_report(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> Pa
 <body>
 <h1>{html.escape(title)}</h1>
 <p><code>{html.escape(str(sweep_dir.resolve()))}</code></p>
-<h2>Command</h2>
-<pre>{html.escape(command)}</pre>
-<p>(from {html.escape(source)})</p>
-<h2>Key config</h2>
-{_definitions(key_config)}
+{_command_section(sweep_dir, study)}
+{_config_section(sweep_dir, table)}
+<h2>Pictures</h2>
+{pictures or "<p>No pictures yet: run sweeplr plot.</p>"}
+{grouped}
+<h2>Runs ({len(table)}; click a header to sort)</h2>
+<p>The main columns, to 4 significant figures; <a href="{SUMMARY_FILE}">{SUMMARY_FILE}</a>
+beside this page has every column at full precision.</p>
+{results_table(table)}
 <h2>Best run</h2>
 {_best_run(table, sweep_dir)}
-<h2>Results ({len(table)} runs; click a header to sort)</h2>
-{results_table(table, sweep_dir)}
-<h2>Pictures</h2>
-{_images(sorted(sweep_dir.glob("*.png"))) or "<p>No pictures yet: run sweeplr plot.</p>"}
 <script>{SORT_SCRIPT}</script>
 </body>
 </html>
@@ -262,5 +671,5 @@ def draw_sweep(
     best = ranked_runs(table)
     if not best.empty:  # the report shows the best run's own pictures
         written += plot_run(resolve_run_dir(sweep_dir, best["run_dir"].iloc[0]))
-    written.append(write_report(sweep_dir, table))
+    written.append(write_report(sweep_dir, table, study))
     return written

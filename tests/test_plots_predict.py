@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -504,8 +505,14 @@ def test_report_is_self_contained(sweep: tuple[Path, pd.DataFrame], report: Path
     page = report.read_text()
     assert report == sweep_dir / "report.html"
     assert "python train.py --multirun " + " ".join(SWEEP_TASK) in page
-    body = page.split("<table", 1)[1].split("</table>", 1)[0]
+    body = page.split('<table id="runs"', 1)[1].split("</table>", 1)[0]
     assert body.count("<tr>") == len(table) + 1  # header row plus one per run
+    grouped = page.split('<table id="grouped"', 1)[1].split("</table>", 1)[0]
+    assert grouped.count("<tr>") == len(table) // 2 + 1  # one row per seed pair
+    # Pictures first, then the seeds' mean ± std, then the runs.
+    assert page.index("<img") < page.index('id="grouped"') < page.index('id="runs"')
+    assert "0.003 ± " not in page and " ± " in grouped
+    assert '<a href="summary.csv">' in page
     pictures = [*sweep_dir.glob("*.png"), *(sweep_dir / str(table["job"].iloc[0])).glob("*.png")]
     assert len(pictures) == 4
     assert page.count('<img src="data:image/png;base64,') == len(pictures)
@@ -518,6 +525,7 @@ def test_report_command_from_the_runs_without_multirun_yaml(tmp_path: Path) -> N
     page = write_report(tmp_path).read_text()
     assert "python train.py --multirun lr=0.001,0.1" in page
     assert "from the runs&#x27; overrides" in page
+    assert 'id="grouped"' not in page  # no seeds repeated: no mean ± std table
 
 
 def test_plot_command_on_a_run_and_a_sweep(
@@ -545,7 +553,7 @@ def test_plot_command_on_a_run_and_a_sweep(
 # --- the report in a real browser -----------------------------------------------------------
 
 
-def chromium(url: str, tmp_path: Path) -> tuple[Path, list[str]]:
+def chromium(url: str, tmp_path: Path, window: str = "1200,2000") -> tuple[Path, list[str]]:
     """Screenshot ``url`` in headless Chromium; return the PNG and the page's console lines.
 
     Chromium logs every console message, console.error and uncaught exceptions included, as
@@ -568,7 +576,7 @@ def chromium(url: str, tmp_path: Path) -> tuple[Path, list[str]]:
         "--disable-dev-shm-usage",
         f"--user-data-dir={tmp_path / 'profile'}",
         f"--screenshot={shot}",
-        "--window-size=1200,2000",
+        f"--window-size={window}",
         "--enable-logging=stderr",
         "--v=0",
     ]
@@ -604,9 +612,9 @@ def test_report_table_sorts_on_header_click(
     """Click the objective header twice in a copy of the page and log the job column."""
     _, table = sweep
     probe = """<script>
-var heads = Array.prototype.slice.call(document.querySelectorAll("table.sortable th"));
+var heads = Array.prototype.slice.call(document.querySelectorAll("table#runs th"));
 var jobs = function () {
-  return Array.prototype.map.call(document.querySelectorAll("table.sortable tbody tr"),
+  return Array.prototype.map.call(document.querySelectorAll("table#runs tbody tr"),
     function (r) { return r.cells[0].textContent; }).join(" ");
 };
 var objective = heads.filter(function (h) { return h.textContent === "objective"; })[0];
@@ -623,3 +631,49 @@ console.log("DESCENDING " + jobs());
     worst_first = " ".join(str(j) for j in table["job"][::-1])
     assert any(f"ASCENDING {best_first}" in line for line in console), console
     assert any(f"DESCENDING {worst_first}" in line for line in console), console
+
+
+WIDTH_PROBE = """<script>
+var tables = Array.prototype.slice.call(document.querySelectorAll("table"));
+var right = Math.max.apply(null, tables.map(function (t) {
+  return Math.ceil(t.getBoundingClientRect().right);
+}));
+var page = document.documentElement;
+console.log("WIDTH " + tables.length + " " + right + " " + page.scrollWidth + " " + page.clientWidth);
+</script></body>"""
+
+
+@pytest.mark.slow
+def test_report_tables_fit_1400_px(
+    sweep: tuple[Path, pd.DataFrame], report: Path, tmp_path: Path
+) -> None:
+    """Every table fits a 1400 px window without scrolling sideways: the fixture's, one of 16
+    columns with long names (numbers stay whole), and one of 25 with long values (cells wrap;
+    the CSV keeps every column)."""
+    sweep_dir, table = sweep
+
+    def widened(name: str, extra: int, path: bool) -> Path:
+        wide = table.copy()
+        for i in range(extra):  # more swept columns, values that need every digit
+            wide[f"optimizer.param_{i}"] = [1 / (3 + i + j) for j in range(len(wide))]
+        if path:
+            wide["dataset.path"] = [
+                f"/data/some/rather/long/folder/file_{j}.csv" for j in range(12)
+            ]
+        copy = tmp_path / name
+        shutil.copytree(sweep_dir, copy)
+        return write_report(copy, wide)
+
+    page = tmp_path / "probe.html"
+    # The fixture's page has the seeds' and the runs' tables; the wide ones only the runs'.
+    pages = [(report, 2), (widened("sixteen", 5, False), 1), (widened("many", 12, True), 1)]
+    for html_page, tables in pages:
+        page.write_text(html_page.read_text().replace("</body>", WIDTH_PROBE))
+        _, console = chromium(page.as_uri(), tmp_path, window="1400,1000")
+        assert len(console) == 1, console
+        found = re.search(r"WIDTH (\d+) (\d+) (\d+) (\d+)", console[0])
+        assert found, console
+        count, right, scroll_width, client_width = map(int, found.groups())
+        assert count == tables, console
+        assert right <= client_width <= 1400
+        assert scroll_width <= client_width  # no horizontal scrolling

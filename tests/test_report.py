@@ -1,0 +1,204 @@
+"""report.html's parts, on hand-made inputs: the command as typed (grid and Optuna), numbers to
+4 significant figures, YAML spelling, the grouped table only for repeated sweeps, and what
+differs from the defaults. The page itself, on real runs and in Chromium, is checked in
+tests/test_plots_predict.py."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+from sweeplr.report import (
+    config_changes,
+    default_config,
+    grid_command_args,
+    hydra_distribution,
+    optuna_command_args,
+    repeat_groups,
+    significant,
+    sweep_command,
+    write_report,
+    yaml_text,
+)
+
+CONFIGURED = {
+    "lr": "tag(log, interval(0.0001, 1.0))",
+    "optimizer": "choice(sgd, adam, adamw)",
+    "epochs": "choice(100, 300, 1000)",
+}
+# A trial's overrides as the Optuna sweeper and the launcher leave them in .hydra/hydra.yaml.
+TRIAL_OVERRIDES = {
+    "hydra": [
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweep.dir=/tmp/opt",
+        "hydra.mode=MULTIRUN",
+        "hydra.sweeper.study_name='optuna-4b4cf7b4'",
+        "hydra.sweeper.storage='journal:/tmp/opt/optuna.journal'",
+        "hydra.sweep.subdir=${hydra.job.env_set.SWEEPLR_TRIAL}",
+        "++hydra.job.env_set.SWEEPLR_TRIAL=0",
+    ],
+    "task": ["lr=0.00077", "optimizer=adamw", "epochs=50", "sweep=optuna"],
+}
+
+
+def test_grid_command_is_the_typed_overrides() -> None:
+    overrides = {
+        "hydra": ["hydra.sweep.dir=/tmp/grid", "hydra.mode=MULTIRUN"],
+        "task": ["lr=0.1,0.01", "optimizer=sgd,adam", "seed=0,1"],
+    }
+    assert grid_command_args(overrides) == [
+        "hydra.sweep.dir=/tmp/grid",
+        "lr=0.1,0.01",
+        "optimizer=sgd,adam",
+        "seed=0,1",
+    ]
+
+
+def test_optuna_command_keeps_typed_overrides_and_drops_sampled_values() -> None:
+    space = [
+        ("lr", CONFIGURED["lr"], False),
+        ("optimizer", CONFIGURED["optimizer"], False),
+        ("epochs", "choice(50)", True),  # typed on the command line: it stays in the command
+    ]
+    assert optuna_command_args(TRIAL_OVERRIDES, space) == [
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweep.dir=/tmp/opt",
+        "epochs=choice(50)",
+        "sweep=optuna",
+    ]
+
+
+def optuna_sweep_dir(tmp_path: Path) -> optuna.Study:
+    """A trial folder with the .hydra/hydra.yaml an Optuna sweep writes, and its study."""
+    node = {
+        "sweeper": {
+            "_target_": "sweeplr.plugins.optuna_sweeper.SweeplrOptunaSweeper",
+            "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 0},
+            "n_trials": 6,
+            "n_jobs": 16,
+            "direction": "auto",
+            "pruner": None,
+            "params": CONFIGURED,
+        },
+        "overrides": TRIAL_OVERRIDES,
+    }
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": node}))
+    distributions, _, _ = create_params_from_overrides(
+        [*(f"{k}={v}" for k, v in CONFIGURED.items() if k != "epochs"), "epochs=choice(50)"]
+    )
+    study = optuna.create_study()
+    params = {"lr": 0.00077, "optimizer": "adamw", "epochs": 50}
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=1))
+    return study
+
+
+def test_optuna_command_search_space_and_sampler_from_the_trial_and_study(
+    tmp_path: Path,
+) -> None:
+    study = optuna_sweep_dir(tmp_path)
+    command, source, space, sweeper = sweep_command(tmp_path, study)
+    assert command == (
+        "python train.py --multirun hydra.sweeper.n_trials=6 hydra.sweep.dir=/tmp/opt "
+        "'epochs=choice(50)' sweep=optuna"
+    )
+    assert "hydra.yaml" in source
+    assert space == [
+        ("lr", "tag(log, interval(0.0001, 1.0))", False),
+        ("optimizer", "choice(sgd, adam, adamw)", False),
+        ("epochs", "choice(50)", True),
+    ]
+    assert sweeper is not None and sweeper["n_trials"] == 6
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tag(log, interval(0.0001, 1.0))",
+        "interval(0.0, 0.01)",
+        "choice(sgd, adam)",
+        "choice(50)",
+        "int(interval(1, 5))",
+        "tag(log, int(interval(1, 100)))",
+        "range(1, 10, 2)",
+    ],
+)
+def test_a_distribution_reads_back_as_the_same_distribution(text: str) -> None:
+    parsed, _, _ = create_params_from_overrides([f"x={text}"])
+    again, _, _ = create_params_from_overrides([f"x={hydra_distribution(parsed['x'])}"])
+    assert again["x"] == parsed["x"]
+
+
+def test_numbers_to_4_significant_figures() -> None:
+    assert significant(0.123456789) == "0.1235"
+    assert significant(123456.0) == "1.235e+05"
+    assert significant(np.float64(0.9925373134)) == "0.9925"
+    assert significant(1.0) == "1"
+    assert significant(50) == "50"
+    assert significant(math.nan) == ""
+    assert significant(None) == ""
+    assert significant(np.bool_(False)) == "false"
+    assert significant("adam") == "adam"
+
+
+def test_values_in_yaml_spelling() -> None:
+    assert yaml_text(False) == "false"
+    assert yaml_text(np.bool_(True)) == "true"
+    assert yaml_text(None) == "null"
+    assert yaml_text(math.nan) == "null"
+    assert yaml_text(1e-08) == "1.0e-08"
+    assert yaml_text((0.9, 0.999)) == "[0.9, 0.999]"
+    assert yaml_text("null") == "'null'"  # the string, not the missing value
+    assert yaml_text("sgd") == "sgd"
+
+
+def runs(**columns: list[object]) -> pd.DataFrame:
+    table = pd.DataFrame({"job": range(len(next(iter(columns.values())))), **columns})
+    return table.assign(status="completed", objective=1.0, run_dir="x")
+
+
+def test_grouped_only_when_runs_differ_only_in_seed() -> None:
+    repeated = runs(lr=[0.1, 0.1, 0.01, 0.01], seed=[0, 1, 0, 1], nesterov=[False] * 4)
+    assert repeat_groups(repeated) == ["lr"]
+    seeds_only = runs(optimizer=["sgd"] * 3, seed=[0, 1, 2])
+    assert repeat_groups(seeds_only) == ["optimizer"]
+    assert repeat_groups(runs(lr=[0.1, 0.01], seed=[0, 0])) is None  # seed constant
+    assert repeat_groups(runs(lr=[0.1, 0.01, 0.3], seed=[4, 7, 9])) is None  # sampled seeds
+    assert repeat_groups(runs(lr=[0.1, 0.01])) is None
+
+
+def test_config_changes_leave_out_swept_keys_and_spell_yaml() -> None:
+    configs = [
+        {"lr": 0.1, "epochs": 50, "optimizer.nesterov": True, "batch_size": None, "seed": 0},
+        {"lr": 0.01, "epochs": 50, "optimizer.nesterov": True, "batch_size": None, "seed": 0},
+    ]
+    defaults = {"lr": 0.1, "epochs": 1000, "optimizer.nesterov": False, "batch_size": 32, "seed": 0}
+    assert config_changes(configs, defaults) == [
+        ("epochs", "50", "1000"),
+        ("optimizer.nesterov", "true", "false"),
+        ("batch_size", "null", "32"),
+    ]
+
+
+def test_default_config_is_composed_from_the_conf_folder() -> None:
+    defaults = default_config(None)
+    assert defaults is not None
+    assert defaults["optimizer.nesterov"] is False
+    assert defaults["batch_size"] is None
+    assert not any(key.startswith("hydra") for key in defaults)
+
+
+def test_a_report_without_runs_records_still_has_the_optuna_sections(tmp_path: Path) -> None:
+    study = optuna_sweep_dir(tmp_path)
+    table = runs(lr=[0.00077]).assign(run_dir=str(tmp_path / "0"))
+    page = write_report(tmp_path, table, study).read_text()
+    assert "<h2>Search space</h2>" in page and "TPESampler (seed 0)" in page
+    assert "&#x27;epochs=choice(50)&#x27;" in page  # quoted as a shell needs it
+    assert 'id="grouped"' not in page
