@@ -297,6 +297,8 @@ def load_study(hydra_node: Mapping[str, Any]) -> optuna.Study | None:
 
 def sampler_settings(sweeper: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The Optuna sweeper's sampler (class and seed), budget, parallelism and pruner."""
+    from sweeplr.studies import dashboard_command, public_storage  # Optuna: only for its sweeps
+
     sampler = sweeper.get("sampler") or {}
     name = str(sampler.get("_target_", "?")).rpartition(".")[2]
     seed = sampler.get("seed")
@@ -308,7 +310,8 @@ def sampler_settings(sweeper: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("n_jobs", yaml_text(sweeper.get("n_jobs"))),
         ("direction", yaml_text(sweeper.get("direction"))),
         ("pruner", pruner_name),
-        ("study", f"{sweeper.get('study_name')} in {sweeper.get('storage')}"),
+        ("study", f"{sweeper.get('study_name')} in {public_storage(str(sweeper.get('storage')))}"),
+        ("dashboard", dashboard_command(str(sweeper.get("storage")))),
     ]
 
 

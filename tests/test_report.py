@@ -22,6 +22,7 @@ from sweeplr.report import (
     hydra_distribution,
     optuna_command_args,
     repeat_groups,
+    sampler_settings,
     significant,
     sweep_command,
     write_report,
@@ -116,6 +117,9 @@ def test_optuna_command_search_space_and_sampler_from_the_trial_and_study(
         ("epochs", "choice(50)", True),
     ]
     assert sweeper is not None and sweeper["n_trials"] == 6
+    settings = dict(sampler_settings({**sweeper, "storage": "journal:/s/optuna.journal"}))
+    assert settings["study"].endswith(" in /s/optuna.journal")  # as optuna-dashboard takes it
+    assert settings["dashboard"] == "optuna-dashboard /s/optuna.journal"
 
 
 @pytest.mark.parametrize(
