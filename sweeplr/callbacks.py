@@ -45,6 +45,9 @@ class PreflightCallback(Callback):
         problem = _unwritable("hydra.sweep.dir", config.hydra.sweep.dir)
         if problem:
             refuse(config, problem)
+        tracker = _tracker_problem(config)
+        if tracker:  # every job would fail on it: say it once, before the first
+            refuse(config, tracker)
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
         if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
             refuse(
@@ -52,6 +55,22 @@ class PreflightCallback(Callback):
                 "error: launcher=slurm needs a SLURM cluster, and this machine has no srun; "
                 "allowed: launcher=batch, joblib or submitit_local here",
             )
+
+
+def _tracker_problem(config: DictConfig) -> str | None:
+    """The error line when the sweep's ``logger=`` cannot log from here (package, store)."""
+    logger = OmegaConf.select(config, "logger")
+    if logger is None or logger.get("name") == "none":
+        return None
+    from sweeplr.errors import SweeplrError
+    from sweeplr.trackers import check
+
+    cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None) or "."
+    try:
+        check(logger, cwd)
+    except SweeplrError as exc:
+        return f"error: {exc}"
+    return None
 
 
 def _unwritable(key: str, path: str) -> str | None:
@@ -152,6 +171,29 @@ def _holds_runs(sweep_dir: Path) -> bool:
 def study_values(study: Any) -> dict[int, list[float]]:
     """Each finished trial's values, as the task returned them, by trial number."""
     return {t.number: list(t.values) for t in study.get_trials(deepcopy=False) if t.values}
+
+
+class TrackerCallback(Callback):
+    """At the end of ``--multirun`` with ``logger=mlflow``: close the sweep's parent run.
+
+    Listed before ``summary`` in the config, so it runs after it (Hydra calls end hooks in
+    reverse) and the summary and pictures are there to attach. Runs in the launching process,
+    whatever the launcher; the parent run itself is made by the sweep's first job to log.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        logger = OmegaConf.select(config, "logger")
+        if logger is None or logger.get("name") != "mlflow":
+            return
+        try:
+            from sweeplr.trackers import finish_sweep
+
+            cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=".")
+            finish_sweep(logger, Path(str(cwd)) / str(config.hydra.sweep.dir))
+        except Exception as exc:  # noqa: BLE001 - never fail a finished sweep
+            from sweeplr.errors import first_line
+
+            log.warning(f"sweeplr: the MLflow parent run was not closed: {first_line(exc)}")
 
 
 class SummaryCallback(Callback):

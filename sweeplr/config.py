@@ -123,6 +123,24 @@ class EarlyStoppingConfig:
     restore_best: bool = True  # keep the weights of the best logged epoch, not the last
 
 
+LOGGERS = ("none", "tensorboard", "mlflow")
+
+
+@dataclass
+class LoggerConfig:
+    """Where a run's numbers go besides its record: nowhere, TensorBoard or MLflow.
+
+    Each tracker uses the fields its comment names (the rest are ignored).
+    """
+
+    name: str = "none"  # none | tensorboard | mlflow
+    # tensorboard: the event files' folder, inside each run's directory
+    subdir: str = "tensorboard"
+    # mlflow: the store (sqlite:///path.db, or a folder for the file store); null: ./mlflow.db
+    tracking_uri: str | None = None
+    experiment_name: str = "sweeplr"  # mlflow: the experiment every run and sweep goes into
+
+
 @dataclass
 class Config:
     """Top-level knobs of one run (see ``conf/config.yaml`` for the why of each default)."""
@@ -131,6 +149,7 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     scheduler: SchedulerConfig = MISSING
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     lr: float = 0.01
     epochs: int = 1000
     batch_size: int | None = None
@@ -159,6 +178,7 @@ def register_configs() -> None:
     cs.store(name="sweeplr_schema", node=Config, replace=True)
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig, replace=True)
     cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig, replace=True)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig, replace=True)
     for schema in (BlobsConfig, BreastCancerConfig, IrisConfig, SyntheticConfig, CsvConfig):
         cs.store(group="dataset", name=f"{schema().name}_schema", node=schema, replace=True)
 
@@ -259,6 +279,29 @@ def validate(cfg: Any) -> None:
     _validate_dataset(cfg.dataset)
     _validate_scheduler(cfg)
     _validate_early_stopping(cfg)
+    _validate_logger(cfg)
+
+
+def _validate_logger(cfg: Any) -> None:
+    logger = getattr(cfg, "logger", None)
+    if logger is None:  # a config composed before trackers existed
+        return
+    _require(logger.name in LOGGERS, "logger.name", logger.name, ", ".join(LOGGERS), "is unknown")
+    if logger.name == "tensorboard":
+        sub = str(logger.subdir)
+        _require(
+            bool(sub) and not sub.startswith(("/", "\\")) and ".." not in sub.split("/"),
+            "logger.subdir",
+            sub,
+            "a folder name inside the run directory",
+        )
+    if logger.name == "mlflow":
+        _require(
+            bool(str(logger.experiment_name).strip()),
+            "logger.experiment_name",
+            logger.experiment_name,
+            "a non-empty name",
+        )
 
 
 def _validate_dataset(dataset: Any) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplr import job_batch
+from sweeplr import job_batch, trackers
 from sweeplr.config import RunSpec, run_spec
 from sweeplr.console import end_interrupted, format_report, job_line, progress_printer
 from sweeplr.errors import SweeplrError
@@ -41,8 +41,12 @@ def run(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    logger = cfg.get("logger")
     try:
         spec = run_spec(cfg, OmegaConf.to_container(hydra_cfg.overrides.task))
+        if logger is not None and logger.name != "none":  # before training: a tracker that
+            trackers.check(logger, _start_dir(hydra_cfg), run_dir)  # cannot log costs no run
         trial = trial_link(hydra_cfg)
         outcome = (
             _shared_outcome(hydra_cfg.job.get("num"), spec)
@@ -58,7 +62,6 @@ def run(cfg: DictConfig) -> float:
         if multirun:
             raise  # the sweeper hands its trials back first
         end_interrupted("the run stopped before writing its record; run it again")
-    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         record = write_run(run_dir, outcome, to_plain(cfg), job_fields(hydra_cfg, trial))
     except OSError as exc:  # a full disk, a read-only or vanished folder: say which, once
@@ -69,6 +72,7 @@ def run(cfg: DictConfig) -> float:
     if trial is not None and outcome.status == DIVERGED:
         trial.stop(DIVERGED, outcome.diverged_epoch)  # the sweeper tells Optuna it was pruned
     if multirun:
+        _track(logger, run_dir, record, outcome, hydra_cfg)
         print(job_line(record, hydra_cfg.job.get("num"), record["overrides"]))
         return outcome.objective
     print(format_report(record, run_dir))
@@ -77,7 +81,45 @@ def run(cfg: DictConfig) -> float:
 
         pictures = plot_run(run_dir)
         print(f"  pictures: {', '.join(p.name for p in pictures)}")
+    _track(logger, run_dir, record, outcome, hydra_cfg)  # after the pictures: MLflow keeps them
     return outcome.objective
+
+
+def _track(
+    logger: Any, run_dir: Path, record: dict[str, Any], outcome: Outcome, hydra_cfg: Any
+) -> None:
+    """Send a written run to its tracker. The record is what counts: a tracker that fails now
+    (a locked or vanished store) costs one warning line, never the run or its sweep."""
+    if logger is None or logger.name == "none":
+        return
+    from hydra.types import RunMode
+
+    sweep_dir = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a relative one is the start folder's, in any worker
+        sweep_dir = _start_dir(hydra_cfg) / hydra_cfg.sweep.dir
+    try:
+        trackers.log_run(
+            logger,
+            run_dir,
+            record,
+            outcome.history,
+            base_dir=_start_dir(hydra_cfg),
+            sweep_dir=sweep_dir,
+            run_name=" ".join(record["overrides"]) or run_dir.name,
+        )
+    except Exception as exc:  # noqa: BLE001 - a tracker's own errors come in many types
+        from sweeplr.errors import first_line
+
+        print(
+            f"warning: logger={logger.name} did not log {run_dir}: "
+            f"{type(exc).__name__}: {first_line(exc)}",
+            file=sys.stderr,
+        )
+
+
+def _start_dir(hydra_cfg: Any) -> Path:
+    """The folder train.py started in, where relative tracker paths point, in any worker."""
+    return Path(OmegaConf.select(hydra_cfg, "runtime.cwd", default=None) or Path.cwd())
 
 
 def job_fields(hydra_cfg: Any, trial: TrialLink | None = None) -> dict[str, Any]:
