@@ -338,8 +338,16 @@ def _series_keys(table: pd.DataFrame) -> list[str]:
     return [c for c in varying if c != "lr" and c not in REPEAT_COLUMNS]
 
 
+def _optimizer_names(table: pd.DataFrame) -> pd.Series:
+    """Each run's optimizer as text; "" where a run has none (a failed job's row, or a table
+    without the column), so that names sort and index colours alike."""
+    if "optimizer" not in table:
+        return pd.Series("", table.index)
+    return table["optimizer"].astype(object).where(table["optimizer"].notna(), "").astype(str)
+
+
 def _optimizer_colors(table: pd.DataFrame) -> dict[str, Any]:
-    names = sorted(table["optimizer"].astype(str).unique()) if "optimizer" in table else [""]
+    names = sorted(_optimizer_names(table).unique())
     return {name: f"C{k % 10}" for k, name in enumerate(names)}
 
 
@@ -348,9 +356,7 @@ def _draw_lr_panel(
 ) -> None:
     """One panel of :func:`objective_vs_lr_figure`: lines for series, points for the rest."""
     keys = _series_keys(table)
-    optimizer = (
-        table["optimizer"].astype(str) if "optimizer" in table else pd.Series("", table.index)
-    )
+    optimizer = _optimizer_names(table)
     done = table[table["status"] == COMPLETED]
     scattered = []
     groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]

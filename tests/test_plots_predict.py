@@ -442,6 +442,23 @@ def test_grid_sweep_keeps_lines_and_bands_stay_within_accuracy_bounds() -> None:
     assert heights.size and heights.max() <= 1.0 and heights.min() >= 0.0  # mean 0.95 ± 0.07
 
 
+def test_a_failed_job_without_an_optimizer_leaves_the_picture_to_the_others() -> None:
+    """A failed job's row has no optimizer (pandas' string column holds a missing value): the
+    picture is drawn from the other runs, as the README's failed-sweep example shows."""
+    rows = [
+        {"lr": 0.1, "optimizer": "sgd", "status": "completed", "objective": 0.3,
+         "test_accuracy": 0.97},
+        {"lr": -1.0, "optimizer": None, "status": "failed", "objective": None,
+         "test_accuracy": None},
+        {"lr": 0.3, "optimizer": "sgd", "status": "completed", "objective": 0.15,
+         "test_accuracy": 0.99},
+    ]  # fmt: skip
+    table = lr_table(rows)
+    table["optimizer"] = table["optimizer"].astype("string")  # as load_sweep's pandas reads it
+    fig = objective_vs_lr_figure(table)
+    assert markers(fig.axes[0]) == 2 and len(fig.axes[0].get_lines()) == 1
+
+
 def test_loss_names_and_csv_titles() -> None:
     assert loss_name(2) == "binary cross-entropy" and loss_name(3) == "cross-entropy"
     csv = OmegaConf.create({"name": "csv", "path": "/data/patients.csv", "target": "y"})
