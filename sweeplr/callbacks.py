@@ -81,9 +81,9 @@ def _unwritable(key: str, path: str) -> str | None:
     """
     import os
 
-    folder = Path(path).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    from sweeplr.records import nearest_existing
+
+    folder = nearest_existing(path)
     if not folder.is_dir():
         reason = os.strerror(errno.ENOTDIR)
     elif not os.access(folder, os.W_OK):
@@ -147,15 +147,9 @@ class JobRecordCallback(Callback):
 
 def optuna_study(config: DictConfig) -> Any:
     """The sweep's Optuna study when the sweeplr Optuna sweeper ran it, else None."""
-    storage = OmegaConf.select(config, "hydra.sweeper.storage")
-    study_name = OmegaConf.select(config, "hydra.sweeper.study_name")
-    if not (storage and study_name):
-        return None
-    import optuna
+    from sweeplr.studies import load_sweep_study
 
-    from sweeplr.studies import open_storage
-
-    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return load_sweep_study(OmegaConf.select(config, "hydra.sweeper") or {})
 
 
 def _holds_runs(sweep_dir: Path) -> bool:

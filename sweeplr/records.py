@@ -77,6 +77,15 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """``path`` made absolute, or its nearest ancestor that exists: where writing it would
+    begin. Checking that folder tells whether ``path`` can be made without creating anything."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 

@@ -283,14 +283,10 @@ def study_distributions(study: optuna.Study) -> dict[str, Any]:
 
 def load_study(hydra_node: Mapping[str, Any]) -> optuna.Study | None:
     """The sweep's study from the storage its jobs name; None if it cannot be read."""
-    sweeper = hydra_node.get("sweeper") or {}
     try:
-        import optuna
+        from sweeplr.studies import load_sweep_study
 
-        from sweeplr.studies import open_storage
-
-        storage = open_storage(str(sweeper["storage"]))
-        return optuna.load_study(study_name=str(sweeper["study_name"]), storage=storage)
+        return load_sweep_study(hydra_node.get("sweeper") or {})
     except Exception:  # noqa: BLE001 - a moved or damaged study: the report goes without it
         return None
 

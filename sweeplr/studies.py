@@ -18,7 +18,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,15 @@ def open_storage(url: str) -> BaseStorage:
             storage = optuna.storages.RDBStorage(url)
         _storages[url] = storage
     return storage
+
+
+def load_sweep_study(sweeper: Mapping[str, Any]) -> optuna.Study | None:
+    """The study a sweeplr_optuna sweep names in its sweeper config (``storage`` and
+    ``study_name``, as the sweeper settles them); None for a sweep that has none."""
+    storage, study_name = sweeper.get("storage"), sweeper.get("study_name")
+    if not (storage and study_name):
+        return None
+    return optuna.load_study(study_name=str(study_name), storage=open_storage(str(storage)))
 
 
 def repair_journal(url: str) -> str | None:

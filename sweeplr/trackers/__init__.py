@@ -54,9 +54,9 @@ def check(logger: Any, base_dir: str | Path, run_dir: str | Path | None = None) 
 
 def _need_writable(key: str, value: str, folder: Path) -> None:
     """One line when ``folder`` cannot be made and written; nothing is created here."""
-    probe = folder.absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    from sweeplr.records import nearest_existing
+
+    probe = nearest_existing(folder)
     if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
         return
     reason = "not a directory" if not probe.is_dir() else "no permission to write"
