@@ -14,6 +14,12 @@ overhead.  This engine trains K configurations of the *same* data set in one pas
   written as in-place tensor ops whose hyperparameters are per-configuration tensors, so a grid
   over learning rates is a single call.
 
+Each configuration may also weight the rows (``sample_weight``: class weights, dataset row
+weights, cross-validation fold masks) and carry its own penalty (`Penalty`: an L2 term in the
+gradient, an L1 term by a proximal step after each update, which gives exact zeros); ``val``
+may carry per-configuration row masks (k-fold validation).  Those runs take the plain unfused
+step, extended with the weights and penalties; the fast paths below stay as they are.
+
 Configurations whose loss becomes non-finite are detected every ``check_every`` epochs and
 removed from the batch (so they cannot slow down or contaminate the others); a callback can
 prune configurations early.  Epochs that are neither checked, logged nor reported run back to
@@ -195,6 +201,21 @@ class LrSchedule(Protocol):
 
 
 @dataclass(frozen=True)
+class Penalty:
+    """Per-configuration regularisation of the weights (never the bias), each ``>= 0``.
+
+    Configuration k minimises ``data_loss_k + l2[k]/2 * ||W_k||^2 + l1[k] * ||W_k||_1``, with
+    scikit-learn's C and l1_ratio mapped by the caller (``l2 = (1 - l1_ratio) / (C n)``,
+    ``l1 = l1_ratio / (C n)``).  ``l2`` enters the gradient; ``l1`` is applied by a proximal
+    step after each optimizer update (see `train_batched`).  A scalar is shared by all K
+    configurations; a configuration without a penalty of a kind has 0 there.
+    """
+
+    l2: HParam = 0.0
+    l1: HParam = 0.0
+
+
+@dataclass(frozen=True)
 class EarlyStopping:
     """Per configuration: stop once ``watch`` has not improved by more than ``min_delta`` for
     ``patience`` logged epochs in a row (None: never stop early), as Lightning's and Keras'
@@ -260,20 +281,25 @@ def train_batched(
     *,
     batch_size: int | None = None,
     shuffle_seed: int = 0,
-    val: tuple[Tensor, Tensor] | None = None,
+    val: tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor] | None = None,
     log_every: int = 0,
     on_report: ReportCallback | None = None,
     report_every: int = 1,
     check_every: int = 10,
     lr_schedule: LrSchedule | None = None,
     early_stopping: EarlyStopping | None = None,
+    sample_weight: Tensor | None = None,
+    penalty: Penalty | None = None,
 ) -> EngineResult:
     """Train K logistic-regression configurations on ``(X, y)`` simultaneously.
 
     Each configuration k behaves like ``nn.Linear(F, out)`` initialised to ``(weight[k],
     bias[k])``, trained for ``epochs`` epochs with ``torch.optim`` of ``optimizer.kind`` and its
     k-th hyperparameters on the mean BCE-with-logits (``n_classes == 2``, one logit) or mean
-    cross-entropy (C > 2 logits) loss.
+    cross-entropy (C > 2 logits) loss -- or, with ``sample_weight`` s, ``(1/n) sum_i s_ki
+    loss_ki`` (divided by the row count n, not by ``sum(s)``: torch's
+    ``BCEWithLogitsLoss(weight=s, reduction="mean")``; the same for cross-entropy), plus
+    ``penalty``.
 
     Args:
         X: ``[n, F]`` features; the engine runs on its device and dtype.
@@ -288,7 +314,10 @@ def train_batched(
             ``g = torch.Generator().manual_seed(shuffle_seed)`` (see `dataloader_permutation`),
             shared by all configurations so that they can share each matmul.
         shuffle_seed: seed of that generator.
-        val: optional ``(X_val, y_val)`` whose loss and accuracy are recorded at logged epochs.
+        val: optional ``(X_val, y_val)`` whose loss and accuracy are recorded at logged epochs,
+            or ``(X_val, y_val, val_weight)`` with ``val_weight`` ``[K, n_val]`` (X's dtype,
+            >= 0, usually 0/1 masks: a k-fold member's held-out rows): configuration k's scores
+            are then the weighted means ``sum(w*l) / sum(w)`` over its rows.
         log_every: record `History` every this many epochs (and at the last one); 0 disables.
         on_report: called every ``report_every`` epochs as ``on_report(epoch, active_mask,
             train_loss, val_loss, val_accuracy)`` with fresh CPU tensors of length K, NaN where
@@ -302,8 +331,22 @@ def train_batched(
         lr_schedule: each configuration's lr per epoch (replacing ``optimizer.lr`` from the
             first epoch on); it observes every logged epoch's metrics (plateau schedules).
         early_stopping: per-configuration early stopping at logged epochs (needs ``val``).
+        sample_weight: row weights ``s >= 0``, ``[n]`` (shared) or ``[K, n]`` (one row per
+            configuration), X's dtype and device; mini-batches take their rows' weights and
+            still divide by their row count.  The recorded train loss is this weighted loss.
+        penalty: per-configuration L2/L1 on the weights (not the bias).  ``l2[k] * W_k`` is
+            added to the gradient; the recorded train loss stays the data loss (no penalty
+            term), so metrics stay comparable across penalties.  L1 is a proximal step after
+            each optimizer update: SGD soft-thresholds W by ``lr_k * l1[k]`` (the current lr),
+            which is proximal gradient descent; Adam/AdamW by ``step_size_k * l1[k] / denom``
+            per coordinate (``step_size = lr / (1 - beta1^t)``, ``denom = sqrt(v /
+            (1 - beta2^t)) + eps``): the proximal step in the diagonal metric Adam's update
+            uses, not an exact solution of the penalised problem per step.
+
+    Weighted or penalised runs use the plain unfused step (neither the fused nor the folded
+    fast path); each configuration's rows stay independent of the others'.
     """
-    _validate_inputs(X, y, n_classes, weight, bias, epochs, batch_size, val)
+    _validate_inputs(X, y, n_classes, weight, bias, epochs, batch_size, val, sample_weight)
     for name, value in (("log_every", log_every), ("report_every", report_every)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -314,7 +357,19 @@ def train_batched(
     if early_stopping is not None and val is None:
         raise ValueError("early stopping needs val")
     with torch.no_grad():
-        run = _Run(X, y, n_classes, weight, bias, optimizer, batch_size, shuffle_seed, val)
+        run = _Run(
+            X,
+            y,
+            n_classes,
+            weight,
+            bias,
+            optimizer,
+            batch_size,
+            shuffle_seed,
+            val,
+            sample_weight=sample_weight,
+            penalty=penalty,
+        )
         run.lr_schedule, run.early = lr_schedule, early_stopping
         return run.train(epochs, log_every, on_report, report_every, check_every)
 
@@ -327,7 +382,8 @@ def _validate_inputs(
     bias: Tensor,
     epochs: int,
     batch_size: int | None,
-    val: tuple[Tensor, Tensor] | None,
+    val: tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor] | None,
+    sample_weight: Tensor | None = None,
 ) -> None:
     """Fail early, with a readable message, on shapes/dtypes the kernels would mangle."""
     out = n_outputs(n_classes)
@@ -336,7 +392,9 @@ def _validate_inputs(
     n, n_features = X.shape
     if n == 0:
         raise ValueError("X has no rows")
-    pairs = [(X, y)] if val is None else [(X, y), val]
+    if val is not None and len(val) not in (2, 3):
+        raise ValueError("val must be (X_val, y_val) or (X_val, y_val, val_weight)")
+    pairs = [(X, y)] if val is None else [(X, y), (val[0], val[1])]
     for features, labels in pairs:
         if features.ndim != 2 or features.shape[1] != n_features:
             raise ValueError(f"features must be [n, {n_features}], got {tuple(features.shape)}")
@@ -361,6 +419,28 @@ def _validate_inputs(
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    k = weight.shape[0]
+    if sample_weight is not None:
+        if sample_weight.shape not in ((n,), (k, n)):
+            raise ValueError(
+                f"sample_weight must be [{n}] or [{k}, {n}], got {tuple(sample_weight.shape)}"
+            )
+        _check_row_weights("sample_weight", sample_weight, X)
+    if val is not None and len(val) == 3:
+        val_weight, n_val = val[2], val[0].shape[0]
+        if val_weight.shape != (k, n_val):
+            raise ValueError(f"val_weight must be [{k}, {n_val}], got {tuple(val_weight.shape)}")
+        _check_row_weights("val_weight", val_weight, X)
+        if not bool((val_weight > 0).any(1).all()):
+            raise ValueError("val_weight must give every configuration a row with weight > 0")
+
+
+def _check_row_weights(name: str, w: Tensor, X: Tensor) -> None:
+    """Row weights must match X's dtype and device and be finite and non-negative."""
+    if w.dtype != X.dtype or w.device != X.device:
+        raise ValueError(f"{name} must share X's dtype and device, got {w.dtype} on {w.device}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"{name} must be finite and >= 0")
 
 
 def _per_config(name: str, value: HParam, k: int) -> Tensor:
@@ -409,6 +489,15 @@ def _resolve_hparams(cfg: OptimizerConfig, k: int) -> dict[str, Tensor]:
     return hp
 
 
+def _soft_threshold(w: Tensor, t: Tensor) -> None:
+    """``w <- sign(w) * max(|w| - t, 0)`` in place, for thresholds ``t >= 0`` broadcasting to w.
+
+    Written ``w - clamp(w, -t, t)``: exactly 0 where ``|w| <= t``, and elsewhere ``w - t`` or
+    ``w + t``, the same roundings as the sign/max form; a NaN stays NaN in its own row.
+    """
+    w.sub_(torch.clamp(w, torch.neg(t), t))
+
+
 class _SGD:
     """``torch.optim.SGD`` (``_single_tensor_sgd``) with per-configuration hyperparameters.
 
@@ -450,6 +539,11 @@ class _SGD:
             else:
                 g = self.buf
         p.addcmul_(g, self.neg_lr)
+
+    def prox_l1(self, w: Tensor, l1: Tensor) -> None:
+        """After `step`: L1's proximal step on the weights ``w`` ([Ka, out, F] view of the
+        parameters) with strengths ``l1`` ([Ka, 1, 1]): soft-threshold by ``lr * l1``."""
+        _soft_threshold(w, torch.mul(self.neg_lr, l1).neg_())
 
     def set_lr(self, lr: Tensor) -> None:
         """New lrs (float64 [Ka]) for the active configurations, from the next step on."""
@@ -538,8 +632,18 @@ class _Adam:
         self.exp_avg_sq.mul_(self.beta2).addcmul_(self.scratch, g)
         torch.sqrt(self.exp_avg_sq, out=self.denom)
         self.denom.div_(bc2_sqrt[row]).add_(self.eps)
-        torch.mul(self.exp_avg, neg_step_size[row], out=self.scratch)
+        self.neg_step_size = neg_step_size[row]  # this step's, for prox_l1
+        torch.mul(self.exp_avg, self.neg_step_size, out=self.scratch)
         p.addcdiv_(self.scratch, self.denom)
+
+    def prox_l1(self, w: Tensor, l1: Tensor) -> None:
+        """After `step`: L1's proximal step on the weights ``w`` ([Ka, out, F] view of the
+        parameters) with strengths ``l1`` ([Ka, 1, 1]) in the diagonal metric of the update
+        ``p -= step_size * m / denom``: per coordinate, soft-threshold by
+        ``step_size * l1 / denom`` (the prox of ``l1 * ||w||_1`` under the norm
+        ``sum denom_i / step_size * w_i^2``)."""
+        threshold = torch.mul(self.neg_step_size, l1).neg_()
+        _soft_threshold(w, threshold.div(self.denom[..., : w.shape[2]]))
 
     def select(self, keep: Tensor) -> None:
         """Keep only the configurations at positions ``keep`` (after some stopped)."""
@@ -608,11 +712,16 @@ class _Workspace:
             self.x = like.new_empty(nb, n_features)
             self.targets = tuple(t.new_empty(*t.shape[:-1], nb) for t in run.targets)
         self.xt = self.x.t()
+        # Row weights [1 or Ka, nb] (see _Run.sw), filled per mini-batch like the targets.
+        self.sw: Tensor | None = None
+        if run.sw is not None:
+            self.sw = run.sw if run.batch_size is None else like.new_empty(run.sw.shape[0], nb)
         self.lanes: list[_Lane] = []
         itemsize = like.element_size()
         rows, self.block = _fused_sizes(ko, n_features, itemsize, self.multiclass)
         fused = _fuses(nb, rows, n_features, ko, itemsize, self.multiclass)
-        if not fused or like.device.type != "cpu":
+        # Weighted or penalised runs take the unfused step: the fused kernels stay as measured.
+        if not fused or like.device.type != "cpu" or run.extended:
             self.ones = like.new_ones(nb)
             self.z = like.new_empty(ko, nb)
             self.ls = like.new_empty(ka, out, nb) if self.multiclass else None
@@ -695,6 +804,7 @@ class _FoldedBinarySteps:
         x = ws.x
         return (
             run.batch_size is None
+            and not run.extended  # row weights and penalties are only in the plain step
             and not ws.lanes  # a fused workspace has no whole-batch logit buffers
             and ws.ls is None
             and x.is_contiguous()
@@ -833,10 +943,30 @@ class _Run:
         optimizer: OptimizerConfig,
         batch_size: int | None,
         shuffle_seed: int,
-        val: tuple[Tensor, Tensor] | None,
+        val: tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor] | None,
+        *,
+        sample_weight: Tensor | None = None,
+        penalty: Penalty | None = None,
     ) -> None:
         k = weight.shape[0]
-        self.X, self.val = X, val
+        self.X = X
+        self.val = None if val is None else (val[0], val[1])
+        # Per-configuration tensors beyond the optimizer's, selected in _stop with the rest:
+        # validation row weights [Ka, n_val]; row weights [1, n] (shared) or [Ka, n]; the
+        # penalties' strengths as [Ka, 1, 1] columns, None when no configuration has one.
+        self.val_w = val[2] if val is not None and len(val) == 3 else None
+        self.sw = None if sample_weight is None else sample_weight.reshape(-1, X.shape[0])
+        self.sw_per_config = sample_weight is not None and sample_weight.ndim == 2
+        self.l2: Tensor | None = None
+        self.l1: Tensor | None = None
+        if penalty is not None:
+            for name in ("l2", "l1"):
+                strength = _per_config(f"penalty.{name}", getattr(penalty, name), k)
+                if bool((strength < 0).any()):
+                    raise ValueError(f"penalty.{name} must be >= 0")
+                if bool(strength.any()):
+                    setattr(self, name, strength.to(X.dtype).to(X.device).view(-1, 1, 1))
+        self.extended = self.sw is not None or self.l2 is not None or self.l1 is not None
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(shuffle_seed)
         # Parameters of configuration k live in P[k] = [W | b]: [out, F+1].  One tensor means
@@ -917,13 +1047,22 @@ class _Run:
             sigmoid_u = torch.sigmoid(u, out=ws.scratch)
             # softplus(u) is the BCE; silu(u) = u * sigmoid(u) the cheap finiteness surrogate
             per_sample = F.softplus(u).add_(u - u) if want_loss else u.mul_(sigmoid_u)
+            if ws.sw is not None:  # s * loss, and s * dL/dz below
+                per_sample.mul_(ws.sw)
             torch.mv(per_sample, ws.ones, out=loss_sum_out)
             torch.mul(sigmoid_u, sign, out=z)
+            if ws.sw is not None:
+                z.mul_(ws.sw)
         else:
             ls = torch.log_softmax(z.view(ws.ka, -1, z.shape[1]), 1, out=ws.ls)
             label_log_prob = torch.gather(ls, 1, ws.label_index, out=ws.scratch)
+            sw3 = None if ws.sw is None else ws.sw.unsqueeze(1)  # [1 or Ka, 1, nb]
+            if sw3 is not None:
+                label_log_prob.mul_(sw3)
             torch.mv(label_log_prob.view(ws.ka, -1), ws.ones, out=loss_sum_out).neg_()
             ls.exp_().add_(ws.targets[1])
+            if sw3 is not None:
+                ls.mul_(sw3)
         ws.backward()
 
     def _plain_epochs(self, count: int) -> None:
@@ -1013,7 +1152,20 @@ class _Run:
         """One step on all of X; ``loss_out`` gets the loss *sum* (see ``loss_divisor``)."""
         ws = self._workspace(self.X.shape[0])
         self._loss_and_grad(ws, loss_out, want_loss)
+        self._step()
+
+    def _step(self) -> None:
+        """The optimizer's update from G, with the penalties on the weights (not the bias):
+        ``l2 * W`` added to the gradient before, L1's proximal step after (see `Penalty`)."""
+        if self.l2 is None and self.l1 is None:
+            self.opt.step(self.P, self.G)
+            return
+        n_features = self.P.shape[2] - 1
+        if self.l2 is not None:
+            self.G[..., :n_features].addcmul_(self.P[..., :n_features], self.l2)
         self.opt.step(self.P, self.G)
+        if self.l1 is not None:
+            self.opt.prox_l1(self.P[..., :n_features], self.l1)
 
     def _mini_batch_epoch(self, loss_out: Tensor, want_loss: bool) -> None:
         """One step per mini-batch; ``loss_out`` gets the mean of the batch means."""
@@ -1028,8 +1180,11 @@ class _Run:
             torch.index_select(self.X, 0, idx, out=ws.x)
             for full, buf in zip(self.targets, ws.targets, strict=True):
                 torch.index_select(full, full.ndim - 1, idx, out=buf)
+            if self.sw is not None:
+                assert ws.sw is not None
+                torch.index_select(self.sw, 1, idx, out=ws.sw)
             self._loss_and_grad(ws, batch_sums[:, j], want_loss)
-            self.opt.step(self.P, self.G)
+            self._step()
         # sum_j sum_j / (n_j * n_batches): each term is at most a finite batch mean, so this
         # is non-finite exactly when some batch loss is, like the reference's Python mean.
         torch.mv(batch_sums, self.batch_weights, out=loss_out)
@@ -1065,6 +1220,12 @@ class _Run:
         self.G = torch.empty_like(self.P)
         self._set_ring(self.ring.index_select(0, keep))
         self.opt.select(keep)
+        if self.sw is not None and self.sw_per_config:
+            self.sw = self.sw.index_select(0, keep)
+        for name in ("val_w", "l2", "l1"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, keep))
         self.workspaces.clear()
 
     def _set_ring(self, ring: Tensor) -> None:
@@ -1089,7 +1250,8 @@ class _Run:
         self._stop(positions, DIVERGED, [first_epoch + first_bad[i] for i in positions])
 
     def _evaluate(self) -> tuple[Tensor, Tensor]:
-        """Validation loss and accuracy of the active configurations, ``[Ka]`` each."""
+        """Validation loss and accuracy of the active configurations, ``[Ka]`` each: means
+        over the validation rows, or weighted means over each configuration's (``val_w``)."""
         assert self.val is not None
         xv, yv = self.val
         ka, out, fp1 = self.P.shape
@@ -1097,13 +1259,20 @@ class _Run:
         z = torch.addmm(p2[:, fp1 - 1 :], p2[:, : fp1 - 1], xv.t())
         if out == 1:
             target = yv.to(z.dtype).expand_as(z)
-            loss = F.binary_cross_entropy_with_logits(z, target, reduction="none").mean(1)
+            loss = F.binary_cross_entropy_with_logits(z, target, reduction="none")
             correct = (z > 0) == yv.bool()
         else:
             z3 = z.view(ka, out, -1)
-            loss = F.cross_entropy(z3, yv.expand(ka, -1), reduction="none").mean(1)
+            loss = F.cross_entropy(z3, yv.expand(ka, -1), reduction="none")
             correct = z3.argmax(1) == yv
-        return loss, correct.to(z.dtype).mean(1)
+        accuracy = correct.to(z.dtype)
+        w = self.val_w
+        if w is None:
+            return loss.mean(1), accuracy.mean(1)
+        total = w.sum(1)
+        # Rows outside a configuration's set count 0 even where their loss is inf (0 * inf).
+        weighted_loss = torch.where(w > 0, loss * w, 0.0).sum(1) / total
+        return weighted_loss, (accuracy * w).sum(1) / total
 
     def train(
         self,

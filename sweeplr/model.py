@@ -40,8 +40,18 @@ def logits_to_proba(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def loss_on_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean BCE-with-logits (one logit) or cross-entropy (C logits); ``y`` holds int class codes."""
+def loss_on_logits(
+    logits: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean BCE-with-logits (one logit) or cross-entropy (C logits); ``y`` holds int class codes.
+
+    With ``sample_weight`` s ([n], >= 0): ``mean(s * per-sample loss)``, divided by the row
+    count n and not by ``sum(s)`` -- ``BCEWithLogitsLoss(weight=s)``'s convention, used for
+    cross-entropy too (unlike ``cross_entropy(weight=...)``, whose mean divides by the weights).
+    """
     if logits.shape[-1] == 1:
-        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
-    return F.cross_entropy(logits, y)
+        target = y.to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), target, weight=sample_weight)
+    if sample_weight is None:
+        return F.cross_entropy(logits, y)
+    return (sample_weight * F.cross_entropy(logits, y, reduction="none")).mean()

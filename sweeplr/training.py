@@ -120,6 +120,9 @@ def train(
     schedule: SchedulerConfig | None = None,
     early_stopping: EarlyStoppingConfig | None = None,
     watch: str | None = None,
+    sample_weight: torch.Tensor | None = None,
+    l2: float = 0.0,
+    l1: float = 0.0,
 ) -> TrainResult:
     """Fit ``model`` in place; full batch when ``batch_size`` is None, else shuffled mini-batches.
 
@@ -131,7 +134,15 @@ def train(
     ``schedule`` steps a ``torch.optim.lr_scheduler`` after every epoch (ReduceLROnPlateau
     after every logged one, on ``watch``); ``early_stopping`` watches ``watch`` (``val_loss``,
     lower is better, or ``val_accuracy``) at logged epochs, the batched engine's rules.
+
+    ``sample_weight`` ([n], >= 0) weights the rows: the loss is ``mean(s * per-sample loss)``
+    (see `loss_on_logits`); mini-batches take their rows' weights.  ``l2`` adds
+    ``l2/2 * ||W||^2`` to the loss that is backpropagated and ``l1`` applies a proximal step
+    after each ``opt.step()`` (see `_prox_l1`), both on the weights only, never the bias; the
+    recorded train loss is the data loss alone.  These are `sweeplr.engine.Penalty`'s rules.
     """
+    if l2 < 0 or l1 < 0:
+        raise ValueError(f"l2 and l1 must be >= 0, got {l2} and {l1}")
     opt = optimizer.build(model.parameters())
     sign = -1.0 if watch == "val_accuracy" else 1.0  # sign * value: lower is better
     scheduler = (
@@ -150,9 +161,10 @@ def train(
         lr = opt.param_groups[0]["lr"]
         if full_batch:
             opt.zero_grad(set_to_none=True)
-            loss = loss_on_logits(model(X_train), y_train)
-            loss.backward()
+            loss = loss_on_logits(model(X_train), y_train, sample_weight)
+            _penalised(model, loss, l2).backward()
             opt.step()
+            _prox_l1(opt, model, l1)
             epoch_losses[epoch - 1] = loss.detach()
         else:
             # DataLoader(shuffle=True)'s order, which the batched engine reproduces.
@@ -162,9 +174,11 @@ def train(
             for start in starts:
                 index = order[start : start + batch_size]
                 opt.zero_grad(set_to_none=True)
-                loss = loss_on_logits(model(X_train[index]), y_train[index])
-                loss.backward()
+                weight = None if sample_weight is None else sample_weight[index]
+                loss = loss_on_logits(model(X_train[index]), y_train[index], weight)
+                _penalised(model, loss, l2).backward()
                 opt.step()
+                _prox_l1(opt, model, l1)
                 total += loss.detach()
             epoch_losses[epoch - 1] = total / len(starts)
         if scheduler is not None and not plateau and epoch < epochs:
@@ -198,6 +212,40 @@ def train(
     if early_stopping is not None:
         _restore(model, early_stopping, best_state)
     return TrainResult(COMPLETED, epochs, None, history, best_epoch)
+
+
+def _penalised(model: LogisticRegression, loss: torch.Tensor, l2: float) -> torch.Tensor:
+    """The loss to backpropagate: the data loss plus ``l2/2 * ||W||^2`` (weights, not bias)."""
+    if not l2:
+        return loss
+    return loss + 0.5 * l2 * model.linear.weight.square().sum()
+
+
+@torch.no_grad()
+def _prox_l1(opt: torch.optim.Optimizer, model: LogisticRegression, l1: float) -> None:
+    """After ``opt.step()``: L1's proximal step on the weights, soft-thresholding them.
+
+    SGD: by ``lr * l1`` (proximal gradient descent, with the lr the step used). Adam/AdamW: by
+    ``step_size * l1 / denom`` per coordinate, from the optimizer's state -- ``step_size = lr /
+    (1 - beta1^t)``, ``denom = sqrt(exp_avg_sq) / sqrt(1 - beta2^t) + eps`` as torch computes
+    them -- the proximal step in the diagonal metric of Adam's update (the engine's rule).
+    """
+    if not l1:
+        return
+    weight = model.linear.weight
+    group = opt.param_groups[0]
+    if isinstance(opt, torch.optim.SGD):
+        threshold: torch.Tensor | float = group["lr"] * l1
+    else:
+        state = opt.state[weight]
+        step = float(state["step"])
+        beta1, beta2 = group["betas"]
+        step_size = group["lr"] / (1 - beta1**step)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
+        threshold = step_size * l1 / denom
+    # sign(w) * max(|w| - t, 0), written so that |w| <= t gives exactly 0
+    weight.sub_(torch.clamp(weight, -threshold, threshold))
 
 
 def _restore(model: LogisticRegression, early: EarlyStoppingConfig, state: dict | None) -> None:
