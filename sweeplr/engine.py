@@ -235,7 +235,8 @@ class History:
 
     The tensors are ``[T, K]`` with ``T = len(epochs)``, on the CPU.  ``train_loss[t, k]`` is
     the loss of epoch ``epochs[t]`` as training saw it: the full-batch loss before that epoch's
-    update, or the mean of the epoch's mini-batch losses.
+    update, or the mean of the epoch's mini-batch losses -- with row weights the weighted data
+    loss, and never a penalty term (see `train_batched`).
     ``val_loss``/``val_accuracy`` are evaluated with the parameters at the end of that epoch;
     ``lr`` (float64) is the lr the epoch trained with. Entries after a configuration stopped
     (pruned, diverged, or early) are NaN.

@@ -4,7 +4,8 @@ Runs use the batched closed-form engine (``sweeplr.engine``); this module is wha
 checked against, and what a reader of the tutorial recognises.
 
 ``train`` runs one configuration; it stops early, with a status instead of an exception, when
-the loss stops being finite (``diverged``) or when ``on_log`` asks it to (``pruned``).
+the loss stops being finite (``diverged``) or when ``on_log`` asks it to (``pruned``).  Row
+weights and L2/L1 penalties follow the engine's rules (see ``train``), so it is their oracle too.
 """
 
 from __future__ import annotations
