@@ -266,3 +266,126 @@ def evaluate(
     loss = loss_on_logits(logits, y).item()
     proba = logits_to_proba(logits).cpu().numpy()
     return classification_metrics(proba, y.cpu().numpy(), loss)
+
+
+class _NonFinite(Exception):
+    """Raised inside the L-BFGS closure to abandon a step whose loss or gradient broke."""
+
+
+def train_lbfgs_reference(
+    model: LogisticRegression,
+    X_train: torch.Tensor,
+    y_train: torch.Tensor,
+    X_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    lr: float,
+    max_iter: int,
+    history_size: int,
+    tolerance_grad: float,
+    tolerance_change: float,
+    sample_weight: torch.Tensor | None = None,
+    l2: float = 0.0,
+    log_every: int = 10,
+    on_log: LogCallback | None = None,
+) -> TrainResult:
+    """``torch.optim.LBFGS(line_search_fn="strong_wolfe")`` with autograd, what
+    `sweeplr.lbfgs.train_lbfgs` is checked against, one iteration per ``step`` call.
+
+    Objective: mean of ``sample_weight * loss`` (divided by n) + ``l2/2 ||weight||^2`` (bias
+    unpenalised).  Each ``step(closure)`` runs one iteration (``max_iter=1``; the optimizer's
+    state carries the history over), so the loop can log and prune between iterations.  To
+    follow the trajectory of ONE call with ``max_iter`` exactly, each call gets ``max_eval`` =
+    the evaluations left + 1 (its line search is then capped as in the single call) and torch's
+    end-of-iteration exits are checked here between calls.  ``epochs_run`` counts iterations
+    that took a step; the train loss logged is the data loss after the iteration's step.  A
+    non-finite loss or gradient anywhere (line-search trials included) ends the run
+    ``diverged`` at that iteration (the start evaluation counts as iteration 1).
+    """
+    params = list(model.parameters())
+    weight = model.linear.weight
+    n = len(y_train)
+    max_eval = max_iter * 5 // 4
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(X_train)
+        if logits.shape[-1] == 1:
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits.squeeze(-1), y_train.to(logits.dtype), reduction="none"
+            )
+        else:
+            losses = torch.nn.functional.cross_entropy(logits, y_train, reduction="none")
+        data = (losses if sample_weight is None else losses * sample_weight).sum() / n
+        return data + 0.5 * l2 * (weight * weight).sum(), data
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss, _ = objective()
+        loss.backward()
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+        if not (bool(torch.isfinite(loss)) and finite):
+            raise _NonFinite
+        return loss.detach()  # (torch's step only takes float() of it)
+
+    opt = torch.optim.LBFGS(
+        params,
+        lr=lr,
+        max_iter=1,
+        history_size=history_size,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=tolerance_change,
+        line_search_fn="strong_wolfe",
+    )
+    history = History()
+    try:
+        closure()
+    except _NonFinite:
+        return TrainResult(DIVERGED, 1, 1, history)
+    if max_iter == 0 or max(float(p.grad.abs().max()) for p in params) <= tolerance_grad:
+        return TrainResult(COMPLETED, 0, None, history)
+    state = opt.state[params[0]]
+    evals = 1  # what one call's current_evals would be
+    for epoch in range(1, max_iter + 1):
+        opt.param_groups[0]["max_eval"] = max_eval - evals + 1
+        before = state.get("func_evals", 0)
+        try:
+            opt.step(closure)
+        except _NonFinite:
+            return TrainResult(DIVERGED, epoch, epoch, history)
+        ls_evals = state["func_evals"] - before - 1  # minus the call's own start evaluation
+        if ls_evals == 0:  # torch's g.d > -tolerance_change exit: no step this iteration
+            if log_every and epoch > 1 and (not history.epoch or history.epoch[-1] != epoch - 1):
+                # The previous iteration was this run's last: log it as such (unchanged model).
+                with torch.no_grad():
+                    train_loss = float(objective()[1])
+                val_loss, val_accuracy = _val_scores(model, X_val, y_val)
+                history.append(epoch - 1, train_loss, val_loss, val_accuracy, lr)
+                if on_log is not None:
+                    on_log(epoch - 1, train_loss, val_loss, val_accuracy)
+            return TrainResult(COMPLETED, epoch - 1, None, history)
+        evals += ls_evals
+        with torch.enable_grad():
+            loss = float(closure())  # bitwise the line search's accepted point
+        with torch.no_grad():
+            train_loss = float(objective()[1])
+        gmax = max(float(p.grad.abs().max()) for p in params)
+        step = float((state["d"] * state["t"]).abs().max())
+        done = (
+            epoch == max_iter
+            or evals >= max_eval
+            or gmax <= tolerance_grad
+            or step <= tolerance_change
+            or abs(loss - state["prev_loss"]) < tolerance_change
+        )
+        if log_every and (epoch % log_every == 0 or done):
+            val_loss, val_accuracy = _val_scores(model, X_val, y_val)
+            history.append(epoch, train_loss, val_loss, val_accuracy, lr)
+            if (
+                on_log is not None
+                and on_log(epoch, train_loss, val_loss, val_accuracy)
+                and not done
+            ):
+                return TrainResult(PRUNED, epoch, None, history)
+        if done:
+            return TrainResult(COMPLETED, epoch, None, history)
+    return TrainResult(COMPLETED, max_iter, None, history)
