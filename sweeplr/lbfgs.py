@@ -65,8 +65,22 @@ def _cubic_interpolate(
 ) -> float:
     """torch.optim.lbfgs._cubic_interpolate (BSD-3-Clause, ported from torch 2.13), on float64.
 
-    numpy scalars so that a zero division gives inf/nan as torch's tensors do, not an exception.
+    numpy scalars, with their warnings off, so that a zero division (a bracket that collapsed
+    to a point) gives inf/nan silently as torch's tensors do, not an exception.
     """
+    with np.errstate(all="ignore"):
+        return _cubic(x1, f1, g1, x2, f2, g2, bounds)
+
+
+def _cubic(
+    x1: float,
+    f1: float,
+    g1: float,
+    x2: float,
+    f2: float,
+    g2: float,
+    bounds: tuple[float, float] | None,
+) -> float:
     x1, f1, g1, x2, f2, g2 = (np.float64(v) for v in (x1, f1, g1, x2, f2, g2))
     if bounds is not None:
         xmin_bound, xmax_bound = np.float64(bounds[0]), np.float64(bounds[1])
@@ -80,8 +94,8 @@ def _cubic_interpolate(
             min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
         else:
             min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-        return min(max(min_pos, xmin_bound), xmax_bound)
-    return (xmin_bound + xmax_bound) / 2.0
+        return float(min(max(min_pos, xmin_bound), xmax_bound))
+    return float((xmin_bound + xmax_bound) / 2.0)
 
 
 def _strong_wolfe(
@@ -101,19 +115,19 @@ def _strong_wolfe(
     line searches.  Gradients are carried as payloads because only the accepted point's is
     needed (torch clones them into the bracket; the values are the same).
     """
-    f, gtd, t = np.float64(f), np.float64(gtd), np.float64(t)
+    f, gtd, t = float(f), float(gtd), float(t)
     g: Any = None  # payload of the start point
-    f_new, gtd_new, g_new = yield float(t)
-    f_new, gtd_new = np.float64(f_new), np.float64(gtd_new)
+    f_new, gtd_new, g_new = yield t
+    f_new, gtd_new = float(f_new), float(gtd_new)
     ls_func_evals = 1
 
-    t_prev, f_prev, g_prev, gtd_prev = np.float64(0), f, g, gtd
+    t_prev, f_prev, g_prev, gtd_prev = 0.0, f, g, gtd
     done = False
     ls_iter = 0
-    bracket: list[np.float64] = []
-    bracket_f: list[np.float64] = []
+    bracket: list[float] = []
+    bracket_f: list[float] = []
     bracket_g: list[Any] = []
-    bracket_gtd: list[np.float64] = []
+    bracket_gtd: list[float] = []
     while ls_iter < max_ls:
         if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
             bracket, bracket_f = [t_prev, t], [f_prev, f_new]
@@ -134,13 +148,13 @@ def _strong_wolfe(
             t_prev, f_prev, gtd_prev, t, f_new, gtd_new, bounds=(min_step, max_step)
         )
         t_prev, f_prev, g_prev, gtd_prev = tmp, f_new, g_new, gtd_new
-        f_new, gtd_new, g_new = yield float(t)
-        f_new, gtd_new = np.float64(f_new), np.float64(gtd_new)
+        f_new, gtd_new, g_new = yield t
+        f_new, gtd_new = float(f_new), float(gtd_new)
         ls_func_evals += 1
         ls_iter += 1
 
     if ls_iter == max_ls:
-        bracket, bracket_f, bracket_g = [np.float64(0), t], [f, f_new], [g, g_new]
+        bracket, bracket_f, bracket_g = [0.0, t], [f, f_new], [g, g_new]
 
     insuf_progress = False
     low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[-1] else (1, 0)
@@ -163,8 +177,8 @@ def _strong_wolfe(
         else:
             insuf_progress = False
 
-        f_new, gtd_new, g_new = yield float(t)
-        f_new, gtd_new = np.float64(f_new), np.float64(gtd_new)
+        f_new, gtd_new, g_new = yield t
+        f_new, gtd_new = float(f_new), float(gtd_new)
         ls_func_evals += 1
         ls_iter += 1
 
@@ -182,7 +196,7 @@ def _strong_wolfe(
             bracket[low_pos], bracket_f[low_pos] = t, f_new
             bracket_g[low_pos], bracket_gtd[low_pos] = g_new, gtd_new
 
-    return float(bracket_f[low_pos]), bracket_g[low_pos], float(bracket[low_pos]), ls_func_evals
+    return bracket_f[low_pos], bracket_g[low_pos], bracket[low_pos], ls_func_evals
 
 
 def _per_config(name: str, value: HParam, k: int) -> np.ndarray:
@@ -673,12 +687,13 @@ class _Run:
         mask = torch.zeros(k, dtype=torch.bool)
         mask[ran] = True
         nan = torch.full((k,), math.nan, dtype=torch.float64)
+        dtype = self.P.dtype  # train_batched's tensors have X's dtype
         stop = on_report(
             epoch,
             mask.clone(),
-            loss.clone(),
-            nan.clone() if vl is None else vl.clone(),
-            nan.clone() if va is None else va.clone(),
+            loss.to(dtype, copy=True),
+            (nan if vl is None else vl).to(dtype, copy=True),
+            (nan if va is None else va).to(dtype, copy=True),
         )
         if stop is None:
             return alive

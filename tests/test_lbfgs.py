@@ -164,6 +164,26 @@ def test_configurations_converge_at_different_iterations() -> None:
         )
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_k64_matches_torch_on_sampled_configurations(n_classes: int) -> None:
+    """K=64 (an lr x l2 grid) in one call; three of them checked against torch one by one."""
+    X, y, Xv, yv = _data(n_classes)
+    lrs = [0.1, 0.3, 1.0, 2.0] * 16
+    l2s = np.repeat(np.logspace(-4, 0, 16), 4).tolist()
+    weight, bias = linear_init(N_FEATURES, n_classes, list(range(64)), dtype=X.dtype)
+    kwargs = {"max_iter": 30, "history_size": 10, "tolerance_grad": 1e-7, "tolerance_change": 1e-9}
+    result = train_lbfgs(X, y, n_classes, weight, bias, lr=lrs, penalty=_Penalty(l2=l2s), **kwargs)
+    assert result.status == [COMPLETED] * 64
+    for kk in (0, 29, 63):
+        ref, model = _reference(
+            X, y, Xv, yv, n_classes, weight[kk], bias[kk], lr=lrs[kk], l2=l2s[kk],
+            sample_weight=None, log_every=0, **kwargs,
+        )  # fmt: skip
+        assert (ref.status, ref.epochs_run) == (result.status[kk], result.epochs_run[kk])
+        torch.testing.assert_close(result.weight[kk], model.linear.weight, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(result.bias[kk], model.linear.bias, rtol=1e-8, atol=1e-10)
+
+
 def test_k1_float32_multiclass_and_start_exit() -> None:
     """K=1 float32 runs; a configuration already optimal at the start runs 0 iterations."""
     X, y, _, _ = _data(3, torch.float32)
