@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from sweeplr import lbfgs
 from sweeplr.engine import EngineResult, linear_init
 from sweeplr.lbfgs import train_lbfgs
 from sweeplr.model import LogisticRegression
@@ -182,6 +183,51 @@ def test_k64_matches_torch_on_sampled_configurations(n_classes: int) -> None:
         assert (ref.status, ref.epochs_run) == (result.status[kk], result.epochs_run[kk])
         torch.testing.assert_close(result.weight[kk], model.linear.weight, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(result.bias[kk], model.linear.bias, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("max_iter", [1, 2, 5])
+def test_evaluation_budget_exits_match_torch(max_iter: int) -> None:
+    """Small max_iter: max_eval = max_iter * 5 // 4 caps the line searches (max_ls 0 at 1)."""
+    _check_against_reference(
+        3,
+        lrs=[1.0, 3.0],
+        l2s=[0.0, 0.01],
+        weights=None,
+        max_iter=max_iter,
+        history_size=3,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-9,
+        log_every=1,
+    )
+
+
+def test_divergence_mid_run_is_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loss that turns non-finite in a later line search stops only its configuration."""
+    X, y, _, _ = _data(2)
+    weight, bias = linear_init(N_FEATURES, 2, [0, 1, 2], dtype=X.dtype)
+    kwargs = {"max_iter": 25, "tolerance_change": 1e-12, "log_every": 1}
+    alone = train_lbfgs(X, y, 2, weight[[0, 2]], bias[[0, 2]], **kwargs)
+    real = lbfgs._Problem.evaluate
+    calls = {"n": 0}
+
+    def poisoned(self: lbfgs._Problem, P: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        f, data, grad = real(self, P, idx)
+        if 1 in idx.tolist():
+            calls["n"] += 1
+            if calls["n"] >= 6:  # config 1's sixth evaluation and later: an overflow
+                f = torch.where(idx == 1, math.inf, f)
+        return f, data, grad
+
+    monkeypatch.setattr(lbfgs._Problem, "evaluate", poisoned)
+    both = train_lbfgs(X, y, 2, weight, bias, **kwargs)
+    assert both.status[1] == DIVERGED
+    epoch = both.diverged_epoch[1]
+    assert epoch is not None and epoch > 1 and both.epochs_run[1] == epoch
+    hist = both.history
+    assert bool(torch.isfinite(hist.train_loss[: epoch - 1, 1]).all())
+    assert bool(hist.train_loss[epoch - 1 :, 1].isnan().all())
+    torch.testing.assert_close(both.weight[[0, 2]], alone.weight, rtol=1e-12, atol=1e-14)
+    assert [both.epochs_run[0], both.epochs_run[2]] == alone.epochs_run
 
 
 def test_k1_float32_multiclass_and_start_exit() -> None:
