@@ -70,7 +70,7 @@ def synthetic(rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def objective(X: np.ndarray, y: np.ndarray, params: np.ndarray, l2: np.ndarray) -> np.ndarray:
-    """design.md's J for each row of ``params`` ([K, F+1]), in float64."""
+    """The objective (1/n) sum s_i loss_i + l2/2 ||W||^2 for each row of ``params`` ([K, F+1]), in float64."""
     w, b = params[:, :-1].astype(np.float64), params[:, -1].astype(np.float64)
     z = X.astype(np.float64) @ w.T + b
     data = np.mean(np.logaddexp(0, z) - y[:, None] * z, axis=0)

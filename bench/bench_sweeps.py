@@ -3,7 +3,7 @@
     python bench/bench_sweeps.py                 # all, about 10 minutes on 2 cores
     python bench/bench_sweeps.py p1 --epochs 20000 --reps 3
     python bench/bench_sweeps.py p2 p3
-    python bench/bench_sweeps.py cli
+    python bench/bench_sweeps.py cv cli
 
 Every figure is the median wall time of ``--reps`` runs of a whole ``python ...`` process
 (imports included: that is what a user waits for), variants interleaved rep by rep so that
@@ -21,6 +21,12 @@ P3  the command users type, ``train.py --multirun sweep=optuna 'epochs=choice(50
     through the basic launcher with the reference path (target within 1% for every one of
     sampler seeds 0-4); also the same sweep through bench/floor_app.py, sweeplr's config with a
     task that trains nothing: what Hydra's job machinery and Optuna cost alone.
+
+CV  a 20-point lr grid on breast_cancer with ``cv=5`` vs the same grid without CV (target <=
+    2.0), and ``train.py --multirun sweep=optuna cv=5 dataset=breast_cancer`` (and the
+    ``sweep=logistic_cv`` preset, by val loss and by val accuracy): the best trial's test
+    accuracy and 5-fold scores vs scikit-learn's ``LogisticRegressionCV(cv=5)`` on the same
+    split and the same folds, with both times.
 
 CLI ``sweeplr --help`` (target <= 0.3 s), and which heavy modules building its parser loads.
 
@@ -258,6 +264,84 @@ def p3(args: argparse.Namespace) -> None:
         )
 
 
+def sklearn_cv() -> dict[str, float]:
+    """``LogisticRegressionCV(cv=5)`` (10 Cs, lbfgs) on breast_cancer's tutorial split,
+    standardised on the training part as sweeplr does: its test accuracy, its best mean fold
+    accuracy (its default scoring) and, scored by log-loss instead, its best mean fold loss."""
+    import warnings
+
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.33, random_state=42)
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9's default changes
+        started = time.perf_counter()
+        model = LogisticRegressionCV(cv=5).fit(X_train, y_train)
+        seconds = time.perf_counter() - started
+        by_loss = LogisticRegressionCV(cv=5, scoring="neg_log_loss").fit(X_train, y_train)
+    return {
+        "test_accuracy": float(model.score(X_test, y_test)),
+        "cv_accuracy": float(model.scores_[1].mean(0).max()),
+        "cv_loss": float(-by_loss.scores_[1].mean(0).max()),
+        "seconds": seconds,
+    }
+
+
+def best_row(sweep_dir: Path) -> dict[str, float]:
+    """The summary row of a sweep's best run (its objective, minimised, first)."""
+    import csv
+
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "completed"]
+    return {
+        k: float(v)
+        for k, v in min(rows, key=lambda r: float(r["objective"])).items()
+        if k in ("objective", "test_accuracy", "val_accuracy", "val_loss")
+    }
+
+
+def cv(args: argparse.Namespace) -> None:
+    """k-fold CV inside the batch: what it costs, and how good its pick is."""
+    grid = lr_grid(20)
+    common = ["--multirun", grid, "dataset=breast_cancer"]
+    res = median_runs(
+        {"grid": train(*common), "grid_cv5": train(*common, "cv=5")},
+        args.reps,
+    )
+    plain, folds = res["grid"]["wall"], res["grid_cv5"]["wall"]
+    print(
+        f"CV 20-point lr grid on breast_cancer: {plain:.2f} s, with cv=5 {folds:.2f} s -> "
+        f"ratio {folds / plain:.2f} (target <= 2.0)"
+    )
+    theirs = sklearn_cv()
+    for preset, objective in (
+        ("optuna", "val_loss"),
+        ("logistic_cv", "val_loss"),
+        ("logistic_cv", "val_accuracy"),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep = Path(tmp) / "sweep"
+            extra = [] if objective == "val_loss" else [f"objective={objective}"]
+            args_ = ["--multirun", f"sweep={preset}", "dataset=breast_cancer", *extra]
+            args_ += ["cv=5"] if preset == "optuna" else []
+            wall, _, _ = timed(train(*args_, f"hydra.sweep.dir={sweep}"), Path(tmp))
+            best = best_row(sweep)
+        print(
+            f"CV {' '.join(args_[1:])} ({wall:.1f} s, 20 trials): best trial's test accuracy "
+            f"{best['test_accuracy']:.4f}, 5-fold val loss {best['val_loss']:.4f}, val accuracy "
+            f"{best['val_accuracy']:.4f} | LogisticRegressionCV(cv=5): test accuracy "
+            f"{theirs['test_accuracy']:.4f}, best 5-fold accuracy {theirs['cv_accuracy']:.4f}, "
+            f"(scored by log-loss) best 5-fold loss {theirs['cv_loss']:.4f}; "
+            f"{theirs['seconds']:.2f} s of fitting"
+        )
+
+
 def cli(args: argparse.Namespace) -> None:
     """``sweeplr --help``: the CLI's start-up, and the heavy modules it must not import."""
     sweeplr = str(Path(PY).with_name("sweeplr"))
@@ -292,7 +376,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     for name in args.which:
-        {"p1": p1, "p2": p2, "p3": p3, "cli": cli}[name](args)
+        {"p1": p1, "p2": p2, "p3": p3, "cv": cv, "cli": cli}[name](args)
 
 
 if __name__ == "__main__":

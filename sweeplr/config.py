@@ -24,6 +24,7 @@ from sweeplr.schema import (
     HYPERPARAMETERS,
     OBJECTIVES,
     OPTIMIZERS,
+    PENALTIES,
     SCHEDULERS,
     watched_metric,
 )
@@ -77,6 +78,7 @@ class CsvConfig:
     target: str = MISSING
     features: list[str] | None = None  # null: every column but the target
     missing: str = "error"  # error | drop: what to do with rows holding NaN or empty cells
+    weight: str | None = None  # a column of per-row weights (>= 0), not a feature; null: none
 
 
 @dataclass
@@ -91,6 +93,23 @@ class OptimizerConfig:
     # Adam / AdamW only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    # L-BFGS only (torch.optim.LBFGS with a strong-Wolfe line search; `epochs` is its max_iter)
+    history_size: int = 100
+    tolerance_grad: float = 1e-7  # converged when every gradient entry is this small
+    tolerance_change: float = 1e-9  # ... or when a step changes the loss or weights this little
+
+
+@dataclass
+class PenaltyConfig:
+    """scikit-learn's regularisation: the objective is ``C * sum(row losses) + penalty(W)``.
+
+    ``l2``: ``||W||^2 / 2``; ``l1``: ``||W||_1`` (weights become exactly zero); ``elasticnet``:
+    ``l1_ratio * ||W||_1 + (1 - l1_ratio) * ||W||^2 / 2``. The bias is never penalised.
+    """
+
+    name: str = "none"  # none | l2 | l1 | elasticnet
+    C: float = 1.0  # the inverse strength, as in scikit-learn: smaller C, stronger penalty
+    l1_ratio: float | None = None  # elasticnet only: the L1 share, 0 <= l1_ratio <= 1
 
 
 @dataclass
@@ -148,6 +167,7 @@ class Config:
     dataset: Any = MISSING
     optimizer: OptimizerConfig = MISSING
     scheduler: SchedulerConfig = MISSING
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     lr: float = 0.01
@@ -160,6 +180,8 @@ class Config:
     val_size: float = 0.2
     stratify: bool = False
     standardize: bool = True
+    cv: int | None = None  # k-fold cross-validation on the training part; null: one val split
+    class_weight: Any = None  # null | balanced | {class name: weight}
     objective: str = "val_loss"
     log_every: int = 10
     progress: bool = True
@@ -179,6 +201,7 @@ def register_configs() -> None:
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig, replace=True)
     cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig, replace=True)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig, replace=True)
+    cs.store(group="penalty", name="penalty_schema", node=PenaltyConfig, replace=True)
     for schema in (BlobsConfig, BreastCancerConfig, IrisConfig, SyntheticConfig, CsvConfig):
         cs.store(group="dataset", name=f"{schema().name}_schema", node=schema, replace=True)
 
@@ -245,8 +268,9 @@ def validate(cfg: Any) -> None:
     _require(
         cfg.objective in OBJECTIVES, "objective", cfg.objective, ", ".join(OBJECTIVES), "is unknown"
     )
+    _validate_folds(cfg)
     _check(
-        not (cfg.objective.startswith("val_") and cfg.val_size == 0),
+        not (cfg.objective.startswith("val_") and cfg.val_size == 0 and _folds(cfg) is None),
         f"objective={_shown('objective', cfg.objective)} needs a validation split; "
         "set val_size > 0 or choose a train_ or test_ objective",
     )
@@ -269,6 +293,8 @@ def validate(cfg: Any) -> None:
     )
     _require(opt.eps > 0, "optimizer.eps", opt.eps, "a number > 0")
     _no_foreign_options(opt)
+    if opt.name == "lbfgs":
+        _validate_lbfgs(cfg)
     _require(
         cfg.dataset.name in DATASETS,
         "dataset.name",
@@ -280,6 +306,123 @@ def validate(cfg: Any) -> None:
     _validate_scheduler(cfg)
     _validate_early_stopping(cfg)
     _validate_logger(cfg)
+    _validate_penalty(cfg)
+    _validate_class_weight(cfg)
+
+
+def _folds(cfg: Any) -> int | None:
+    """The run's fold count; None without cross-validation (or a config from before it)."""
+    return getattr(cfg, "cv", None)
+
+
+def _validate_folds(cfg: Any) -> None:
+    cv = _folds(cfg)
+    if cv is None:
+        return
+    _require(
+        cv >= 2,
+        "cv",
+        cv,
+        "null (one validation split) or an integer >= 2 (folds)",
+    )
+    # The folds are the validation data: a val_size would carve rows off that nothing uses.
+    _check(
+        "val_size" not in (_typed.get() or {}),
+        f"val_size={_shown('val_size', cfg.val_size)} does not apply with cv={_shown('cv', cv)}; "
+        "allowed: no val_size (each fold is validated on its held-out part)",
+    )
+    for setting, on in (
+        ("early_stopping", cfg.early_stopping.patience is not None),
+        ("scheduler=plateau", cfg.scheduler.name == "plateau"),
+    ):
+        _check(
+            not on,
+            f"{setting} does not apply with cv={_shown('cv', cv)}: the final model is refit on "
+            "the whole training part, which has no validation data to watch; allowed: cv=null",
+        )
+
+
+def _validate_lbfgs(cfg: Any) -> None:
+    opt = cfg.optimizer
+    _require(
+        cfg.batch_size is None,
+        "batch_size",
+        cfg.batch_size,
+        "null (L-BFGS is full batch)",
+        "does not apply to optimizer=lbfgs",
+    )
+    _require(opt.history_size >= 1, "optimizer.history_size", opt.history_size, "an integer >= 1")
+    for name in ("tolerance_grad", "tolerance_change"):
+        value = getattr(opt, name)
+        _require(math.isfinite(value) and value >= 0, f"optimizer.{name}", value, "a number >= 0")
+    penalty = getattr(cfg, "penalty", None)
+    if penalty is not None and penalty.name in ("l1", "elasticnet"):
+        _check(
+            penalty.name == "elasticnet" and penalty.l1_ratio == 0,
+            f"penalty={penalty.name} does not apply to optimizer=lbfgs (|w| has no gradient at "
+            "0); allowed: penalty=none or l2, or optimizer=sgd/adam/adamw (a proximal step)",
+        )
+    for setting, on in (
+        ("early_stopping", cfg.early_stopping.patience is not None),
+        (f"scheduler={cfg.scheduler.name}", cfg.scheduler.name != "constant"),
+    ):
+        _check(
+            not on,
+            f"{setting} does not apply to optimizer=lbfgs, which stops when it converges "
+            "(optimizer.tolerance_grad, optimizer.tolerance_change) or after `epochs` "
+            "iterations; allowed: optimizer=sgd, adam or adamw",
+        )
+
+
+def _validate_penalty(cfg: Any) -> None:
+    penalty = getattr(cfg, "penalty", None)
+    if penalty is None:  # a config composed before penalties existed
+        return
+    name = penalty.name
+    _require(name in PENALTIES, "penalty.name", name, ", ".join(PENALTIES), "is unknown")
+    C, ratio = penalty.C, penalty.l1_ratio
+    if name == "none":
+        _require(
+            C == PenaltyConfig.C,
+            "penalty.C",
+            C,
+            "penalty=l2, l1 or elasticnet",
+            "does not apply to penalty=none",
+        )
+    _require(math.isfinite(C) and C > 0, "penalty.C", C, "a finite number > 0")
+    if name == "elasticnet":
+        _require(
+            ratio is not None and 0 <= ratio <= 1,
+            "penalty.l1_ratio",
+            ratio,
+            "a number with 0 <= l1_ratio <= 1",
+            "is out of range" if ratio is not None else "is missing",
+        )
+    else:
+        _require(
+            ratio is None,
+            "penalty.l1_ratio",
+            ratio,
+            "null (penalty=elasticnet's option)",
+            f"does not apply to penalty={name}",
+        )
+
+
+def _validate_class_weight(cfg: Any) -> None:
+    """``balanced`` or positive weights by class name; the names are checked with the data."""
+    weights = getattr(cfg, "class_weight", None)
+    if weights is None or weights == "balanced":
+        return
+    allowed = "null, balanced, or {class name: weight > 0}, e.g. class_weight={red:2,blue:1}"
+    _require(isinstance(weights, Mapping) and len(weights) > 0, "class_weight", weights, allowed)
+    for name, weight in weights.items():
+        ok = isinstance(weight, int | float) and not isinstance(weight, bool)
+        _require(
+            ok and math.isfinite(weight) and weight > 0,
+            f"class_weight.{name}",
+            weight,
+            "a finite number > 0",
+        )
 
 
 def _validate_logger(cfg: Any) -> None:
@@ -348,20 +491,32 @@ OPTIMIZER_OPTIONS = {
     "sgd": ("weight_decay", "momentum", "nesterov"),
     "adam": ("weight_decay", "betas", "eps"),
     "adamw": ("weight_decay", "betas", "eps"),
+    "lbfgs": ("history_size", "tolerance_grad", "tolerance_change"),
 }
+_OPTIONAL = (
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "betas",
+    "eps",
+    "history_size",
+    "tolerance_grad",
+    "tolerance_change",
+)
 
 
 def _no_foreign_options(opt: Any) -> None:
     defaults = OptimizerConfig(name=opt.name)
-    for name in ("momentum", "nesterov", "betas", "eps"):
-        if name in OPTIMIZER_OPTIONS[opt.name]:
-            continue
-        value = list(opt[name]) if name == "betas" else opt[name]
+    for name in _OPTIONAL:
+        if name in OPTIMIZER_OPTIONS[opt.name] or not hasattr(opt, name):
+            continue  # (a config composed before an option existed has not got it)
+        value = list(opt.betas) if name == "betas" else getattr(opt, name)
         _require(
             value == getattr(defaults, name),
             f"optimizer.{name}",
             value,
-            f"its options {', '.join(OPTIMIZER_OPTIONS[opt.name])}",
+            f"its options {', '.join(OPTIMIZER_OPTIONS[opt.name])}"
+            + (" (penalty=l2 for a weight penalty)" if name == "weight_decay" else ""),
             f"does not apply to optimizer={opt.name}",
         )
 
@@ -460,6 +615,14 @@ class RunSpec:
     engine: str
     scheduler: SchedulerConfig
     early_stopping: EarlyStoppingConfig
+    penalty: str = "none"
+    C: float = 1.0
+    l1_ratio: float = 0.0  # the L1 share of the penalty: 0 for none and l2, 1 for l1
+    cv: int | None = None
+    class_weight: str | Mapping[str, float] | None = None
+    history_size: int = 100  # lbfgs's options
+    tolerance_grad: float = 1e-7
+    tolerance_change: float = 1e-9
 
     @property
     def direction(self) -> str:
@@ -485,6 +648,11 @@ class RunSpec:
             "test_size": self.test_size,
             "val_size": self.val_size,
             "scheduler": self.scheduler.name,
+            "penalty": self.penalty,
+            "C": None if self.penalty == "none" else self.C,
+            "l1_ratio": self.l1_ratio if self.penalty == "elasticnet" else None,
+            "class_weight": class_weight_text(self.class_weight),
+            "cv": self.cv,
         }
         return {name: values[name] for name in HYPERPARAMETERS}
 
@@ -506,6 +674,9 @@ def run_spec(cfg: Any, overrides: Sequence[str] = ()) -> RunSpec:
     finally:
         _typed.reset(token)
     opt = cfg.optimizer
+    penalty = getattr(cfg, "penalty", None) or PenaltyConfig()
+    cv = _folds(cfg)
+    lbfgs = OptimizerConfig(name="lbfgs")
     return RunSpec(
         dataset=_plain(cfg.dataset),
         optimizer=str(opt.name),
@@ -521,7 +692,7 @@ def run_spec(cfg: Any, overrides: Sequence[str] = ()) -> RunSpec:
         device=str(cfg.device),
         test_size=float(cfg.test_size),
         random_state=int(cfg.random_state),
-        val_size=float(cfg.val_size),
+        val_size=0.0 if cv else float(cfg.val_size),  # with folds, no fixed validation part
         stratify=bool(cfg.stratify),
         standardize=bool(cfg.standardize),
         objective=str(cfg.objective),
@@ -529,7 +700,28 @@ def run_spec(cfg: Any, overrides: Sequence[str] = ()) -> RunSpec:
         engine=str(cfg.engine),
         scheduler=SchedulerConfig(**_plain(cfg.scheduler)),
         early_stopping=EarlyStoppingConfig(**_plain(cfg.early_stopping)),
+        penalty=str(penalty.name),
+        C=float(penalty.C),
+        l1_ratio={"none": 0.0, "l2": 0.0, "l1": 1.0}.get(penalty.name, penalty.l1_ratio),
+        cv=None if cv is None else int(cv),
+        class_weight=_class_weight(getattr(cfg, "class_weight", None)),
+        history_size=int(getattr(opt, "history_size", lbfgs.history_size)),
+        tolerance_grad=float(getattr(opt, "tolerance_grad", lbfgs.tolerance_grad)),
+        tolerance_change=float(getattr(opt, "tolerance_change", lbfgs.tolerance_change)),
     )
+
+
+def _class_weight(value: Any) -> str | dict[str, float] | None:
+    if value is None or isinstance(value, str):
+        return value
+    return {str(name): float(weight) for name, weight in _plain(value).items()}
+
+
+def class_weight_text(value: str | Mapping[str, float] | None) -> str | None:
+    """How a record and the table show a class weighting: ``balanced`` or ``red:2,blue:1``."""
+    if value is None or isinstance(value, str):
+        return value
+    return ",".join(f"{name}:{weight:g}" for name, weight in value.items())
 
 
 def _plain(node: Any) -> dict[str, Any]:

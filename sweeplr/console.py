@@ -82,15 +82,25 @@ def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     diverged = record.get("diverged_epoch")
     best = record.get("best_epoch")
     schedule = hp.get("scheduler", "constant")
+    cv = record.get("cv")
+    penalty = hp.get("penalty") or "none"
+    lbfgs = hp.get("optimizer") == "lbfgs"  # it counts iterations, and stops when converged
+    converged = lbfgs and record["status"] == "completed" and record["epochs_run"] < hp["epochs"]
     lines = [
-        f"sweeplr: {record['status']} after {record['epochs_run']} epochs in "
-        f"{record['wall_seconds']:.2f} s"
+        f"sweeplr: {record['status']} after {record['epochs_run']} "
+        f"{'iterations' if lbfgs else 'epochs'}"
+        + (" (converged)" if converged else "")
+        + f" in {record['wall_seconds']:.2f} s"
         + (f" (loss non-finite at epoch {diverged})" if diverged else "")
         + (f" (early stopping: best epoch {best})" if best else ""),
         (
-            f"  {hp['dataset']} ({data['n_train']} train / {data['n_val']} val / "
-            f"{data['n_test']} test rows), {hp['optimizer']} lr={hp['lr']:g}"
+            f"  {hp['dataset']} ({data['n_train']} train / "
+            + (f"{cv['folds']}-fold cv" if cv else f"{data['n_val']} val")
+            + f" / {data['n_test']} test rows), {hp['optimizer']} lr={hp['lr']:g}"
             + ("" if schedule == "constant" else f" ({schedule})")
+            + ("" if penalty == "none" else f", {penalty} C={hp['C']:g}")
+            + (f" l1_ratio={hp['l1_ratio']:g}" if hp.get("l1_ratio") is not None else "")
+            + (f", class_weight={hp['class_weight']}" if hp.get("class_weight") else "")
             + f", seed={record['seed']}"
         ),
         f"  {'split':<6}" + "".join(f"{name:>10}" for name in METRICS),
@@ -102,6 +112,11 @@ def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     for name in SPLITS:
         values = record["metrics"][name]
         lines.append(f"  {name:<6}" + "".join(cell(values[m]) for m in METRICS))
+        if name == "val" and cv:  # the folds' means above, their spread here
+            lines.append(f"  {'± std':<6}" + "".join(cell(cv["val_std"][m]) for m in METRICS))
+    sparsity = record.get("weights")
+    if sparsity:  # an L1 penalty's point: weights that are exactly zero
+        lines.append(f"  weights: {sparsity['zero']} of {sparsity['count']} exactly zero")
     objective = record["objective"]
     value = "-" if objective["value"] is None else f"{objective['value']:.6g}"
     lines.append(f"  objective {objective['name']} = {value} ({objective['direction']})")

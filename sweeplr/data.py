@@ -38,6 +38,7 @@ class Table:
     y: np.ndarray
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...]
+    weight: np.ndarray | None = None  # [n] float32 row weights in the loss (dataset.weight)
 
     @property
     def n_classes(self) -> int:
@@ -56,6 +57,7 @@ class Splits:
     y_test: np.ndarray
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...]
+    w_train: np.ndarray | None = None  # the training rows' weights (dataset.weight), if any
 
     @property
     def n_classes(self) -> int:
@@ -67,13 +69,18 @@ class Splits:
 
 
 def _table(
-    X: Any, y: np.ndarray, feature_names: Sequence[str], class_names: Sequence[Any]
+    X: Any,
+    y: np.ndarray,
+    feature_names: Sequence[str],
+    class_names: Sequence[Any],
+    weight: np.ndarray | None = None,
 ) -> Table:
     return Table(
         X=np.ascontiguousarray(X, dtype=np.float32),
         y=np.asarray(y, dtype=np.int64),
         feature_names=tuple(str(n) for n in feature_names),
         class_names=tuple(str(n) for n in class_names),
+        weight=None if weight is None else np.asarray(weight, dtype=np.float32),
     )
 
 
@@ -191,9 +198,14 @@ def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -
 
 
 def load_csv(
-    path: str | Path, target: str, features: Sequence[str] | None = None, missing: str = "error"
+    path: str | Path,
+    target: str,
+    features: Sequence[str] | None = None,
+    missing: str = "error",
+    weight: str | None = None,
 ) -> Table:
-    """A user's table: ``target`` names the label column (any values, strings allowed)."""
+    """A user's table: ``target`` names the label column (any values, strings allowed);
+    ``weight`` a column of row weights (>= 0, not all 0), which is then no feature."""
     frame = read_frame(path)
     source = f"dataset.path={path}"
     if target not in frame.columns:
@@ -201,7 +213,16 @@ def load_csv(
             f"dataset.target={target} is not a column of {path}; "
             f"available: {', '.join(map(str, frame.columns))}"
         )
-    feature_columns = list(features) if features else [c for c in frame.columns if c != target]
+    if weight is not None and weight not in frame.columns:
+        raise SweeplrError(
+            f"dataset.weight={weight} is not a column of {path}; "
+            f"available: {', '.join(map(str, frame.columns))}"
+        )
+    if weight is not None and weight == target:
+        raise SweeplrError(f"dataset.weight={weight} is the target column; allowed: another column")
+    feature_columns = (
+        list(features) if features else [c for c in frame.columns if c not in (target, weight)]
+    )
     if not feature_columns:
         raise SweeplrError(f"{source} has no feature columns besides the target {target!r}")
     absent = [c for c in feature_columns if c not in frame.columns]
@@ -210,7 +231,7 @@ def load_csv(
             f"dataset.features names {absent[0]!r}, which is not a column of {path}; "
             f"available: {', '.join(map(str, frame.columns))}"
         )
-    used = frame[[*feature_columns, target]]
+    used = frame[[*feature_columns, target, *([weight] if weight is not None else [])]]
     has_missing = used.isna().any(axis=1)
     if has_missing.any():
         if missing != "drop":
@@ -222,6 +243,17 @@ def load_csv(
             )
         used = used.loc[~has_missing]
     X = numeric_features(used, feature_columns, source)
+    row_weight = None
+    if weight is not None:
+        row_weight = numeric_features(used, [weight], source)[:, 0]
+        bad = ~np.isfinite(row_weight) | (row_weight < 0)
+        if bad.any() or not row_weight.any():
+            row = int(np.flatnonzero(bad)[0]) if bad.any() else 0
+            raise SweeplrError(
+                f"dataset.weight={weight} has "
+                + (f"value {row_weight[row]:g} (row {row})" if bad.any() else "only zeros")
+                + "; allowed: finite weights >= 0, not all 0"
+            )
     labels = used[target]
     class_values = sorted(labels.unique(), key=lambda v: (str(type(v)), v))
     if len(class_values) < 2:
@@ -233,7 +265,7 @@ def load_csv(
         )
     codes = {value: code for code, value in enumerate(class_values)}
     y = labels.map(codes).to_numpy(dtype=np.int64)
-    return _table(X, y, feature_columns, class_values)
+    return _table(X, y, feature_columns, class_values, row_weight)
 
 
 def load_dataset(spec: Mapping[str, Any]) -> Table:
@@ -256,7 +288,7 @@ def load_dataset(spec: Mapping[str, Any]) -> Table:
         )
     if name == "csv":
         features = list(spec["features"]) if spec["features"] is not None else None
-        return load_csv(spec["path"], spec["target"], features, spec["missing"])
+        return load_csv(spec["path"], spec["target"], features, spec["missing"], spec.get("weight"))
     raise SweeplrError(f"dataset.name={name} is unknown; allowed: {', '.join(DATASETS)}")
 
 
@@ -279,9 +311,11 @@ def split(
             f"the data set has {n} rows, too few for test_size={test_size} and "
             f"val_size={val_size}; allowed: enough rows for >= 2 train, >= 1 val and >= 1 test row"
         )
+    # Row weights travel with their rows: as X's last column through the splits.
+    X = table.X if table.weight is None else np.column_stack([table.X, table.weight])
     try:
         X_rest, X_test, y_rest, y_test = _train_test_split(
-            table.X, table.y, test_size, random_state, stratify
+            X, table.y, test_size, random_state, stratify
         )
         if n_val:
             X_train, X_val, y_train, y_val = _train_test_split(
@@ -296,8 +330,20 @@ def split(
         raise SweeplrError(
             "the training part holds a single class; allowed: data with >= 2 classes in training"
         )
+    w_train = None
+    if table.weight is not None:
+        w_train = np.ascontiguousarray(X_train[:, -1])
+        X_train, X_val, X_test = (np.ascontiguousarray(x[:, :-1]) for x in (X_train, X_val, X_test))
     return Splits(
-        X_train, y_train, X_val, y_val, X_test, y_test, table.feature_names, table.class_names
+        X_train,
+        y_train,
+        X_val,
+        y_val,
+        X_test,
+        y_test,
+        table.feature_names,
+        table.class_names,
+        w_train,
     )
 
 
@@ -361,6 +407,58 @@ def scale_splits(splits: Splits, standardize: bool) -> tuple[Splits, Standardize
             splits.y_test,
             splits.feature_names,
             splits.class_names,
+            splits.w_train,
         ),
         scaler,
     )
+
+
+def class_weights(
+    weights: str | Mapping[str, float] | None, y: np.ndarray, class_names: Sequence[str]
+) -> np.ndarray | None:
+    """Each class's weight in the loss, by class code; None when every class weighs 1.
+
+    ``balanced`` is scikit-learn's ``n / (n_classes * count(class))`` on ``y`` (the training
+    part); a mapping names classes as the data does (``red``, ``blue``; a CSV's target values).
+    """
+    if weights is None:
+        return None
+    n_classes = len(class_names)
+    if weights == "balanced":
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        counts[counts == 0] = np.inf  # (a class absent from training gets weight 0, unused)
+        return (len(y) / (n_classes * counts)).astype(np.float32)
+    unknown = [name for name in weights if name not in class_names]
+    if unknown:
+        raise SweeplrError(
+            f"class_weight names class {unknown[0]!r}, which the data does not have; "
+            f"allowed: {', '.join(class_names)}"
+        )
+    return np.asarray([weights.get(name, 1.0) for name in class_names], dtype=np.float32)
+
+
+def stratified_folds(y: np.ndarray, n_folds: int) -> np.ndarray:
+    """Each row's held-out fold, ``[n]`` ints in ``0..n_folds-1``: the folds of scikit-learn's
+    ``StratifiedKFold(n_folds)`` (no shuffle, as ``LogisticRegressionCV(cv=5)`` uses), row for
+    row, without importing scikit-learn (a second and a half of start-up).
+
+    Raises a one-line error when a class has fewer rows than folds.
+    """
+    _, first_index, inverse = np.unique(y, return_index=True, return_inverse=True)
+    # classes in order of first appearance, as scikit-learn encodes them
+    _, class_order = np.unique(first_index, return_inverse=True)
+    encoded = class_order[inverse]
+    counts = np.bincount(encoded)
+    if counts.min() < n_folds:
+        raise SweeplrError(
+            f"cv={n_folds} is more folds than the training part's smallest class has rows "
+            f"({counts.min()}); allowed: 2 <= cv <= {counts.min()}"
+        )
+    ordered = np.sort(encoded)
+    allocation = np.asarray(
+        [np.bincount(ordered[i::n_folds], minlength=len(counts)) for i in range(n_folds)]
+    )
+    folds = np.empty(len(y), dtype=np.int64)
+    for code in range(len(counts)):
+        folds[encoded == code] = np.arange(n_folds).repeat(allocation[:, code])
+    return folds

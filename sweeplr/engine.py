@@ -444,8 +444,8 @@ def _check_row_weights(name: str, w: Tensor, X: Tensor) -> None:
         raise ValueError(f"{name} must be finite and >= 0")
 
 
-def _per_config(name: str, value: HParam, k: int) -> Tensor:
-    """A hyperparameter as a float64 CPU vector of length K."""
+def per_config(name: str, value: HParam, k: int) -> Tensor:
+    """A hyperparameter as a float64 CPU vector of length K (a scalar is shared by all K)."""
     t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
     if t.ndim == 0:
         t = t.expand(k).clone()
@@ -469,16 +469,16 @@ def _resolve_hparams(cfg: OptimizerConfig, k: int) -> dict[str, Tensor]:
         raise ValueError(f"nesterov is not an option of {cfg.kind}")
     default_wd = 1e-2 if cfg.kind == "adamw" else 0.0
     wd = default_wd if cfg.weight_decay is None else cfg.weight_decay
-    hp = {"lr": _per_config("lr", cfg.lr, k), "weight_decay": _per_config("weight_decay", wd, k)}
+    hp = {"lr": per_config("lr", cfg.lr, k), "weight_decay": per_config("weight_decay", wd, k)}
     if sgd:
-        hp["momentum"] = _per_config("momentum", 0.0 if cfg.momentum is None else cfg.momentum, k)
+        hp["momentum"] = per_config("momentum", 0.0 if cfg.momentum is None else cfg.momentum, k)
         damp = 0.0 if cfg.dampening is None else cfg.dampening
-        hp["dampening"] = _per_config("dampening", damp, k)
+        hp["dampening"] = per_config("dampening", damp, k)
     else:
         beta1, beta2 = (0.9, 0.999) if cfg.betas is None else cfg.betas
-        hp["beta1"] = _per_config("beta1", beta1, k)
-        hp["beta2"] = _per_config("beta2", beta2, k)
-        hp["eps"] = _per_config("eps", 1e-8 if cfg.eps is None else cfg.eps, k)
+        hp["beta1"] = per_config("beta1", beta1, k)
+        hp["beta2"] = per_config("beta2", beta2, k)
+        hp["eps"] = per_config("eps", 1e-8 if cfg.eps is None else cfg.eps, k)
         for name in ("beta1", "beta2"):
             if bool(((hp[name] < 0) | (hp[name] >= 1)).any()):
                 raise ValueError(f"{name} must lie in [0, 1)")
@@ -962,7 +962,7 @@ class _Run:
         self.l1: Tensor | None = None
         if penalty is not None:
             for name in ("l2", "l1"):
-                strength = _per_config(f"penalty.{name}", getattr(penalty, name), k)
+                strength = per_config(f"penalty.{name}", getattr(penalty, name), k)
                 if bool((strength < 0).any()):
                     raise ValueError(f"penalty.{name} must be >= 0")
                 if bool(strength.any()):

@@ -3,7 +3,7 @@
 Each configuration k follows ``torch.optim.LBFGS(params, lr=lr_k, max_iter=max_iter,
 history_size=..., tolerance_grad=..., tolerance_change=..., line_search_fn="strong_wolfe")``
 and ONE call of ``step(closure)`` on ``nn.Linear``'s parameters (flattened as torch flattens
-them: ``[weight.flatten(), bias]``), minimising design.md's objective
+them: ``[weight.flatten(), bias]``), minimising
 
     J_k(W, b) = (1/n) sum_i s_ki loss(z_ki, y_i) + l2_k/2 ||W_k||^2   (bias unpenalised).
 
@@ -21,35 +21,33 @@ float32 torch does part of that scalar arithmetic in float32 tensors, so float32
 follow the same algorithm up to rounding (breast cancer, C=1: 30 iterations against torch's 28,
 weights within 2e-5 relative).
 
-Deliberately no Hydra and no edits to ``sweeplr.engine``: the penalty is any object with
-``l2``/``l1`` attributes (`PenaltyLike`), so engine's ``Penalty`` fits without a dependency.
+No Hydra: ``sweeplr.fitting`` calls it for ``optimizer=lbfgs``, as it calls the engine for the
+first-order optimizers, whose result, penalty and callback types it shares.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sweeplr.engine import EngineResult, History, HParam, ReportCallback, n_outputs
+from sweeplr.engine import (
+    EngineResult,
+    History,
+    HParam,
+    Penalty,
+    ReportCallback,
+    n_outputs,
+    per_config,
+)
 from sweeplr.schema import COMPLETED, DIVERGED, PRUNED, Status
 
-__all__ = ["PenaltyLike", "train_lbfgs"]
-
-
-class PenaltyLike(Protocol):
-    """Per-configuration penalty strengths (``sweeplr.engine.Penalty`` satisfies this)."""
-
-    @property
-    def l2(self) -> HParam: ...
-
-    @property
-    def l1(self) -> HParam: ...
+__all__ = ["train_lbfgs"]
 
 
 # A line search yields trial steps t and is sent (f, gtd, payload) for each; it returns
@@ -58,6 +56,7 @@ class PenaltyLike(Protocol):
 LineSearch = Generator[float, tuple[float, float, Any], tuple[float, Any, float, int]]
 
 
+@np.errstate(all="ignore")
 def _cubic_interpolate(
     x1: float,
     f1: float,
@@ -72,19 +71,6 @@ def _cubic_interpolate(
     numpy scalars, with their warnings off, so that a zero division (a bracket that collapsed
     to a point) gives inf/nan silently as torch's tensors do, not an exception.
     """
-    with np.errstate(all="ignore"):
-        return _cubic(x1, f1, g1, x2, f2, g2, bounds)
-
-
-def _cubic(
-    x1: float,
-    f1: float,
-    g1: float,
-    x2: float,
-    f2: float,
-    g2: float,
-    bounds: tuple[float, float] | None,
-) -> float:
     x1, f1, g1, x2, f2, g2 = (np.float64(v) for v in (x1, f1, g1, x2, f2, g2))
     if bounds is not None:
         xmin_bound, xmax_bound = np.float64(bounds[0]), np.float64(bounds[1])
@@ -204,14 +190,9 @@ def _strong_wolfe(
 
 
 def _per_config(name: str, value: HParam, k: int) -> np.ndarray:
-    """A hyperparameter as a float64 array of length K (finite, >= 0)."""
-    t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
-    if t.ndim == 0:
-        t = t.expand(k)
-    if t.shape != (k,):
-        raise ValueError(f"{name} must be a scalar or have length {k}, got shape {tuple(t.shape)}")
-    a = t.numpy().copy()
-    if not np.isfinite(a).all() or (a < 0).any():
+    """``engine.per_config`` as a float64 array, and >= 0."""
+    a = per_config(name, value, k).numpy().copy()
+    if (a < 0).any():
         raise ValueError(f"{name} must be finite and >= 0")
     return a
 
@@ -354,7 +335,7 @@ def train_lbfgs(
     tolerance_change: float = 1e-9,
     max_ls: int | None = None,
     sample_weight: Tensor | None = None,
-    penalty: PenaltyLike | None = None,
+    penalty: Penalty | None = None,
     val: tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor] | None = None,
     log_every: int = 0,
     on_report: ReportCallback | None = None,
@@ -377,7 +358,7 @@ def train_lbfgs(
         max_iter: iterations (= epochs); torch's ``max_iter`` of the one ``step`` call.
         max_ls: None: torch's line search, capped only by the evaluations left (``max_eval``
             minus those made, what ``LBFGS.step`` passes); an int caps it further.
-        sample_weight: ``[n]`` or ``[K, n]`` row weights s (design.md: divided by n).
+        sample_weight: ``[n]`` or ``[K, n]`` row weights s (the mean divides by n, not by sum(s)).
         penalty: ``l2`` per configuration; a nonzero ``l1`` is refused (needs a proximal step).
         val: ``(X_val, y_val)`` or ``(X_val, y_val, val_weight[K, n_val])`` (0/1 masks: means
             over the rows with weight > 0), scored at logged iterations.

@@ -115,9 +115,11 @@ def plot_loss(
     out_path: str | Path,
     title: str = "",
     loss: str = "loss",
+    step: str = "epoch",
 ) -> Path:
     """Training and (when the run had a validation split) validation loss against epoch, and
-    the lr on a second axis when a schedule moved it. ``loss`` names the loss on the y axis."""
+    the lr on a second axis when a schedule moved it. ``loss`` names the loss on the y axis,
+    ``step`` what the x axis counts (L-BFGS counts iterations)."""
     frame = history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -128,7 +130,7 @@ def plot_loss(
         if column in drawn:
             lines += ax.plot(frame["epoch"], frame[column], label=f"{loss} ({label})")
     _log_if_wide(ax, [frame[c].to_numpy() for c in drawn], LOSS_CURVE_DECADES)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(step)
     ax.set_ylabel(loss)
     ax.set_title(title or loss)
     ax.grid(alpha=0.3, which="both")
@@ -273,12 +275,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     lr = f"lr={cfg.lr:g}" + ("" if schedule == "constant" else f" ({schedule})")
     title = f"{dataset_title(cfg.dataset)}, {cfg.optimizer.name} {lr}: {status}"
     loss = loss_name(len(payload["class_names"]))
-    written = [plot_loss(run_dir / HISTORY_FILE, run_dir / "loss.png", title, loss)]
+    step = "iteration" if cfg.optimizer.name == "lbfgs" else "epoch"
+    written = [plot_loss(run_dir / HISTORY_FILE, run_dir / "loss.png", title, loss, step)]
     if status == DIVERGED or payload["n_features"] != 2:
         return written
     model = model_from_payload(payload, run_dir)
+    # with cv the whole training part trained the final model: no val part was carved off
+    val_size = 0.0 if OmegaConf.select(cfg, "cv", default=None) else cfg.val_size
     splits = split(
-        load_dataset(cfg.dataset), cfg.test_size, cfg.val_size, cfg.random_state, cfg.stratify
+        load_dataset(cfg.dataset), cfg.test_size, val_size, cfg.random_state, cfg.stratify
     )
     refit = Standardizer.fit(splits.X_train) if cfg.standardize else model.scaler
     if (splits.class_names, splits.feature_names) != (
@@ -331,11 +336,25 @@ def _objective_label(table: pd.DataFrame) -> tuple[str, str]:
     )
 
 
-def _series_keys(table: pd.DataFrame) -> list[str]:
-    """Columns whose equal values make runs one series along lr: every varying setting but lr
-    and the repeats' seed. Runs equal in all of them differ only in lr (and seed)."""
+def _series_keys(table: pd.DataFrame, x: str = "lr") -> list[str]:
+    """Columns whose equal values make runs one series along ``x``: every varying setting but
+    ``x`` and the repeats' seed. Runs equal in all of them differ only in ``x`` (and seed)."""
     varying, _ = split_params(table)
-    return [c for c in varying if c != "lr" and c not in REPEAT_COLUMNS]
+    return [c for c in varying if c != x and c not in REPEAT_COLUMNS]
+
+
+# The x axis of a sweep's objective picture: the lr, or, in a sweep of a penalty's strength at
+# one lr (LogisticRegressionCV's search; L-BFGS has no lr to tune), C.
+SWEEP_AXES = {"lr": "learning rate", "C": "C (the penalty's inverse strength)"}
+
+
+def sweep_axis(table: pd.DataFrame) -> str:
+    """``lr``, unless the lr is one value and C is several: then ``C``."""
+
+    def distinct(column: str) -> int:
+        return pd.to_numeric(table[column], errors="coerce").nunique() if column in table else 0
+
+    return "C" if distinct("lr") <= 1 and distinct("C") > 1 else "lr"
 
 
 def _optimizer_names(table: pd.DataFrame) -> pd.Series:
@@ -352,16 +371,21 @@ def _optimizer_colors(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def _draw_lr_panel(
-    ax: Axes, table: pd.DataFrame, column: str, colors: dict[str, Any], bounds: tuple[float, float]
+    ax: Axes,
+    table: pd.DataFrame,
+    column: str,
+    colors: dict[str, Any],
+    bounds: tuple[float, float],
+    x: str = "lr",
 ) -> None:
     """One panel of :func:`objective_vs_lr_figure`: lines for series, points for the rest."""
-    keys = _series_keys(table)
+    keys = _series_keys(table, x)
     optimizer = _optimizer_names(table)
     done = table[table["status"] == COMPLETED]
     scattered = []
     groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]
     for _, runs in groups:
-        stats = runs.groupby("lr")[column].agg(["mean", "std", "count"]).dropna(subset="mean")
+        stats = runs.groupby(x)[column].agg(["mean", "std", "count"]).dropna(subset="mean")
         if len(stats) < 2:  # one lr: nothing to join
             scattered.append(runs)
             continue
@@ -380,7 +404,7 @@ def _draw_lr_panel(
         if runs.empty:
             continue
         ax.scatter(
-            runs["lr"],
+            runs[x],
             runs[column],
             marker=MARKERS[status],
             s=36 if status == COMPLETED else 44,
@@ -394,7 +418,7 @@ def _draw_lr_panel(
     if not diverged.empty:  # no value to place them by: at the top edge, as the lr finder does
         top = blended_transform_factory(ax.transData, ax.transAxes)
         ax.scatter(
-            diverged["lr"],
+            diverged[x],
             np.full(len(diverged), 0.97),
             marker=MARKERS[DIVERGED],
             s=50,
@@ -403,7 +427,7 @@ def _draw_lr_panel(
             zorder=3,
         )
         # Placed in axes coordinates, they do not widen the lr axis themselves.
-        ax.update_datalim(np.column_stack([diverged["lr"], np.zeros(len(diverged))]), updatey=False)
+        ax.update_datalim(np.column_stack([diverged[x], np.zeros(len(diverged))]), updatey=False)
         ax.autoscale_view()
 
 
@@ -427,8 +451,9 @@ def _legend_handles(table: pd.DataFrame, colors: dict[str, Any]) -> list[Line2D]
     return handles
 
 
-def objective_vs_lr_figure(table: pd.DataFrame) -> Figure:
-    """The objective and the test accuracy of every run against its learning rate (log x).
+def objective_vs_lr_figure(table: pd.DataFrame, x: str = "lr") -> Figure:
+    """The objective and the test accuracy of every run against its learning rate (log x), or
+    against another setting ``x`` of `SWEEP_AXES` (C).
 
     Colour is the optimizer, the marker the outcome: pruned runs sit at the last objective
     they reported, diverged ones at the top edge. Runs that differ only in lr (and seed) are
@@ -437,10 +462,7 @@ def objective_vs_lr_figure(table: pd.DataFrame) -> Figure:
     """
     objective_name, direction = _objective_label(table)
     table = table.assign(
-        **{
-            c: pd.to_numeric(table[c], errors="coerce")
-            for c in ("lr", "objective", "test_accuracy")
-        }
+        **{c: pd.to_numeric(table[c], errors="coerce") for c in (x, "objective", "test_accuracy")}
     )
     accuracy_like = not objective_name.endswith("_loss")
     panels = (
@@ -455,15 +477,15 @@ def objective_vs_lr_figure(table: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (column, label, bounds) in zip(axes, panels, strict=True):
-        _draw_lr_panel(ax, table, column, colors, bounds)
+        _draw_lr_panel(ax, table, column, colors, bounds, x)
         if column == "objective" and not accuracy_like:
             _log_if_wide(ax, [table.loc[table["status"] != DIVERGED, column].to_numpy(dtype=float)])
         ax.set_xscale("log")
-        lrs = np.sort(table["lr"].dropna().unique())
+        lrs = np.sort(table[x].dropna().unique())
         if len(lrs) <= GRID_TICKS:  # a grid's few lrs: each one named, where its runs are
             ax.set_xticks(lrs, [_short(float(lr)) for lr in lrs])
             ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-        ax.set_xlabel("learning rate")
+        ax.set_xlabel(SWEEP_AXES[x])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
     handles = _legend_handles(table, colors)
@@ -472,13 +494,14 @@ def objective_vs_lr_figure(table: pd.DataFrame) -> Figure:
     counts = table["status"].value_counts()
     shown = ", ".join(f"{counts[s]} {s}" for s in (COMPLETED, PRUNED, DIVERGED) if s in counts)
     fig.suptitle(
-        f"{objective_name} and test accuracy against learning rate ({shown}; {len(table)} runs)"
+        f"{objective_name} and test accuracy against {SWEEP_AXES[x].split(' (')[0]} "
+        f"({shown}; {len(table)} runs)"
     )
     return fig
 
 
-def _plot_objective_vs_lr(table: pd.DataFrame, out_path: Path) -> Path:
-    return save_figure(objective_vs_lr_figure(table), out_path)
+def _plot_objective_vs_lr(table: pd.DataFrame, out_path: Path, x: str = "lr") -> Path:
+    return save_figure(objective_vs_lr_figure(table, x), out_path)
 
 
 def _run_loss_name(sweep_dir: Path, run_dir: Any) -> str:
@@ -503,7 +526,8 @@ def _plot_top_val_loss(table: pd.DataFrame, sweep_dir: Path, out_path: Path) -> 
         label = f"job {row['job']}: {params}" if params else f"job {row['job']}"
         ax.plot(history["epoch"], history[column], label=f"{label} ({_short(row['objective'])})")
     _log_if_wide(ax, [h[column].to_numpy(dtype=float) for h in histories], LOSS_CURVE_DECADES)
-    ax.set_xlabel("epoch")
+    lbfgs = "optimizer" in top and len(top) and (top["optimizer"] == "lbfgs").all()
+    ax.set_xlabel("iteration" if lbfgs else "epoch")
     loss = _run_loss_name(sweep_dir, top["run_dir"].iloc[0]) if len(top) else "loss"
     ax.set_ylabel(f"{loss} (val)" if has_val else f"{loss} (train; no validation split)")
     objective_name, _ = _objective_label(table)
@@ -522,7 +546,8 @@ def _short(value: Any) -> str:
 
 
 def plot_sweep(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> list[Path]:
-    """``objective_vs_lr.png`` and ``top_val_loss.png`` in the sweep directory.
+    """``objective_vs_lr.png`` (``objective_vs_C.png`` in a sweep of C at one lr, see
+    `sweep_axis`) and ``top_val_loss.png`` in the sweep directory.
 
     ``table`` is the sweep's table as :func:`sweeplr.results.load_sweep` returns it (read from
     ``sweep_dir`` when not given).
@@ -531,8 +556,9 @@ def plot_sweep(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> list
     table = load_sweep(sweep_dir) if table is None else table
     if table.empty:
         raise SweeplrError(f"{sweep_dir} holds no runs; allowed: a sweep directory")
+    x = sweep_axis(table)
     return [
-        _plot_objective_vs_lr(table, sweep_dir / "objective_vs_lr.png"),
+        _plot_objective_vs_lr(table, sweep_dir / f"objective_vs_{x}.png", x),
         _plot_top_val_loss(table, sweep_dir, sweep_dir / "top_val_loss.png"),
     ]
 

@@ -255,8 +255,16 @@ def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
             "configs": outcome.batch_configs,
             "wall_seconds": round(outcome.batch_wall_seconds, 4),
         },
+        **({"cv": outcome.cv} if outcome.cv is not None else {}),
+        **({"weights": _sparsity(outcome)} if spec.l1_ratio > 0 else {}),
         **extra,
     }
+
+
+def _sparsity(outcome: Outcome) -> dict[str, int]:
+    """How many of the model's weights (the bias aside) an L1 penalty set exactly to zero."""
+    weight = outcome.model.linear.weight
+    return {"count": weight.numel(), "zero": int((weight == 0).sum())}
 
 
 def write_run(

@@ -51,6 +51,7 @@ FIXED_COLUMNS = (
     "error",
     "objective",
     *METRIC_COLUMNS,
+    *(f"val_{metric}_std" for metric in METRICS),
     "epochs_run",
     "best_epoch",
     "wall_seconds",
@@ -64,6 +65,7 @@ FIXED_COLUMNS = (
 OVERRIDE_ALIASES = {
     "optimizer.name": "optimizer",
     "dataset.name": "dataset",
+    "penalty.name": "penalty",
     "objective": "objective_name",  # the metric's name; the ``objective`` column is its value
 }
 PATH_COLUMNS = ("run_dir", "sweep_dir")
@@ -306,7 +308,8 @@ def compact(df: pd.DataFrame) -> pd.DataFrame:
         "objective",
         *(c for c in df.columns if str(c).startswith("value_")),
         "pareto",
-        *COMPACT_METRICS,
+        # with cv, a val metric is its folds' mean, and its spread stands beside it
+        *(c for m in COMPACT_METRICS for c in (m, f"{m}_std")),
         "epochs_run",
         "best_epoch",
         "wall_seconds",
@@ -409,6 +412,7 @@ def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str,
     has_trial = any("trial" in run.record for run in runs)
     has_error = any(run.status == FAILED for run in runs)
     has_best_epoch = any(run.record.get("best_epoch") is not None for run in runs)
+    has_cv = any(run.record.get("cv") for run in runs)
     rows = []
     for run, overrides in zip(runs, parsed, strict=True):
         record = run.record
@@ -428,6 +432,11 @@ def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str,
             for metric in METRICS:
                 value = values.get(metric)
                 row[f"{split}_{metric}"] = math.nan if value is None else float(value)
+        if has_cv:  # cross-validation: the spread over folds of each val metric (a mean)
+            spread = (record.get("cv") or {}).get("val_std") or {}
+            for metric in METRICS:
+                value = spread.get(metric)
+                row[f"val_{metric}_std"] = math.nan if value is None else float(value)
         row["epochs_run"] = record.get("epochs_run")
         if has_best_epoch:
             row["best_epoch"] = record.get("best_epoch")
@@ -463,7 +472,7 @@ def _column_name(key: str, hyper_names: Mapping[str, None]) -> str:
     group, _, leaf = key.partition(".")
     if key in OVERRIDE_ALIASES:
         return OVERRIDE_ALIASES[key]
-    if group == "optimizer" and leaf in hyper_names:
+    if group in ("optimizer", "penalty") and leaf in hyper_names:
         return leaf
     if key in FIXED_COLUMNS:
         return f"{key}_override"

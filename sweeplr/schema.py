@@ -54,9 +54,15 @@ HYPERPARAMETERS = (
     "test_size",
     "val_size",
     "scheduler",
+    "penalty",
+    "C",
+    "l1_ratio",
+    "class_weight",
+    "cv",
 )
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lbfgs")
+PENALTIES = ("none", "l2", "l1", "elasticnet")
 DATASETS = ("blobs", "breast_cancer", "iris", "synthetic", "csv")
 ENGINES = ("batched", "reference")
 SCHEDULERS = ("constant", "step", "cosine", "onecycle", "plateau")

@@ -426,13 +426,13 @@ def test_wall_seconds_is_the_share_of_the_pass_without_data_loading(monkeypatch)
         now[0] += 100.0
         return real_load(spec)
 
-    def train_batched(specs, data, callbacks):
+    def train_members(members, data, callbacks, groups=None):
         now[0] += 6.0
-        return real_train(specs, data, callbacks)
+        return real_train(members, data, callbacks, groups)
 
-    real_train = runner._train_batched
+    real_train = runner.train_members
     monkeypatch.setattr(runner.DeviceData, "load", staticmethod(slow_load))
-    monkeypatch.setattr(runner, "_train_batched", train_batched)
+    monkeypatch.setattr(runner, "train_members", train_members)
     monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     specs = [
         run_spec(compose_config("epochs=5", f"lr={lr}", "device=cpu")) for lr in (0.1, 0.2, 0.3)

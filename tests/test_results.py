@@ -53,6 +53,11 @@ HYPER = {
     "test_size": 0.33,
     "val_size": 0.2,
     "scheduler": "constant",
+    "penalty": "none",
+    "C": None,
+    "l1_ratio": None,
+    "class_weight": None,
+    "cv": None,
 }
 
 

@@ -1,0 +1,452 @@
+"""One training pass: *members* that share a batch key, trained together. No Hydra.
+
+A member is a configuration (a :class:`~sweeplr.config.RunSpec`) and the training rows it
+learns from: all of them, or, in k-fold cross-validation, all but its held-out fold. Every
+member's loss is scikit-learn's objective on the mean scale,
+
+    (1/n_k) * sum over its rows of  s_i * loss_i  +  penalty(W) / (C * n_k),
+
+with ``s_i`` the class weight of row i's class times its ``dataset.weight``, and ``n_k`` the
+member's row count. The batched engine trains all members at once: they share X, and a
+member's rows are its row weights (zero outside them), scaled by ``n / n_k`` so that the
+engine's mean over all ``n`` rows is the member's mean. The reference path trains each
+member alone on its own rows with ``torch.optim`` -- the oracle the engine is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sweeplr.config import RunSpec
+from sweeplr.data import Splits, Standardizer, class_weights, load_dataset, scale_splits, split
+from sweeplr.engine import (
+    EarlyStopping,
+    EngineResult,
+    OptimizerConfig,
+    Penalty,
+    linear_init,
+    train_batched,
+)
+from sweeplr.errors import SweeplrError
+from sweeplr.lbfgs import train_lbfgs
+from sweeplr.model import LogisticRegression
+from sweeplr.schedules import BatchSchedule, is_constant
+from sweeplr.training import LogCallback, OptimizerSpec, train, train_lbfgs_reference
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SweeplrError(f"device={name} is not available on this machine; allowed: auto, cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SweeplrError("device=mps is not available on this machine; allowed: auto, cpu")
+    return torch.device(name)
+
+
+@dataclass
+class DeviceData:
+    """The splits of one data set as tensors on the training device."""
+
+    splits: Splits
+    scaler: Standardizer
+    device: torch.device
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def load(cls, spec: RunSpec) -> DeviceData:
+        """Load, split and scale the spec's data set, then move it to the spec's device."""
+        device = resolve_device(spec.device)
+        table = load_dataset(spec.dataset)
+        splits = split(table, spec.test_size, spec.val_size, spec.random_state, spec.stratify)
+        splits, scaler = scale_splits(splits, spec.standardize)
+
+        def tensors(X: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+
+        return cls(
+            splits,
+            scaler,
+            device,
+            tensors(splits.X_train, splits.y_train),
+            tensors(splits.X_val, splits.y_val),
+            tensors(splits.X_test, splits.y_test),
+        )
+
+
+@dataclass(frozen=True)
+class Member:
+    """A configuration and the training rows it learns from (``rows``: bool [n]; None: all)."""
+
+    spec: RunSpec
+    rows: np.ndarray | None = None
+
+    @property
+    def held_out(self) -> np.ndarray | None:
+        """The rows it is validated on, in cross-validation: the ones it does not learn from."""
+        return None if self.rows is None else ~self.rows
+
+
+@dataclass
+class Trained:
+    """A member after training: its model, how training ended, its logged history."""
+
+    model: LogisticRegression
+    status: str
+    epochs_run: int
+    diverged_epoch: int | None
+    history: dict[str, list[Any]]
+    best_epoch: int | None
+
+
+def optimizer_spec(spec: RunSpec) -> OptimizerSpec:
+    """The ``torch.optim`` settings of a spec (the reference path's optimizer)."""
+    return OptimizerSpec(
+        name=spec.optimizer,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        momentum=spec.momentum,
+        nesterov=spec.nesterov,
+        betas=spec.betas,
+        eps=spec.eps,
+    )
+
+
+def row_weights(spec: RunSpec, data: DeviceData) -> np.ndarray | None:
+    """``s_i`` of every training row (class weight x ``dataset.weight``); None: all 1."""
+    splits = data.splits
+    weights = None
+    per_class = class_weights(spec.class_weight, splits.y_train, splits.class_names)
+    if per_class is not None:
+        weights = per_class[splits.y_train]
+    if splits.w_train is not None:
+        weights = splits.w_train if weights is None else weights * splits.w_train
+    return weights
+
+
+def penalty_strengths(spec: RunSpec, n_rows: int) -> tuple[float, float]:
+    """``(l2, l1)`` on the mean-loss scale: scikit-learn's ``penalty / C`` divided by ``n_k``."""
+    if spec.penalty == "none":
+        return 0.0, 0.0
+    scale = 1.0 / (spec.C * n_rows)
+    return (1.0 - spec.l1_ratio) * scale, spec.l1_ratio * scale
+
+
+def train_members(
+    members: Sequence[Member],
+    data: DeviceData,
+    on_logs: Sequence[LogCallback | None],
+    groups: Sequence[Sequence[int]] | None = None,
+) -> list[Trained]:
+    """Train ``members`` (one batch key) in one pass of the spec's engine.
+
+    ``groups[g]`` lists the members that ``on_logs[g]`` watches (a configuration's folds); it
+    sees their mean train and validation scores, and stopping it stops all of them. Without
+    ``groups`` each callback watches its own member. The reference path trains members one at
+    a time, so there a callback only runs for a group of one.
+    """
+    groups = [[m] for m in range(len(members))] if groups is None else groups
+    if members[0].spec.engine == "reference":
+        watching = {group[0]: on_logs[g] for g, group in enumerate(groups) if len(group) == 1}
+        return [_train_reference(m, data, watching.get(i)) for i, m in enumerate(members)]
+    return _train_batched(members, data, on_logs, groups)
+
+
+# ----- the batched engine -------------------------------------------------------------------
+
+
+def _member_rows(members: Sequence[Member], n: int) -> list[int]:
+    return [n if m.rows is None else int(m.rows.sum()) for m in members]
+
+
+def _engine_weights(
+    members: Sequence[Member], data: DeviceData, counts: Sequence[int]
+) -> torch.Tensor | None:
+    """The engine's ``sample_weight``: None, ``[n]`` shared by all, or ``[K, n]``."""
+    n = len(data.splits.y_train)
+    rows = [
+        (row_weights(m.spec, data), m.rows, n / count)
+        for m, count in zip(members, counts, strict=True)
+    ]
+    if all(weights is None and own is None for weights, own, _ in rows):
+        return None
+    matrix = np.ones((len(members), n), dtype=np.float64)
+    for k, (weights, own, scale) in enumerate(rows):
+        if weights is not None:
+            matrix[k] *= weights
+        if own is not None:
+            matrix[k] *= own * scale
+    X = data.train[0]
+    if all(np.array_equal(matrix[0], row) for row in matrix[1:]):
+        matrix = matrix[:1]
+    weight = torch.from_numpy(matrix).to(dtype=X.dtype, device=X.device)
+    return weight[0] if weight.shape[0] == 1 else weight
+
+
+def _engine_penalty(members: Sequence[Member], counts: Sequence[int]) -> Penalty | None:
+    strengths = [penalty_strengths(m.spec, c) for m, c in zip(members, counts, strict=True)]
+    if not any(l2 or l1 for l2, l1 in strengths):
+        return None
+    return Penalty(l2=[s[0] for s in strengths], l1=[s[1] for s in strengths])
+
+
+def _engine_val(members: Sequence[Member], data: DeviceData) -> tuple[torch.Tensor, ...] | None:
+    """Each member's validation data: the val split, or (cv) its held-out rows of X."""
+    if members[0].rows is None:
+        return data.val if len(data.val[1]) > 0 else None
+    X, y = data.train
+    held = np.stack([m.held_out for m in members]).astype(np.float64)
+    return X, y, torch.from_numpy(held).to(dtype=X.dtype, device=X.device)
+
+
+def _engine_optimizer(specs: Sequence[RunSpec]) -> OptimizerConfig:
+    """One engine optimizer with a value per configuration for every hyperparameter."""
+    kind = specs[0].optimizer
+    common: dict[str, Any] = {
+        "lr": [s.lr for s in specs],
+        "weight_decay": [s.weight_decay for s in specs],
+    }
+    if kind == "sgd":
+        return OptimizerConfig(
+            kind, momentum=[s.momentum for s in specs], nesterov=specs[0].nesterov, **common
+        )
+    return OptimizerConfig(
+        kind,
+        betas=([s.betas[0] for s in specs], [s.betas[1] for s in specs]),
+        eps=[s.eps for s in specs],
+        **common,
+    )
+
+
+def _group_report(on_logs: Sequence[LogCallback | None], groups: Sequence[Sequence[int]], k: int):
+    """The engine's ``on_report``: each callback sees its group's mean scores."""
+
+    def report(
+        epoch: int,
+        active: torch.Tensor,
+        train_loss: torch.Tensor,
+        val_loss: torch.Tensor,
+        val_accuracy: torch.Tensor,
+    ) -> list[bool]:
+        stops = [False] * k
+        for callback, group in zip(on_logs, groups, strict=True):
+            live = [m for m in group if bool(active[m])]
+            if callback is None or not live:
+                continue
+            at = torch.tensor(live)
+            means = (float(values[at].mean()) for values in (train_loss, val_loss, val_accuracy))
+            if callback(epoch, *means):
+                for m in group:
+                    stops[m] = True
+        return stops
+
+    return report
+
+
+def _train_batched(
+    members: Sequence[Member],
+    data: DeviceData,
+    on_logs: Sequence[LogCallback | None],
+    groups: Sequence[Sequence[int]],
+) -> list[Trained]:
+    """``engine=batched``: every member in one pass of the closed-form engine (or L-BFGS)."""
+    specs = [m.spec for m in members]
+    base = specs[0]
+    splits = data.splits
+    X_train, y_train = data.train
+    weight, bias = linear_init(
+        splits.n_features,
+        splits.n_classes,
+        [s.seed for s in specs],
+        dtype=X_train.dtype,
+        device=data.device,
+    )
+    counts = _member_rows(members, len(y_train))
+    common: dict[str, Any] = {
+        "sample_weight": _engine_weights(members, data, counts),
+        "penalty": _engine_penalty(members, counts),
+        "val": _engine_val(members, data),
+        "log_every": base.log_every,
+        "on_report": (
+            _group_report(on_logs, groups, len(members))
+            if any(c is not None for c in on_logs)
+            else None
+        ),
+        "report_every": base.log_every,
+    }
+    if base.optimizer == "lbfgs":
+        result = train_lbfgs(
+            X_train,
+            y_train,
+            splits.n_classes,
+            weight,
+            bias,
+            lr=[s.lr for s in specs],
+            max_iter=base.epochs,
+            history_size=base.history_size,
+            tolerance_grad=base.tolerance_grad,
+            tolerance_change=base.tolerance_change,
+            **common,
+        )
+    else:
+        result = train_batched(
+            X_train,
+            y_train,
+            splits.n_classes,
+            weight,
+            bias,
+            _engine_optimizer(specs),
+            base.epochs,
+            batch_size=base.batch_size,
+            shuffle_seed=base.seed,
+            check_every=base.log_every,
+            lr_schedule=_batch_schedule(specs),
+            early_stopping=_early_stopping(specs),
+            **common,
+        )
+    trained = []
+    for k in range(len(specs)):
+        model = LogisticRegression(splits.n_features, splits.n_classes).to(data.device)
+        with torch.no_grad():
+            model.linear.weight.copy_(result.weight[k])
+            model.linear.bias.copy_(result.bias[k])
+        trained.append(
+            Trained(
+                model,
+                result.status[k],
+                result.epochs_run[k],
+                result.diverged_epoch[k],
+                _history_of(result, k),
+                result.best_epoch[k],
+            )
+        )
+    return trained
+
+
+def _batch_schedule(specs: Sequence[RunSpec]) -> BatchSchedule | None:
+    """Each configuration's lr per epoch from its schedule; None when every lr is constant."""
+    if all(is_constant(s.scheduler) for s in specs):
+        return None
+    return BatchSchedule(
+        [s.lr for s in specs],
+        [s.scheduler for s in specs],
+        specs[0].epochs,
+        ["max" if s.watched == "val_accuracy" else "min" for s in specs],
+        [s.watched for s in specs],
+    )
+
+
+def _early_stopping(specs: Sequence[RunSpec]) -> EarlyStopping | None:
+    """The engine's early stopping for the specs that ask for it; None when none does."""
+    if all(s.early_stopping.patience is None for s in specs):
+        return None
+    return EarlyStopping(
+        patience=[s.early_stopping.patience for s in specs],
+        min_delta=[s.early_stopping.min_delta for s in specs],
+        watch=[s.watched or "val_loss" for s in specs],
+        restore_best=[s.early_stopping.restore_best for s in specs],
+    )
+
+
+def _history_of(result: EngineResult, k: int) -> dict[str, list[Any]]:
+    """History rows of configuration k, up to the epoch it stopped at."""
+    history = result.history
+    rows = [t for t, epoch in enumerate(history.epochs) if epoch <= result.epochs_run[k]]
+
+    def column(values: torch.Tensor | None) -> list[float]:
+        if values is None:
+            return [math.nan] * len(rows)
+        return [float(values[t, k]) for t in rows]
+
+    return {
+        "epoch": [history.epochs[t] for t in rows],
+        "train_loss": column(history.train_loss),
+        "val_loss": column(history.val_loss),
+        "val_accuracy": column(history.val_accuracy),
+        "lr": column(history.lr),
+    }
+
+
+# ----- the reference path -------------------------------------------------------------------
+
+
+def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | None) -> Trained:
+    """``engine=reference``: torch.optim and autograd on the member's own rows."""
+    spec = member.spec
+    X, y = data.train
+    weights = row_weights(spec, data)
+    if member.rows is None:
+        X_val, y_val = data.val
+    else:
+        held = torch.from_numpy(member.held_out).to(X.device)
+        X_val, y_val = X[held], y[held]
+        X, y = X[~held], y[~held]
+        weights = None if weights is None else weights[member.rows]
+    sample_weight = None if weights is None else torch.from_numpy(weights).to(X)
+    l2, l1 = penalty_strengths(spec, len(y))
+    torch.manual_seed(spec.seed)
+    splits = data.splits
+    model = LogisticRegression(splits.n_features, splits.n_classes).to(data.device)
+    if spec.optimizer == "lbfgs":
+        result = train_lbfgs_reference(
+            model,
+            X,
+            y,
+            X_val,
+            y_val,
+            lr=spec.lr,
+            max_iter=spec.epochs,
+            history_size=spec.history_size,
+            tolerance_grad=spec.tolerance_grad,
+            tolerance_change=spec.tolerance_change,
+            sample_weight=sample_weight,
+            l2=l2,
+            log_every=spec.log_every,
+            on_log=on_log,
+        )
+    else:
+        result = train(
+            model,
+            X,
+            y,
+            X_val,
+            y_val,
+            optimizer_spec(spec),
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            log_every=spec.log_every,
+            on_log=on_log,
+            schedule=None if is_constant(spec.scheduler) else spec.scheduler,
+            early_stopping=spec.early_stopping
+            if spec.early_stopping.patience is not None
+            else None,
+            watch=spec.watched,
+            sample_weight=sample_weight,
+            l2=l2,
+            l1=l1,
+        )
+    history = result.history
+    return Trained(
+        model,
+        result.status,
+        result.epochs_run,
+        result.diverged_epoch,
+        {
+            "epoch": history.epoch,
+            "train_loss": history.train_loss,
+            "val_loss": history.val_loss,
+            "val_accuracy": history.val_accuracy,
+            "lr": history.lr,
+        },
+        result.best_epoch,
+    )

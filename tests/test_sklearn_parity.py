@@ -1,0 +1,372 @@
+"""scikit-learn parity: k-fold CV in the batch, penalties, class and row weights, L-BFGS.
+
+What a user of ``LogisticRegressionCV`` / ``LogisticRegression`` types here, checked against
+scikit-learn itself, the reference path, and the one-line errors for settings that cannot
+apply.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sweeplr.config import run_spec
+from sweeplr.data import load_dataset, scale_splits, split, stratified_folds
+from sweeplr.errors import SweeplrError
+from sweeplr.fitting import penalty_strengths
+from sweeplr.runner import train_runs
+from tests.conftest import compose_config, run_train
+
+BC = ("dataset=breast_cancer", "device=cpu", "progress=false", "plots=false")
+
+
+def spec_of(*overrides: str):
+    return run_spec(compose_config(*overrides), overrides)
+
+
+def sklearn_split(standardize: bool = True):
+    """breast_cancer's tutorial split, scaled as sweeplr scales it (float32)."""
+    spec = spec_of(*BC, "val_size=0", "objective=train_loss")
+    splits, _ = scale_splits(
+        split(load_dataset(spec.dataset), spec.test_size, 0.0, spec.random_state, False),
+        standardize,
+    )
+    return splits
+
+
+def objective(model, X: np.ndarray, y: np.ndarray, C: float, w: np.ndarray | None = None) -> float:
+    """scikit-learn's binary objective ``C * sum(s_i * loss_i) + ||W||^2 / 2`` in float64."""
+    weight = model.linear.weight.detach().double().numpy()[0]
+    bias = float(model.linear.bias.detach().double()[0])
+    z = X.astype(np.float64) @ weight + bias
+    losses = np.logaddexp(0.0, z) - y * z
+    s = np.ones_like(losses) if w is None else w
+    return C * float(np.sum(s * losses)) + 0.5 * float(weight @ weight)
+
+
+def sklearn_objective(est, X: np.ndarray, y: np.ndarray, C: float, w=None) -> float:
+    z = X.astype(np.float64) @ est.coef_[0] + est.intercept_[0]
+    s = np.ones(len(y)) if w is None else w
+    return C * float(np.sum(s * (np.logaddexp(0.0, z) - y * z))) + 0.5 * float(
+        est.coef_[0] @ est.coef_[0]
+    )
+
+
+def sklearn_lbfgs(X, y, C=1.0, **kwargs):
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return LogisticRegression(C=C, tol=1e-10, max_iter=10_000, **kwargs).fit(X, y)
+
+
+# --- folds ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "folds", "classes"), [(381, 5, 2), (100, 3, 3), (57, 7, 4)])
+def test_folds_are_scikit_learns_stratified_k_fold(n, folds, classes):
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.random.RandomState(n).randint(0, classes, n)
+    y[:classes] = np.arange(classes)[::-1]  # classes first seen out of code order
+    fold_of_row = stratified_folds(y, folds)
+    for f, (_, held) in enumerate(StratifiedKFold(folds).split(np.zeros(n), y)):
+        assert np.array_equal(np.flatnonzero(fold_of_row == f), held)
+
+
+def test_more_folds_than_the_smallest_class_is_one_line():
+    y = np.array([0] * 20 + [1] * 3)
+    with pytest.raises(SweeplrError, match=r"^cv=4 is more folds .* \(3\); allowed: 2 <= cv <= 3$"):
+        stratified_folds(y, 4)
+
+
+# --- cross-validation in the batch ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["breast_cancer", "iris"])
+def test_cv_objective_is_the_mean_of_folds_trained_alone(dataset):
+    """The batched pass equals each fold trained alone on its own rows (the reference path)."""
+    base = (*BC, f"dataset={dataset}", "cv=3", "epochs=60", "optimizer=adam", "lr=0.05")
+    specs = [spec_of(*base, f"lr={lr}") for lr in (0.05, 0.2)]
+    batched = train_runs(specs)
+    reference = train_runs([spec_of(*base, f"lr={lr}", "engine=reference") for lr in (0.05, 0.2)])
+    for ours, ref in zip(batched, reference, strict=True):
+        assert ours.cv["folds"] == 3
+        for metric in ("loss", "accuracy"):
+            assert ours.metrics["val"][metric] == pytest.approx(
+                ref.metrics["val"][metric], rel=1e-5
+            )
+            assert ours.cv["val_std"][metric] == pytest.approx(
+                ref.cv["val_std"][metric], rel=1e-4, abs=1e-7
+            )
+        assert ours.objective == pytest.approx(ours.metrics["val"]["loss"])
+        assert ours.metrics["test"]["loss"] == pytest.approx(ref.metrics["test"]["loss"], rel=1e-5)
+        assert ours.data.splits.X_val.shape[0] == 0  # the folds are the validation data
+
+
+def test_cv_refit_is_the_configuration_trained_on_the_whole_training_part():
+    folded = train_runs([spec_of(*BC, "cv=4", "epochs=40", "lr=0.1")])[0]
+    whole = train_runs([spec_of(*BC, "val_size=0", "objective=train_loss", "epochs=40", "lr=0.1")])[
+        0
+    ]
+    assert torch.equal(folded.model.linear.weight, whole.model.linear.weight)
+    assert folded.metrics["test"] == whole.metrics["test"]
+    assert folded.metrics["val"] != whole.metrics["val"]
+
+
+def test_cv_pruning_sees_fold_means_and_stops_every_fold():
+    seen: list[tuple[int, float]] = []
+
+    def on_log(epoch, train_loss, val_loss, val_accuracy):
+        seen.append((epoch, val_loss))
+        return epoch >= 20
+
+    spec = spec_of(*BC, "cv=3", "epochs=100", "lr=0.1")
+    pruned, kept = train_runs([spec, spec_of(*BC, "cv=3", "epochs=100", "lr=0.3")], [on_log, None])
+    assert pruned.status == "pruned" and pruned.epochs_run == 20
+    assert kept.status == "completed" and kept.epochs_run == 100
+    assert [epoch for epoch, _ in seen] == [10, 20]
+    assert pruned.metrics["test"]["loss"] is None  # nothing refit
+    assert seen[-1][1] == pytest.approx(pruned.history["val_loss"][-1])
+
+
+def test_cv_record_and_summary_carry_mean_and_std(tmp_path: Path):
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "lr=0.1,0.3",
+        "cv=3",
+        "epochs=50",
+        *BC,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "sweep/0/metrics.json").read_text())
+    assert record["cv"]["folds"] == 3 and record["data"]["n_val"] == 0
+    assert record["objective"]["value"] == record["metrics"]["val"]["loss"]
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "sweep/summary.csv")
+    assert {"val_loss_std", "val_accuracy_std", "cv"} <= set(table.columns)
+    assert (table["val_loss_std"] > 0).all()
+
+
+# --- penalties, class and row weights ---------------------------------------------------------
+
+
+def test_penalty_strengths_are_scikit_learns_objective_over_c_n():
+    assert penalty_strengths(spec_of("penalty=l2", "penalty.C=0.5"), 100) == (0.02, 0.0)
+    assert penalty_strengths(spec_of("penalty=l1", "penalty.C=2"), 50) == (0.0, 0.01)
+    l2, l1 = penalty_strengths(
+        spec_of("penalty=elasticnet", "penalty.C=1", "penalty.l1_ratio=0.25"), 10
+    )
+    assert (l2, l1) == pytest.approx((0.075, 0.025))
+    assert penalty_strengths(spec_of(), 10) == (0.0, 0.0)
+
+
+def test_lbfgs_l2_reaches_scikit_learns_objective_and_predictions():
+    splits = sklearn_split()
+    outcome = train_runs(
+        [spec_of(*BC, "val_size=0", "objective=train_loss", "optimizer=lbfgs", "penalty=l2")]
+    )[0]
+    est = sklearn_lbfgs(splits.X_train, splits.y_train, C=1.0)
+    ours = objective(outcome.model, splits.X_train, splits.y_train, 1.0)
+    theirs = sklearn_objective(est, splits.X_train, splits.y_train, 1.0)
+    assert ours <= theirs * (1 + 1e-5)
+    with torch.no_grad():
+        logits = outcome.model(torch.from_numpy(splits.X_test)).squeeze(-1).numpy()
+    assert np.array_equal((logits > 0).astype(int), est.predict(splits.X_test))
+
+
+def test_balanced_class_weight_matches_scikit_learn():
+    splits = sklearn_split()
+    outcome = train_runs(
+        [
+            spec_of(
+                *BC,
+                "val_size=0",
+                "objective=train_loss",
+                "optimizer=lbfgs",
+                "penalty=l2",
+                "penalty.C=0.5",
+                "class_weight=balanced",
+            )
+        ]
+    )[0]
+    y = splits.y_train
+    est = sklearn_lbfgs(splits.X_train, y, C=0.5, class_weight="balanced")
+    s = (len(y) / (2 * np.bincount(y)))[y]
+    ours = objective(outcome.model, splits.X_train, y, 0.5, s)
+    assert ours <= sklearn_objective(est, splits.X_train, y, 0.5, s) * (1 + 1e-5)
+
+
+def test_a_batch_may_mix_penalties_and_class_weights():
+    """Each configuration of a mixed batch equals itself trained alone."""
+    settings = [
+        ("penalty=none",),
+        ("penalty=l2", "penalty.C=0.1"),
+        ("penalty=l1", "penalty.C=0.05"),
+        ("penalty=elasticnet", "penalty.l1_ratio=0.5", "class_weight=balanced"),
+        ("class_weight={malignant:3,benign:1}",),
+    ]
+    base = (*BC, "epochs=80", "lr=0.3")
+    together = train_runs([spec_of(*base, *s) for s in settings])
+    for alone_settings, mixed in zip(settings, together, strict=True):
+        alone = train_runs([spec_of(*base, *alone_settings)])[0]
+        torch.testing.assert_close(
+            mixed.model.linear.weight, alone.model.linear.weight, rtol=1e-5, atol=1e-6
+        )
+    l1_weights = together[2].model.linear.weight
+    assert int((l1_weights == 0).sum()) > 0  # the proximal step zeroes weights exactly
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ("optimizer=lbfgs", "penalty=l2", "penalty.C=0.3", "class_weight=balanced"),
+        ("optimizer=lbfgs", "cv=3", "penalty=l2"),
+        ("optimizer=sgd", "lr=0.3", "penalty=l1", "penalty.C=0.05", "class_weight=balanced"),
+        ("optimizer=adamw", "lr=0.05", "penalty=elasticnet", "penalty.l1_ratio=0.5", "cv=3"),
+    ],
+)
+def test_the_reference_path_agrees_with_the_batched_engine(settings):
+    """engine=reference (torch.optim, torch's LBFGS, autograd) is the oracle of every setting.
+
+    First-order runs follow the reference epoch for epoch. In float32, L-BFGS's stopping tests
+    (a loss change below 1e-9) fire on rounding noise, so the two may stop an iteration or two
+    apart (tests/test_lbfgs.py holds them to the same iterations in float64); both converge
+    to the same optimum.
+    """
+    base = (*BC, "epochs=40", *settings)
+    batched = train_runs([spec_of(*base)])[0]
+    reference = train_runs([spec_of(*base, "engine=reference")])[0]
+    lbfgs = "optimizer=lbfgs" in settings
+    if not lbfgs:
+        assert batched.epochs_run == reference.epochs_run
+    torch.testing.assert_close(
+        batched.model.linear.weight,
+        reference.model.linear.weight,
+        rtol=1e-2 if lbfgs else 2e-4,
+        atol=2e-3 if lbfgs else 2e-5,
+    )
+    assert batched.objective == pytest.approx(reference.objective, rel=1e-4)
+    if "penalty=l1" in settings:
+        zeros = batched.model.linear.weight == 0
+        assert zeros.any() and torch.equal(zeros, reference.model.linear.weight == 0)
+
+
+def test_row_weights_come_from_a_csv_column(tmp_path: Path):
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(200, 3))
+    y = (X[:, 0] + 0.5 * rng.normal(size=200) > 0).astype(int)
+    w = rng.choice([0.5, 1.0, 3.0], size=200)
+    import pandas as pd
+
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "w": w, "label": y}).to_csv(
+        path, index=False
+    )
+    overrides = (
+        "dataset=csv",
+        f"dataset.path={path}",
+        "dataset.target=label",
+        "dataset.weight=w",
+        "val_size=0",
+        "objective=train_loss",
+        "optimizer=lbfgs",
+        "penalty=l2",
+        "standardize=false",
+        "device=cpu",
+    )
+    outcome = train_runs([spec_of(*overrides)])[0]
+    splits = outcome.data.splits
+    assert splits.feature_names == ("a", "b", "c")
+    weight_of = dict(zip(X[:, 0].astype(np.float32).tolist(), w.tolist(), strict=True))
+    assert splits.w_train.tolist() == [weight_of[a] for a in splits.X_train[:, 0].tolist()]
+    from sklearn.linear_model import LogisticRegression
+
+    est = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(
+        splits.X_train, splits.y_train, sample_weight=splits.w_train
+    )
+    ours = objective(outcome.model, splits.X_train, splits.y_train, 1.0, splits.w_train)
+    theirs = sklearn_objective(est, splits.X_train, splits.y_train, 1.0, splits.w_train)
+    assert ours <= theirs * (1 + 1e-5)
+
+
+# --- settings that cannot apply: one line each -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["cv=1"], "cv=1 is invalid; allowed: null (one validation split) or an integer >= 2"),
+        (["penalty=elasticnet", "penalty.l1_ratio=2"], "penalty.l1_ratio=2 is out of range"),
+        (["penalty=l2", "penalty.C=0"], "penalty.C=0 is invalid; allowed: a finite number > 0"),
+        (["penalty.C=0.5"], "penalty.C=0.5 does not apply to penalty=none"),
+        (["penalty=l2", "penalty.l1_ratio=0.5"], "penalty.l1_ratio=0.5 does not apply"),
+        (["optimizer=lbfgs", "batch_size=64"], "batch_size=64 does not apply to optimizer=lbfgs"),
+        (["optimizer=lbfgs", "penalty=l1"], "penalty=l1 does not apply to optimizer=lbfgs"),
+        (["optimizer=lbfgs", "optimizer.weight_decay=0.1"], "optimizer.weight_decay=0.1 does not"),
+        (["optimizer=sgd", "optimizer.history_size=5"], "optimizer.history_size=5 does not apply"),
+        (["optimizer=lbfgs", "scheduler=cosine"], "scheduler=cosine does not apply to optimizer"),
+        (["cv=5", "val_size=0.1"], "val_size=0.1 does not apply with cv=5"),
+        (["cv=5", "early_stopping.patience=3"], "early_stopping does not apply with cv=5"),
+        (["class_weight={red:0}"], "class_weight.red=0 is invalid; allowed: a finite number > 0"),
+        (["class_weight=heavy"], "class_weight=heavy is invalid; allowed: null, balanced"),
+    ],
+)
+def test_settings_that_cannot_apply_name_the_value(overrides, message):
+    with pytest.raises(SweeplrError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        spec_of(*overrides)
+
+
+def test_data_dependent_settings_fail_before_training():
+    with pytest.raises(
+        SweeplrError, match=r"^class_weight names class 'purple'.*allowed: red, blue$"
+    ):
+        train_runs([spec_of("class_weight={purple:2}", "epochs=5", "device=cpu")])
+    with pytest.raises(SweeplrError, match=r"^cv=40 is more folds"):
+        train_runs([spec_of("dataset=iris", "cv=40", "epochs=5", "device=cpu")])
+
+
+@pytest.mark.slow
+def test_bad_fold_count_from_the_command_line_is_one_line(tmp_path: Path):
+    proc = run_train(tmp_path, "dataset=iris", "cv=40", "plots=false")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        (
+            "error: cv=40 is more folds than the training part's smallest class has rows (31); "
+            "allowed: 2 <= cv <= 31"
+        )
+    ]
+    assert proc.stdout == ""
+
+
+@pytest.mark.slow
+def test_logistic_cv_preset_runs_an_optuna_search_over_c_with_folds_and_a_pruner(tmp_path: Path):
+    sweep = tmp_path / "study"
+    proc = run_train(
+        tmp_path,
+        "--multirun",
+        "sweep=logistic_cv",
+        "dataset=breast_cancer",
+        "pruner=median",
+        "hydra.sweeper.n_trials=6",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    import pandas as pd
+
+    table = pd.read_csv(sweep / "summary.csv")
+    assert len(table) == 6 and set(table["status"]) <= {"completed", "pruned"}
+    assert table["C"].nunique() == 6 and (table["optimizer"] == "lbfgs").all()
+    assert (table["cv"] == 5).all() and table["val_loss_std"].notna().any()
+    assert (sweep / "objective_vs_C.png").is_file()
+    best = table.iloc[0]
+    record = json.loads((tmp_path / best["run_dir"] / "metrics.json").read_text())
+    assert record["cv"]["folds"] == 5 and record["hyperparameters"]["penalty"] == "l2"
