@@ -294,16 +294,13 @@ def sklearn_cv() -> dict[str, float]:
 
 
 def best_row(sweep_dir: Path) -> dict[str, float]:
-    """The summary row of a sweep's best run (its objective, minimised, first)."""
+    """The summary row of a sweep's best completed run (``summary.csv`` is best first)."""
     import csv
 
     with (sweep_dir / "summary.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "completed"]
-    return {
-        k: float(v)
-        for k, v in min(rows, key=lambda r: float(r["objective"])).items()
-        if k in ("objective", "test_accuracy", "val_accuracy", "val_loss")
-    }
+        best = next(r for r in csv.DictReader(f) if r["status"] == "completed")
+    wanted = ("objective", "test_accuracy", "val_accuracy", "val_loss")
+    return {k: float(v) for k, v in best.items() if k in wanted}
 
 
 def cv(args: argparse.Namespace) -> None:

@@ -183,6 +183,29 @@ def test_lbfgs_l2_reaches_scikit_learns_objective_and_predictions():
     assert np.array_equal((logits > 0).astype(int), est.predict(splits.X_test))
 
 
+def test_lbfgs_l2_multinomial_matches_scikit_learn_on_iris():
+    """Three classes: scikit-learn's multinomial objective, C * sum(CE) + ||W||^2 / 2 over
+    all classes' weights (W is [3, 4], as sweeplr's softmax model has it)."""
+    from scipy.special import logsumexp
+
+    overrides = ("dataset=iris", "val_size=0", "objective=train_loss", "device=cpu")
+    outcome = train_runs([spec_of(*overrides, "optimizer=lbfgs", "penalty=l2")])[0]
+    splits = outcome.data.splits
+    X, y = splits.X_train.astype(np.float64), splits.y_train
+    est = sklearn_lbfgs(splits.X_train, y, C=1.0)
+
+    def multinomial(W: np.ndarray, b: np.ndarray) -> float:
+        z = X @ W.T + b
+        return float(np.sum(logsumexp(z, axis=1) - z[np.arange(len(y)), y]) + 0.5 * np.sum(W**2))
+
+    weight = outcome.model.linear.weight.detach().double().numpy()
+    bias = outcome.model.linear.bias.detach().double().numpy()
+    assert multinomial(weight, bias) <= multinomial(est.coef_, est.intercept_) * (1 + 1e-5)
+    with torch.no_grad():
+        ours = outcome.model(torch.from_numpy(splits.X_test)).argmax(1).numpy()
+    assert np.array_equal(ours, est.predict(splits.X_test))
+
+
 def test_balanced_class_weight_matches_scikit_learn():
     splits = sklearn_split()
     outcome = train_runs(
