@@ -63,10 +63,17 @@ def find_lr(spec: RunSpec, lrs: list[float], epochs: int) -> LrFinding:
 
     if epochs < 1:
         raise SweeplrError(f"--epochs={epochs} is invalid; allowed: an integer >= 1")
+    if spec.optimizer == "lbfgs":
+        raise SweeplrError(
+            "sweeplr lr-find does not apply to optimizer=lbfgs: its line search chooses every "
+            "step (lr only scales the first); allowed: optimizer=sgd, adam or adamw"
+        )
     no_stopping = EarlyStoppingConfig()
     specs = [replace(spec, lr=lr, epochs=epochs, early_stopping=no_stopping) for lr in lrs]
     outcomes = train_runs(specs)
-    metric = "val_loss" if outcomes[0].data.splits.y_val.size else "train_loss"
+    # with cv the folds' mean validation loss (there is no fixed validation part)
+    has_val = outcomes[0].data.splits.y_val.size or spec.cv is not None
+    metric = "val_loss" if has_val else "train_loss"
     split_name = metric.split("_")[0]
     rows = []
     for lr, outcome in zip(lrs, outcomes, strict=True):

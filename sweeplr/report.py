@@ -54,7 +54,9 @@ RUN_METRICS = (
     "status",
     "objective",
     "val_loss",
+    "val_loss_std",  # cv: the folds' spread beside their mean
     "val_accuracy",
+    "val_accuracy_std",
     "test_loss",
     "test_accuracy",
     "epochs_run",

@@ -78,6 +78,19 @@ def test_without_a_validation_split_the_train_loss_decides():
     assert all(row["loss"] == row["train_loss"] for row in finding.rows)
 
 
+def test_with_folds_their_mean_validation_loss_decides():
+    spec = run_spec(compose_config(*BASE, "cv=3"))
+    finding = find_lr(spec, lr_range(1e-3, 1.0, 4), epochs=20)
+    assert finding.metric == "val_loss"
+    assert all(row["loss"] == row["val_loss"] != row["train_loss"] for row in finding.rows)
+
+
+def test_lbfgs_has_no_lr_to_find():
+    spec = run_spec(compose_config(*BASE, "optimizer=lbfgs"))
+    with pytest.raises(SweeplrError, match=r"^sweeplr lr-find does not apply to optimizer=lbfgs"):
+        find_lr(spec, lr_range(1e-3, 1.0, 4), epochs=20)
+
+
 def test_the_command(tmp_path, capsys):
     out = tmp_path / "find"
     argv = ["lr-find", "optimizer=adam", "lr=0.5", "--num", "8", "--epochs", "30"]
