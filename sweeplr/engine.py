@@ -32,6 +32,8 @@ configurations onto it.
 from __future__ import annotations
 
 import math
+import types
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +66,37 @@ _FUSED_MIN_GROUPS = 2
 # its op count to matter.
 _FOLD_MAX_ELEMENTS = 1 << 20
 _lane_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool): see _lane_executor
+# The fused Triton step (`sweeplr.kernels`) runs where X is on CUDA; tests set this to run it
+# on the CPU through Triton's interpreter (TRITON_INTERPRET=1 before triton is imported).
+_TRITON_ON_CPU = False
+_kernels_state: list[object] = []  # [the kernels module or None]: imported once, when first used
+
+
+def _kernels() -> types.ModuleType | None:
+    """`sweeplr.kernels`, or None where Triton is missing or broken (the plain step then)."""
+    if not _kernels_state:
+        try:
+            from sweeplr import kernels
+        except Exception:  # noqa: BLE001 - ImportError, or a Triton that fails to initialise
+            _kernels_state.append(None)
+        else:
+            _kernels_state.append(kernels)
+    module = _kernels_state[0]
+    return module if isinstance(module, types.ModuleType) else None
+
+
+def _kernel_applies(run: _Run, x: Tensor) -> bool:
+    """Whether steps on ``x`` take the fused Triton kernel: binary, unweighted and without
+    penalties, float32/64 with unit column stride, on CUDA (or forced onto the interpreter).
+    Multi-class runs, row weights and penalties take the plain step."""
+    return (
+        (x.is_cuda or _TRITON_ON_CPU)
+        and not run.extended
+        and len(run.targets) == 1
+        and x.dtype in (torch.float32, torch.float64)
+        and x.stride(1) == 1
+        and _kernels() is not None
+    )
 
 
 def _fused_sizes(ko: int, n_features: int, itemsize: int, multiclass: bool) -> tuple[int, int]:
@@ -718,20 +751,22 @@ class _Workspace:
         if run.sw is not None:
             self.sw = run.sw if run.batch_size is None else like.new_empty(run.sw.shape[0], nb)
         self.lanes: list[_Lane] = []
+        self.nb = nb
+        self.ls: Tensor | None = None
+        # The fused Triton step (see _kernel_applies) needs none of the whole-batch buffers
+        # (at K=64 on 10M rows they would take 2.5 GB); `plain_buffers` makes them if it fails.
+        self.kernel = None
+        if _kernel_applies(run, self.x):
+            kernels = _kernels()
+            assert kernels is not None
+            self.kernel = kernels.BinaryStep(self.x, ko)
+            return
         itemsize = like.element_size()
         rows, self.block = _fused_sizes(ko, n_features, itemsize, self.multiclass)
         fused = _fuses(nb, rows, n_features, ko, itemsize, self.multiclass)
         # Weighted or penalised runs take the unfused step: the fused kernels stay as measured.
         if not fused or like.device.type != "cpu" or run.extended:
-            self.ones = like.new_ones(nb)
-            self.z = like.new_empty(ko, nb)
-            self.ls = like.new_empty(ka, out, nb) if self.multiclass else None
-            self.dz = self.z if self.ls is None else self.ls.view(ko, nb)
-            # binary: sigmoid(u); multi-class: log-probabilities of the labels
-            self.scratch = like.new_empty(ko, nb) if self.ls is None else like.new_empty(ka, 1, nb)
-            self.inv_n_vec = like.new_full((nb,), self.inv_n)
-            if self.ls is not None:  # gather index of the labels, [Ka, 1, nb]
-                self.label_index = self.targets[0].view(1, 1, nb).expand(ka, 1, nb)
+            self.plain_buffers()
             return
         starts = range(0, nb, rows)
         n_groups = len(starts)
@@ -755,6 +790,20 @@ class _Workspace:
         if ko == 1:
             self.parts = self.parts[: self.n_parts]
             self.inv_n_parts = like.new_full((self.n_parts,), self.inv_n)
+
+    def plain_buffers(self) -> None:
+        """The whole-batch buffers of unfused steps."""
+        like, nb, ka, ko = self.pw, self.nb, self.ka, self.ko
+        self.kernel = None
+        self.ones = like.new_ones(nb)
+        self.z = like.new_empty(ko, nb)
+        self.ls = like.new_empty(ka, ko // ka, nb) if self.multiclass else None
+        self.dz = self.z if self.ls is None else self.ls.view(ko, nb)
+        # binary: sigmoid(u); multi-class: log-probabilities of the labels
+        self.scratch = like.new_empty(ko, nb) if self.ls is None else like.new_empty(ka, 1, nb)
+        self.inv_n_vec = like.new_full((nb,), self.inv_n)
+        if self.ls is not None:  # gather index of the labels, [Ka, 1, nb]
+            self.label_index = self.targets[0].view(1, 1, nb).expand(ka, 1, nb)
 
     def forward(self) -> Tensor:
         """Logits ``z = W x^T + b``, ``[Ka*out, nb]`` (unfused steps)."""
@@ -807,6 +856,7 @@ class _FoldedBinarySteps:
             run.batch_size is None
             and not run.extended  # row weights and penalties are only in the plain step
             and not ws.lanes  # a fused workspace has no whole-batch logit buffers
+            and ws.kernel is None  # nor has the Triton step's
             and ws.ls is None
             and x.is_contiguous()
             and x.numel() <= _FOLD_MAX_ELEMENTS
@@ -1041,6 +1091,19 @@ class _Run:
         if ws.lanes:
             self._fused_loss_and_grad(ws, loss_sum_out, want_loss)
             return
+        if ws.kernel is not None:
+            try:
+                ws.kernel(ws.pw, ws.pb, ws.targets[0], loss_sum_out, ws.gw, ws.gb, want_loss)
+                return
+            except Exception as error:  # noqa: BLE001 - a Triton that cannot compile it here
+                # The step below overwrites whatever the kernel wrote; no later workspace tries.
+                warnings.warn(
+                    f"sweeplr: the fused Triton step failed ({error!r}); using the plain step",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _kernels_state[:] = [None]
+                ws.plain_buffers()
         z = ws.forward()  # [Ka*out, nb]
         if ws.ls is None:
             (sign,) = ws.targets

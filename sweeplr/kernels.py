@@ -1,0 +1,237 @@
+"""A fused Triton kernel for one full-batch step of the binary problem, K configurations at once.
+
+The engine's plain step reads X twice per epoch: once for the logits ``W X^T`` and once for
+the gradient ``dZ X``.  On a GPU the epoch is memory-bound, so this kernel walks X in blocks of
+rows and, per block, computes the logits, the per-row loss, ``dz = s * sigmoid(s*z)`` and the
+block's share of the gradient while the block is still in registers: X is read once.
+
+Determinism: the grid is a fixed number of programs (from the device, not from timing); each
+program walks its blocks in row order and writes its partial sums to its own slot, and a
+``torch.sum`` over the slots finishes the reduction.  No atomics, so the same inputs on the same
+device and grid give the same bits ("same config + same seed gives the same numbers").
+
+Triton is imported here only; `sweeplr.engine` imports this module only when a step can use it
+(X on CUDA, or tests that force the interpreter, ``TRITON_INTERPRET=1``, on the CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+BLOCK_M = 64  # rows per block: X block [64, <=128] and the gradient tile stay in registers
+MAX_BLOCK_F = 128  # wider X is tiled over features (and a block's tiles come from cache twice)
+MAX_BLOCK_K = 64  # more configurations: one grid column per 64 (X read once per column)
+PROGRAMS_PER_SM = 4  # enough resident programs per SM to hide memory latency
+INTERPRETER_PROGRAMS = 3  # the interpreter runs programs one by one: few, but more than one
+# Whether fp32 products may use TF32 tensor cores.  Off until the device script shows the
+# results within the tested tolerance (bench/gpu_check.py prints the deviation both ways).
+ALLOW_TF32 = False
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+@triton.jit
+def _log1p(x):
+    # Goldberg's log1p from log: exact where 1 + x rounds to 1, accurate elsewhere (no log1p
+    # in the interpreter's math and libdevice alike).
+    w = 1.0 + x
+    exact = w == 1.0
+    return tl.where(exact, x, tl.log(w) * x / tl.where(exact, 1.0, w - 1.0))
+
+
+@triton.jit
+def _binary_step_kernel(
+    x_ptr,
+    stride_x,
+    w_ptr,
+    stride_w,
+    b_ptr,
+    sign_ptr,
+    gpart_ptr,
+    sums_ptr,
+    n,
+    n_features,
+    n_configs,
+    n_blocks,
+    WANT_LOSS: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
+    """Program (p, c): blocks p, p + P, ... of rows for configurations c*BLOCK_K + [0, BLOCK_K).
+
+    Writes ``gpart[p, k, :] = sum over its rows of dz * x`` and ``sums[p, 0, k]`` / ``sums[p,
+    1, k]`` = its rows' loss terms / dz.  ``dz = s * sigmoid(u)``, ``u = s * z``, ``s = 1 - 2y``
+    (0 on padding rows); loss terms ``softplus(u) + (u - u)`` (torch's BCE, NaN for an infinite
+    logit) or, without ``WANT_LOSS``, the finiteness surrogate ``u * sigmoid(u)``.
+    """
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = ks < n_configs
+    fs = tl.arange(0, BLOCK_F)
+    bias = tl.load(b_ptr + ks * stride_w, mask=kmask, other=0.0)
+    loss_acc = tl.zeros([BLOCK_K], dtype=bias.dtype)
+    dz_acc = tl.zeros([BLOCK_K], dtype=bias.dtype)
+    gbase = gpart_ptr + pid * n_configs * n_features
+    if ONE_TILE:
+        fmask = fs < n_features
+        w = tl.load(
+            w_ptr + ks[:, None] * stride_w + fs[None, :],
+            mask=kmask[:, None] & fmask[None, :],
+            other=0.0,
+        )
+        acc = tl.zeros([BLOCK_K, BLOCK_F], dtype=bias.dtype)
+    for blk in range(pid, n_blocks, n_programs):
+        rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < n
+        s = tl.load(sign_ptr + rows, mask=rmask, other=0.0)
+        if ONE_TILE:
+            x = tl.load(
+                x_ptr + rows[:, None] * stride_x + fs[None, :],
+                mask=rmask[:, None] & fmask[None, :],
+                other=0.0,
+            )
+            z = tl.dot(x, tl.trans(w), input_precision=PRECISION)
+        else:
+            z = tl.zeros([BLOCK_M, BLOCK_K], dtype=bias.dtype)
+            for f0 in range(0, n_features, BLOCK_F):
+                ft = f0 + fs
+                ftmask = ft < n_features
+                xt = tl.load(
+                    x_ptr + rows[:, None] * stride_x + ft[None, :],
+                    mask=rmask[:, None] & ftmask[None, :],
+                    other=0.0,
+                )
+                wt = tl.load(
+                    w_ptr + ks[:, None] * stride_w + ft[None, :],
+                    mask=kmask[:, None] & ftmask[None, :],
+                    other=0.0,
+                )
+                z += tl.dot(xt, tl.trans(wt), input_precision=PRECISION)
+        u = (z + bias[None, :]) * s[:, None]
+        # sigmoid and softplus from e = exp(-|u|) <= 1: no overflow, accurate on both sides
+        e = tl.exp(-tl.abs(u))
+        sig = tl.where(u >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+        if WANT_LOSS:
+            # F.softplus: u itself above its threshold 20, else log1p(exp(u))
+            soft = tl.maximum(u, 0.0) + _log1p(e)
+            terms = tl.where(u > 20.0, u, soft) + (u - u)
+        else:
+            terms = u * sig
+        valid = rmask[:, None] & kmask[None, :]
+        terms = tl.where(valid, terms, 0.0)
+        dz = tl.where(valid, sig * s[:, None], 0.0)
+        loss_acc += tl.sum(terms, axis=0)
+        dz_acc += tl.sum(dz, axis=0)
+        if ONE_TILE:
+            acc += tl.dot(tl.trans(dz), x, input_precision=PRECISION)
+        else:
+            # Wide X: the block's tiles again (from cache), added to this program's slot.
+            for f0 in range(0, n_features, BLOCK_F):
+                ft = f0 + fs
+                ftmask = ft < n_features
+                xt = tl.load(
+                    x_ptr + rows[:, None] * stride_x + ft[None, :],
+                    mask=rmask[:, None] & ftmask[None, :],
+                    other=0.0,
+                )
+                gptr = gbase + ks[:, None] * n_features + ft[None, :]
+                gmask = kmask[:, None] & ftmask[None, :]
+                part = tl.load(gptr, mask=gmask, other=0.0)
+                part += tl.dot(tl.trans(dz), xt, input_precision=PRECISION)
+                tl.store(gptr, part, mask=gmask)
+    if ONE_TILE:
+        fmask = fs < n_features
+        tl.store(
+            gbase + ks[:, None] * n_features + fs[None, :],
+            acc,
+            mask=kmask[:, None] & fmask[None, :],
+        )
+    sbase = sums_ptr + pid * 2 * n_configs
+    tl.store(sbase + ks, loss_acc, mask=kmask)
+    tl.store(sbase + n_configs + ks, dz_acc, mask=kmask)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+class BinaryStep:
+    """The kernel's launch and its buffers for one workspace: X ``[n, F]``, K configurations.
+
+    ``__call__(pw, pb, sign, loss_sum_out, gw, gb, want_loss)``: ``loss_sum_out[k] = sum_i
+    loss_ki``, ``gw``/``gb`` = the mean gradient, as `sweeplr.engine._Run._loss_and_grad`.
+    ``pw`` is ``[K, F]`` with unit column stride, ``pb`` ``[K, 1]`` a column of the same
+    parameter matrix (row stride shared).  ``block_f`` overrides the feature tile (tests).
+    """
+
+    def __init__(self, x: Tensor, n_configs: int, *, block_f: int | None = None) -> None:
+        n, n_features = x.shape
+        self.x, self.n, self.n_features, self.k = x, n, n_features, n_configs
+        self.block_k = min(MAX_BLOCK_K, max(16, _next_pow2(n_configs)))
+        self.block_f = block_f or min(MAX_BLOCK_F, max(16, _next_pow2(n_features)))
+        self.one_tile = n_features <= self.block_f
+        self.n_blocks = -(-n // BLOCK_M)
+        k_tiles = -(-n_configs // self.block_k)
+        if x.is_cuda:
+            slots = _sm_count(x.device.index or 0) * PROGRAMS_PER_SM
+            programs = max(1, slots // k_tiles)
+        else:
+            programs = INTERPRETER_PROGRAMS
+        self.programs = min(self.n_blocks, programs)
+        self.grid = (self.programs, k_tiles)
+        # Partial sums per program; zeroed where the wide-X path accumulates in place.
+        self.gpart = x.new_zeros(self.programs, n_configs, n_features)
+        self.sums = x.new_empty(self.programs, 2, n_configs)
+        self.inv_n = 1.0 / n
+        fp32 = x.dtype == torch.float32
+        self.precision = "tf32" if fp32 and ALLOW_TF32 else "ieee"
+
+    def __call__(
+        self,
+        pw: Tensor,
+        pb: Tensor,
+        sign: Tensor,
+        loss_sum_out: Tensor,
+        gw: Tensor,
+        gb: Tensor,
+        want_loss: bool,
+    ) -> None:
+        if not self.one_tile:
+            self.gpart.zero_()
+        _binary_step_kernel[self.grid](
+            self.x,
+            self.x.stride(0),
+            pw,
+            pw.stride(0),
+            pb,
+            sign,
+            self.gpart,
+            self.sums,
+            self.n,
+            self.n_features,
+            self.k,
+            self.n_blocks,
+            WANT_LOSS=want_loss,
+            ONE_TILE=self.one_tile,
+            PRECISION=self.precision,
+            BLOCK_M=BLOCK_M,
+            BLOCK_K=self.block_k,
+            BLOCK_F=self.block_f,
+            num_warps=8 if self.block_k * self.block_f > 2048 else 4,
+        )
+        # Fixed-order reductions over the programs' slots: deterministic.
+        torch.sum(self.sums[:, 0], 0, out=loss_sum_out)
+        torch.sum(self.gpart, 0, out=gw).mul_(self.inv_n)
+        torch.sum(self.sums[:, 1], 0, out=gb).mul_(self.inv_n)
