@@ -198,7 +198,8 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
     data = launched.data.get(data_key(spec))
     if data is None:
         launched.data.clear()  # one data set in memory at a time
-        data = launched.data[data_key(spec)] = DeviceData.load(spec)
+        # device=auto chooses from this pass's size; later passes on the same data share it.
+        data = launched.data[data_key(spec)] = DeviceData.load(spec, configs=len(members))
     outcomes = train_runs([m[1] for m in members], [m[2] for m in members], data)
     for (member, member_spec, _), outcome in zip(members, outcomes, strict=True):
         launched.trained[member] = (member_spec, outcome)

@@ -39,11 +39,58 @@ from sweeplr.model import LogisticRegression
 from sweeplr.schedules import BatchSchedule, is_constant
 from sweeplr.training import LogCallback, OptimizerSpec, train, train_lbfgs_reference
 
+# device=auto's crossover (provisional until bench/gpu_check.py measures it on a lent GPU):
+# CUDA only when a pass's work, rows x features x K x epochs, exceeds AUTO_CUDA_MIN_WORK and one
+# epoch's, rows x features x K, exceeds AUTO_CUDA_MIN_EPOCH_WORK.  Derivation: CUDA costs a
+# fixed ~1.6 s per process (H200: `python train.py` took 6.5 s with auto->cuda, 4.9 s on the
+# CPU), and on large data its epochs are ~100x cheaper than the CPU's, so it wins once the
+# CPU pass would take longer than ~1.6 s.  The CPU engine does ~1.8e9 work units/s at K=1 and
+# ~1.3e10 at K=64 (2-core AMD EPYC: 400k x 100 SGD 22 ms/epoch, 100k x 100 x 64 Adam 50 ms),
+# so the break-even lies between 3e9 and 2e10: 1e10 loses at most a few seconds either way.
+# On tiny data a CUDA epoch is pure launch overhead (133 us eager, ~30 us with CUDA graphs, vs
+# ~15 us for 670 x 2 on the CPU), so epochs must also be big enough for the GPU's bandwidth to
+# count: 2.5e5 units take the CPU ~140 us (at 1.8e9/s), a CUDA epoch's overhead.
+# blobs (670 x 2 x 1 x 1000 = 1.3e6) stays on the CPU; 10M x 100 x 1 x 100 = 1e11 goes to CUDA.
+AUTO_CUDA_MIN_WORK = 1e10
+AUTO_CUDA_MIN_EPOCH_WORK = 2.5e5
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` means CUDA when available, else the CPU."""
+
+@dataclass(frozen=True)
+class Workload:
+    """The size of one training pass, for device=auto (see `auto_device`)."""
+
+    rows: int
+    features: int
+    configs: int  # K: the configurations trained together (cv folds included)
+    epochs: int
+
+    @property
+    def per_epoch(self) -> float:
+        return float(self.rows) * self.features * self.configs
+
+    @property
+    def total(self) -> float:
+        return self.per_epoch * self.epochs
+
+
+def auto_device(workload: Workload | None, cuda_available: bool | None = None) -> torch.device:
+    """device=auto: CUDA when it is available and the pass is big enough to repay its fixed
+    cost (`AUTO_CUDA_MIN_WORK`, `AUTO_CUDA_MIN_EPOCH_WORK`); the CPU otherwise.  An unknown
+    workload (None) takes CUDA when available, as before the crossover existed."""
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        return torch.device("cpu")
+    if workload is None:
+        return torch.device("cuda")
+    big = workload.total > AUTO_CUDA_MIN_WORK and workload.per_epoch > AUTO_CUDA_MIN_EPOCH_WORK
+    return torch.device("cuda" if big else "cpu")
+
+
+def resolve_device(name: str, workload: Workload | None = None) -> torch.device:
+    """The device of ``device=name``: ``auto`` chooses by ``workload`` (see `auto_device`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return auto_device(workload)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SweeplrError(f"device={name} is not available on this machine; allowed: auto, cpu")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -63,12 +110,17 @@ class DeviceData:
     test: tuple[torch.Tensor, torch.Tensor]
 
     @classmethod
-    def load(cls, spec: RunSpec) -> DeviceData:
-        """Load, split and scale the spec's data set, then move it to the spec's device."""
-        device = resolve_device(spec.device)
+    def load(cls, spec: RunSpec, configs: int = 1) -> DeviceData:
+        """Load, split and scale the spec's data set, then move it to the spec's device;
+        device=auto chooses it from the training rows and features, ``configs`` (the pass's
+        configurations) and the spec's epochs.  The spec keeps ``auto``; ``device`` is the
+        choice (what records show)."""
         table = load_dataset(spec.dataset)
         splits = split(table, spec.test_size, spec.val_size, spec.random_state, spec.stratify)
         splits, scaler = scale_splits(splits, spec.standardize)
+        rows, features = splits.X_train.shape
+        folds = spec.cv or 1  # k-fold members train in the same pass
+        device = resolve_device(spec.device, Workload(rows, features, configs * folds, spec.epochs))
 
         def tensors(X: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)

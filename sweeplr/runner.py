@@ -121,7 +121,7 @@ def train_runs(
         raise ValueError("train_runs needs specs with one batch_key")
     base = specs[0]
     callbacks = list(on_logs or [None] * len(specs))
-    data = data or DeviceData.load(base)
+    data = data or DeviceData.load(base, configs=len(specs))
     started = time.perf_counter()  # the pass: training and evaluation, not data loading
     threads = torch.get_num_threads()
     if data.device.type == "cpu" and data.train[0].numel() < SMALL_DATA_ELEMENTS:

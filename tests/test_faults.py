@@ -422,9 +422,9 @@ def test_wall_seconds_is_the_share_of_the_pass_without_data_loading(monkeypatch)
     now = [0.0]
     real_load = runner.DeviceData.load
 
-    def slow_load(spec):
+    def slow_load(spec, configs=1):
         now[0] += 100.0
-        return real_load(spec)
+        return real_load(spec, configs)
 
     def train_members(members, data, callbacks, groups=None):
         now[0] += 6.0
