@@ -31,6 +31,7 @@ configurations onto it.
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import warnings
@@ -65,6 +66,13 @@ _FUSED_MIN_GROUPS = 2
 # copy of X (see _FoldedBinarySteps): 4 MiB in float32, and where an epoch is short enough for
 # its op count to matter.
 _FOLD_MAX_ELEMENTS = 1 << 20
+# Plain full-batch epochs on CUDA with at most this many values in X replay CUDA graphs (see
+# _GraphedEpochs): there an epoch is launch overhead (133 us eagerly for 670 x 2 on an H200);
+# on larger data the kernels' own time dominates and graphs would only add memory.
+_GRAPH_MAX_ELEMENTS = 1 << 22
+_GRAPH_CACHE = 4  # graphs kept per run: chunks of plain epochs mostly repeat one (start, length)
+# Tests run _GraphedEpochs' bookkeeping on the CPU, its graph bodies eagerly (no capture).
+_GRAPHS_ON_CPU = False
 _lane_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool): see _lane_executor
 # The fused Triton step (`sweeplr.kernels`) runs where X is on CUDA; tests set this to run it
 # on the CPU through Triton's interpreter (TRITON_INTERPRET=1 before triton is imported).
@@ -638,13 +646,17 @@ class _Adam:
 
     def _tabulate(self) -> tuple[Tensor, Tensor]:
         """Bias-correction factors for `_BIAS_CORRECTION_CHUNK` steps from the current one."""
-        like = self.exp_avg
         self.table_start = self.step_count
-        end = self.step_count + _BIAS_CORRECTION_CHUNK
-        steps = torch.arange(self.step_count, end, dtype=torch.float64)[:, None]
-        bc1 = 1 - self.beta1_64[None, :] ** steps  # [chunk, Ka]
+        return self.factors(self.step_count, _BIAS_CORRECTION_CHUNK)
+
+    def factors(self, first: int, count: int) -> tuple[Tensor, Tensor]:
+        """``(-lr/(1-beta1^t), sqrt(1-beta2^t))`` for steps ``t = first, ..., first+count-1``:
+        ``[count, Ka, 1, 1]`` each, on the parameters' device and in their dtype."""
+        like = self.exp_avg
+        steps = torch.arange(first, first + count, dtype=torch.float64)[:, None]
+        bc1 = 1 - self.beta1_64[None, :] ** steps  # [count, Ka]
         bc2 = 1 - self.beta2_64[None, :] ** steps
-        shape = (_BIAS_CORRECTION_CHUNK, -1, 1, 1)
+        shape = (count, -1, 1, 1)
         neg_step_size = (-(self.lr64 / bc1)).to(like.dtype).to(like.device).view(shape)
         return neg_step_size, bc2.sqrt().to(like.dtype).to(like.device).view(shape)
 
@@ -657,6 +669,11 @@ class _Adam:
             tables = self.tables = self._tabulate()
             row = 0
         neg_step_size, bc2_sqrt = tables
+        self.update(p, g, neg_step_size[row], bc2_sqrt[row])
+
+    def update(self, p: Tensor, g: Tensor, neg_step_size: Tensor, bc2_sqrt: Tensor) -> None:
+        """`step`'s update with this step's bias-correction factors (``[Ka, 1, 1]`` each) given,
+        and the step count left to the caller (CUDA graphs replay it; see `_GraphedEpochs`)."""
         if self.decay is not None:
             p.mul_(self.decay)
         if self.l2 is not None:
@@ -665,8 +682,8 @@ class _Adam:
         torch.mul(g, self.one_minus_beta2, out=self.scratch)
         self.exp_avg_sq.mul_(self.beta2).addcmul_(self.scratch, g)
         torch.sqrt(self.exp_avg_sq, out=self.denom)
-        self.denom.div_(bc2_sqrt[row]).add_(self.eps)
-        self.neg_step_size = neg_step_size[row]  # this step's, for prox_l1
+        self.denom.div_(bc2_sqrt).add_(self.eps)
+        self.neg_step_size = neg_step_size  # this step's, for prox_l1
         torch.mul(self.exp_avg, self.neg_step_size, out=self.scratch)
         p.addcdiv_(self.scratch, self.denom)
 
@@ -891,6 +908,134 @@ class _FoldedBinarySteps:
                 step(p, g)
 
 
+class _GraphedEpochs:
+    """Plain full-batch epochs on CUDA as replays of captured CUDA graphs (small data).
+
+    On small data a CUDA epoch costs its kernel launches, not its arithmetic; a graph of a
+    chunk of epochs is launched with one call.  A chunk of plain epochs (see `_Run.train`)
+    starts at a ring position and has a length that mostly repeat (``check_every - 1`` epochs
+    from position 0), so one graph per ``(start, length)`` is captured, its epochs writing
+    their ring columns directly.  The graph replays exactly the eager epoch's ops -- the
+    Triton step, the sign-folded loop or the plain step, then the optimizer -- so results are
+    bit for bit the eager ones.  Per-step Python state is taken out of the graph: Adam's
+    bias-correction factors for the chunk's steps are copied into the graph's static buffers
+    before each replay (`_Adam.factors`, `_Adam.update`) and its step count advanced after;
+    SGD's first momentum step (a copy, not an update) runs eagerly first.
+
+    A new ``(start, length)`` first runs eagerly (Triton compiles, cuBLAS initialises on the
+    capture stream), is captured the next time and replayed from then on.  If a capture fails,
+    the run goes on eagerly.  A workspace, parameter or ring change (a configuration stopped)
+    makes a new object, so graphs never see stale buffers.
+    """
+
+    def __init__(self, run: _Run, ws: _Workspace, folded: _FoldedBinarySteps | None) -> None:
+        self.run, self.ws, self.folded = run, ws, folded
+        self.P, self.ring = run.P, run.ring
+        self.adam = isinstance(run.opt, _Adam)
+        self.on_cuda = run.P.is_cuda
+        self.stream = torch.cuda.Stream(run.P.device) if self.on_cuda else None
+        # (start, length) -> [graph or None (not captured yet), Adam's factor buffers]
+        self.entries: dict[tuple[int, int], list[object]] = {}
+        self.failed = False
+
+    @staticmethod
+    def applies(run: _Run) -> bool:
+        return (
+            (run.X.is_cuda or _GRAPHS_ON_CPU)
+            and run.batch_size is None
+            and not run.extended
+            and run.lr_schedule is None  # (plain epochs only run without one anyway)
+            and run.X.numel() <= _GRAPH_MAX_ELEMENTS
+        )
+
+    def current(self, run: _Run, ws: _Workspace) -> bool:
+        return self.ws is ws and self.P is run.P and self.ring is run.ring
+
+    def _body(self, cols: Sequence[Tensor], factors: tuple[Tensor, Tensor] | None) -> None:
+        """The chunk's epochs: each writes its ring column and updates the parameters."""
+        run, ws = self.run, self.ws
+        opt = run.opt
+        for j, col in enumerate(cols):
+            if factors is not None:
+                assert isinstance(opt, _Adam)
+                nss, bc2 = factors[0][j], factors[1][j]
+                step: Callable[[Tensor, Tensor], None] = functools.partial(
+                    _adam_update, opt, nss=nss, bc2=bc2
+                )
+            else:
+                step = opt.step
+            if self.folded is not None:
+                self.folded.run([col], step, run.P, run.G)
+            else:
+                run._loss_and_grad(ws, col, False)
+                step(run.P, run.G)
+
+    def run_chunk(self, start: int, count: int) -> bool:
+        """Epochs ``start .. start+count-1`` of the ring; False: the caller runs them eagerly
+        (SGD's first momentum step, or a failed capture)."""
+        run = self.run
+        opt = run.opt
+        if isinstance(opt, _SGD) and opt.momentum is not None and not opt.started:
+            return False
+        cols = run.ring_cols[start : start + count]
+        key = (start, count)
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= _GRAPH_CACHE:
+                self.entries.clear()
+            buffers = None
+            if self.adam:
+                assert isinstance(opt, _Adam)
+                buffers = tuple(t.clone() for t in opt.factors(1, count))
+            entry = self.entries[key] = [None, buffers]
+            fresh = True
+        else:
+            fresh = False
+        graph, buffers = entry
+        if buffers is not None:  # this chunk's steps' factors into the graph's buffers
+            assert isinstance(opt, _Adam) and isinstance(buffers, tuple)
+            for buf, value in zip(buffers, opt.factors(opt.step_count + 1, count), strict=True):
+                buf.copy_(value)
+        factors = buffers if isinstance(buffers, tuple) else None
+        if not self.on_cuda:  # tests: the bodies eagerly, as a replay would run them
+            self._body(cols, factors)
+        elif fresh:  # warm-up on the capture stream
+            self._on_stream(lambda: self._body(cols, factors))
+        else:
+            if graph is None:
+                try:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, stream=self.stream):
+                        self._body(cols, factors)
+                except Exception as error:  # noqa: BLE001 - then eagerly, as without graphs
+                    warnings.warn(
+                        f"sweeplr: CUDA graph capture failed ({error!r}); running eagerly",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    self.failed = True
+                    return False
+                entry[0] = graph
+            assert isinstance(graph, torch.cuda.CUDAGraph)
+            graph.replay()
+        if self.adam:
+            assert isinstance(opt, _Adam)
+            opt.step_count += count
+        return True
+
+    def _on_stream(self, fn: Callable[[], None]) -> None:
+        assert self.stream is not None
+        current = torch.cuda.current_stream(self.P.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            fn()
+        current.wait_stream(self.stream)
+
+
+def _adam_update(opt: _Adam, p: Tensor, g: Tensor, *, nss: Tensor, bc2: Tensor) -> None:
+    opt.update(p, g, nss, bc2)
+
+
 class _Lane:
     """One thread's groups of a fused step and the buffers they share (one group at a time)."""
 
@@ -1048,6 +1193,8 @@ class _Run:
             self.targets = (y, -F.one_hot(y, n_classes).to(X.dtype).t().contiguous())
         self.workspaces: dict[int, _Workspace] = {}
         self.folded: _FoldedBinarySteps | None = None  # the plain epochs' kernel, if it applies
+        self.graphed: _GraphedEpochs | None = None  # their CUDA graphs, if they apply
+        self.graphs_failed = False
         # Epoch train loss = ring value / loss_divisor: full batch stores the loss sum; mini-
         # batch the mean over batches of sum_j / n_j, via these weights 1 / (n_j * n_batches).
         n = X.shape[0]
@@ -1141,6 +1288,20 @@ class _Run:
         ws = self._workspace(self.X.shape[0])
         if self.folded is None or self.folded.ws is not ws:
             self.folded = _FoldedBinarySteps(ws) if _FoldedBinarySteps.applies(self, ws) else None
+        if not self.graphs_failed and _GraphedEpochs.applies(self):
+            if self.graphed is None or not self.graphed.current(self, ws):
+                self.graphed = _GraphedEpochs(self, ws, self.folded)
+            start = self.ring_pos - count
+            if self.graphed.run_chunk(start, count):
+                return
+            if self.graphed.failed:  # a capture failed: this run goes on eagerly
+                self.graphs_failed = True
+            else:  # SGD's first momentum step, eagerly; then the others as a graph
+                self._full_batch_epoch(cols[0], False)
+                if count == 1 or self.graphed.run_chunk(start + 1, count - 1):
+                    return
+                self.graphs_failed = True
+                cols = cols[1:]
         if self.folded is not None:
             self.folded.run(cols, self.opt.step, self.P, self.G)
             return

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweeplr import fitting
+from sweeplr import engine, fitting
 from sweeplr.config import run_spec
+from sweeplr.engine import OptimizerConfig, linear_init, train_batched
 from sweeplr.fitting import (
     AUTO_CUDA_MIN_EPOCH_WORK,
     AUTO_CUDA_MIN_WORK,
@@ -84,3 +85,98 @@ def test_blobs_stays_on_the_cpu_with_cuda(monkeypatch: pytest.MonkeyPatch) -> No
 def test_auto_device_on_a_gpu() -> None:
     assert resolve_device("auto", Workload(10_000_000, 100, 64, 100)).type == "cuda"
     assert resolve_device("auto", Workload(670, 2, 1, 1000)).type == "cpu"
+
+
+# ----- CUDA graphs of plain epochs (engine._GraphedEpochs) --------------------------------------
+
+OPTIMIZERS = [
+    OptimizerConfig("sgd", [0.1, 0.5, 2.0]),
+    OptimizerConfig("sgd", [0.1, 0.5, 2.0], momentum=0.9, nesterov=True),
+    OptimizerConfig("sgd", 0.3, momentum=0.5, dampening=0.1, weight_decay=1e-3),
+    OptimizerConfig("adam", [1e-3, 1e-2, 1e-1]),
+    OptimizerConfig("adamw", [1e-3, 1e-2, 1e-1], weight_decay=0.1),
+]
+
+
+def _blobs_like(n: int = 67, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(n, 2, generator=g)
+    y = (X[:, 0] + 0.3 * torch.randn(n, generator=g) > 0).long()
+    return X.to(device), y.to(device)
+
+
+def _run(X: torch.Tensor, y: torch.Tensor, opt: OptimizerConfig, k: int, **kw: object):
+    weight, bias = linear_init(X.shape[1], 2, list(range(k)))
+    return train_batched(
+        X, y, 2, weight.to(X.device), bias.to(X.device), opt, 157, log_every=50, **kw
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("check_every", [10, 7, 200])
+def test_graph_bodies_equal_the_eager_epochs(
+    monkeypatch: pytest.MonkeyPatch, opt: OptimizerConfig, check_every: int
+) -> None:
+    """The graphs' bookkeeping on the CPU (bodies run eagerly, as a replay runs them): Adam's
+    factors per chunk, SGD's first momentum step, ring columns -- bit for bit the eager run,
+    over chunks of several lengths (logged epochs at 50, 100, 150, the end at 157)."""
+    X, y = _blobs_like()
+    k = 1 if isinstance(opt.lr, float) else 3
+    eager = _run(X, y, opt, k, check_every=check_every)
+    built: list[engine._GraphedEpochs] = []
+    real_init = engine._GraphedEpochs.__init__
+
+    def spy(self, *args):
+        built.append(self)
+        real_init(self, *args)
+
+    monkeypatch.setattr(engine._GraphedEpochs, "__init__", spy)
+    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    graphed = _run(X, y, opt, k, check_every=check_every)
+    assert built and built[0].entries  # the graph path ran
+    assert torch.equal(graphed.weight, eager.weight)
+    assert torch.equal(graphed.bias, eager.bias)
+    torch.testing.assert_close(graphed.history.train_loss, eager.history.train_loss, rtol=0, atol=0)
+    assert graphed.status == eager.status
+
+
+def test_graph_path_follows_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configuration that diverges is dropped; the graphs are rebuilt for the new batch."""
+    X, y = _blobs_like()
+    X[3, 0] = 1e30
+    opt = OptimizerConfig("adam", [1e-3, 1e30, 1e-2])
+    eager = _run(X, y, opt, 3)
+    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    graphed = _run(X, y, opt, 3)
+    assert graphed.status == eager.status == ["completed", "diverged", "completed"]
+    assert graphed.diverged_epoch == eager.diverged_epoch
+    assert torch.equal(graphed.weight[[0, 2]], eager.weight[[0, 2]])
+
+
+def test_graphs_do_not_apply() -> None:
+    X, y = _blobs_like()
+    weight, bias = linear_init(2, 2, [0])
+    opt = OptimizerConfig("sgd", 0.1)
+    run = engine._Run(X, y, 2, weight, bias, opt, None, 0, None)
+    assert not engine._GraphedEpochs.applies(run)  # on the CPU
+    mini = engine._Run(
+        X.cuda() if torch.cuda.is_available() else X, y, 2, weight, bias, opt, 8, 0, None
+    )
+    assert not engine._GraphedEpochs.applies(mini)  # mini-batches
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_cuda_graphs_equal_eager_cuda(
+    monkeypatch: pytest.MonkeyPatch, opt: OptimizerConfig
+) -> None:
+    X, y = _blobs_like(670, "cuda")
+    k = 1 if isinstance(opt.lr, float) else 3
+    with_graphs = _run(X, y, opt, k)
+    monkeypatch.setattr(engine, "_GRAPH_MAX_ELEMENTS", 0)
+    eager = _run(X, y, opt, k)
+    assert torch.equal(with_graphs.weight, eager.weight)
+    assert torch.equal(with_graphs.history.train_loss, eager.history.train_loss)
+    cpu = _run(X.cpu(), y.cpu(), opt, k)
+    torch.testing.assert_close(with_graphs.weight.cpu(), cpu.weight, rtol=1e-4, atol=1e-5)
