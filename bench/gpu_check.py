@@ -9,8 +9,9 @@ prints its error and lets the others run):
 
 kernel   one full-batch epoch on 10M x 100 float32 (binary), CUDA-synchronised medians: K=1 SGD
          and K=64 Adam against one ``X @ w`` (targets 1.3x and 3x); which path ran (the Triton
-         kernel or the fallback); TF32 off/on: time, and the max deviation of a step's loss
-         and gradient from float64 (TF32 is allowed only within the tests' tolerance).
+         kernel or the fallback); K=64 in each float32 product mode (ieee, tf32x3, tf32): time,
+         and the max deviation of a step's loss and gradient from float64 (a TF32 mode is
+         allowed only within the tests' tolerance, 1e-4).
 small    670 x 2 (the tutorial's blobs) per-epoch time on CUDA with and without CUDA graphs
          (target <= 30 us), and on the CPU.
 auto     device=auto's crossover: per-epoch times on the CPU and CUDA over problem sizes, CUDA's
@@ -137,26 +138,36 @@ def section_kernel(args: argparse.Namespace, device: torch.device) -> None:
     out = torch.empty(rows, device=device)
     base = median_ms(lambda: torch.mv(X, w, out=out), device, args.reps)
     say(f"kernel: {rows} x 100 float32 on {device}; one X @ w: {base:.3f} ms")
-    for k, opt, target in ((1, OptimizerConfig("sgd", 0.01), 1.3), (64, adam_grid(64), 3.0)):
-        for tf32 in (False, True) if device.type == "cuda" else (False,):
-            kernels = engine._kernels()
-            if kernels is not None:
-                kernels.ALLOW_TF32 = tf32
-            run, epoch = epoch_run(X, y, k, opt)
-            ws = run._workspace(rows)
-            path = "Triton kernel" if ws.kernel is not None else "fallback (plain step)"
-            ms = median_ms(epoch, device, args.reps)
-            dev_loss, dev_grad = step_deviation(X, y, k)
-            say(
-                f"kernel: K={k:2d} {opt.kind:4s} TF32={'on ' if tf32 else 'off'} {path}: "
-                f"{ms:.3f} ms = {ms / base:.2f}x X @ w (target <= {target}x); one step vs "
-                f"float64: max rel. deviation loss {dev_loss:.1e}, gradient {dev_grad:.1e} "
-                f"(tests' tolerance 1e-4)"
-            )
-            del run, epoch
     kernels = engine._kernels()
+    default = kernels.FP32_PRECISION if kernels is not None else None
+    # K=1 has no matrix products (row-wise dots); K=64's run in each float32 mode
+    modes = ("ieee", "tf32x3", "tf32") if kernels is not None and device.type == "cuda" else ("-",)
+    cases = [(1, OptimizerConfig("sgd", 0.01), 1.3, ("-",)), (64, adam_grid(64), 3.0, modes)]
+    try:
+        for k, opt, target, precisions in cases:
+            for precision in precisions:
+                if kernels is not None:
+                    kernels.FP32_PRECISION = None if precision == "-" else precision
+                run, epoch = epoch_run(X, y, k, opt)
+                ws = run._workspace(rows)
+                path = (
+                    f"Triton kernel ({ws.kernel.precision})"
+                    if ws.kernel is not None
+                    else "fallback (plain step)"
+                )
+                ms = median_ms(epoch, device, args.reps)
+                dev_loss, dev_grad = step_deviation(X, y, k)
+                say(
+                    f"kernel: K={k:2d} {opt.kind:4s} {path}: {ms:.3f} ms = {ms / base:.2f}x "
+                    f"X @ w (target <= {target}x); one step vs float64: max rel. deviation "
+                    f"loss {dev_loss:.1e}, gradient {dev_grad:.1e} (tests' tolerance 1e-4)"
+                )
+                del run, epoch
+    finally:
+        if kernels is not None:
+            kernels.FP32_PRECISION = default
     if kernels is not None:
-        kernels.ALLOW_TF32 = False
+        say(f"kernel: default float32 mode here: {kernels._default_fp32_precision(X)}")
 
 
 # ----- small ----------------------------------------------------------------------------------

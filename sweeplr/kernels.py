@@ -28,9 +28,14 @@ MAX_BLOCK_F = 128  # wider X is tiled over features (and a block's tiles come fr
 MAX_BLOCK_K = 64  # more configurations: one grid column per 64 (X read once per column)
 PROGRAMS_PER_SM = 4  # enough resident programs per SM to hide memory latency
 INTERPRETER_PROGRAMS = 3  # the interpreter runs programs one by one: few, but more than one
-# Whether fp32 products may use TF32 tensor cores.  Off until the device script shows the
-# results within the tested tolerance (bench/gpu_check.py prints the deviation both ways).
-ALLOW_TF32 = False
+# How float32 matrix products (K > 1) run: "ieee" (CUDA cores, exact float32 products),
+# "tf32x3" (three TF32 tensor-core products, float32-level accuracy) or "tf32" (one; ~1e-3
+# relative error per product).  None: "tf32x3" where tensor cores have TF32 (compute
+# capability 8.0+), "ieee" elsewhere.  Estimated for 10M x 100 at K=64 on an H200: "ieee" is
+# compute-bound (~256 GFLOP an epoch on CUDA cores, about 5x one X @ w), "tf32x3" and "tf32"
+# close to memory-bound.  Provisional until bench/gpu_check.py prints each mode's time and
+# deviation from float64 on the device; "tf32" only if within the tests' tolerance (1e-4).
+FP32_PRECISION: str | None = None
 
 
 def _next_pow2(v: int) -> int:
@@ -44,6 +49,23 @@ def _log1p(x):
     w = 1.0 + x
     exact = w == 1.0
     return tl.where(exact, x, tl.log(w) * x / tl.where(exact, 1.0, w - 1.0))
+
+
+@triton.jit
+def _logits(x, w, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    # [rows, F] x [K, F] -> [rows, K].  One configuration: a row-wise dot product (two FMAs an
+    # element, memory-bound) instead of a matrix product padded to 16 columns.
+    if BLOCK_K == 1:
+        return tl.sum(x * w, axis=1)[:, None]
+    return tl.dot(x, tl.trans(w), input_precision=PRECISION)
+
+
+@triton.jit
+def _grad(dz, x, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    # [rows, K] x [rows, F] -> [K, F], this block's share of dz^T X
+    if BLOCK_K == 1:
+        return tl.sum(dz * x, axis=0)[None, :]
+    return tl.dot(tl.trans(dz), x, input_precision=PRECISION)
 
 
 @triton.jit
@@ -101,7 +123,7 @@ def _binary_step_kernel(
                 mask=rmask[:, None] & fmask[None, :],
                 other=0.0,
             )
-            z = tl.dot(x, tl.trans(w), input_precision=PRECISION)
+            z = _logits(x, w, PRECISION, BLOCK_K)
         else:
             z = tl.zeros([BLOCK_M, BLOCK_K], dtype=bias.dtype)
             for f0 in range(0, n_features, BLOCK_F):
@@ -117,7 +139,7 @@ def _binary_step_kernel(
                     mask=kmask[:, None] & ftmask[None, :],
                     other=0.0,
                 )
-                z += tl.dot(xt, tl.trans(wt), input_precision=PRECISION)
+                z += _logits(xt, wt, PRECISION, BLOCK_K)
         u = (z + bias[None, :]) * s[:, None]
         # sigmoid and softplus from e = exp(-|u|) <= 1: no overflow, accurate on both sides
         e = tl.exp(-tl.abs(u))
@@ -134,7 +156,7 @@ def _binary_step_kernel(
         loss_acc += tl.sum(terms, axis=0)
         dz_acc += tl.sum(dz, axis=0)
         if ONE_TILE:
-            acc += tl.dot(tl.trans(dz), x, input_precision=PRECISION)
+            acc += _grad(dz, x, PRECISION, BLOCK_K)
         else:
             # Wide X: the block's tiles again (from cache), added to this program's slot.
             for f0 in range(0, n_features, BLOCK_F):
@@ -148,7 +170,7 @@ def _binary_step_kernel(
                 gptr = gbase + ks[:, None] * n_features + ft[None, :]
                 gmask = kmask[:, None] & ftmask[None, :]
                 part = tl.load(gptr, mask=gmask, other=0.0)
-                part += tl.dot(tl.trans(dz), xt, input_precision=PRECISION)
+                part += _grad(dz, xt, PRECISION, BLOCK_K)
                 tl.store(gptr, part, mask=gmask)
     if ONE_TILE:
         fmask = fs < n_features
@@ -160,6 +182,12 @@ def _binary_step_kernel(
     sbase = sums_ptr + pid * 2 * n_configs
     tl.store(sbase + ks, loss_acc, mask=kmask)
     tl.store(sbase + n_configs + ks, dz_acc, mask=kmask)
+
+
+def _default_fp32_precision(x: Tensor) -> str:
+    if x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 8:
+        return "tf32x3"
+    return "ieee"
 
 
 @functools.cache
@@ -179,7 +207,8 @@ class BinaryStep:
     def __init__(self, x: Tensor, n_configs: int, *, block_f: int | None = None) -> None:
         n, n_features = x.shape
         self.x, self.n, self.n_features, self.k = x, n, n_features, n_configs
-        self.block_k = min(MAX_BLOCK_K, max(16, _next_pow2(n_configs)))
+        # one configuration: row-wise dot products; more: matrix products, 16 columns at least
+        self.block_k = 1 if n_configs == 1 else min(MAX_BLOCK_K, max(16, _next_pow2(n_configs)))
         self.block_f = block_f or min(MAX_BLOCK_F, max(16, _next_pow2(n_features)))
         self.one_tile = n_features <= self.block_f
         self.n_blocks = -(-n // BLOCK_M)
@@ -195,8 +224,9 @@ class BinaryStep:
         self.gpart = x.new_zeros(self.programs, n_configs, n_features)
         self.sums = x.new_empty(self.programs, 2, n_configs)
         self.inv_n = 1.0 / n
-        fp32 = x.dtype == torch.float32
-        self.precision = "tf32" if fp32 and ALLOW_TF32 else "ieee"
+        self.precision = "ieee"
+        if x.dtype == torch.float32:
+            self.precision = FP32_PRECISION or _default_fp32_precision(x)
 
     def __call__(
         self,
@@ -229,7 +259,7 @@ class BinaryStep:
             BLOCK_M=BLOCK_M,
             BLOCK_K=self.block_k,
             BLOCK_F=self.block_f,
-            num_warps=8 if self.block_k * self.block_f > 2048 else 4,
+            num_warps=8 if self.block_k * self.block_f >= 2048 else 4,
         )
         # Fixed-order reductions over the programs' slots: deterministic.
         torch.sum(self.sums[:, 0], 0, out=loss_sum_out)

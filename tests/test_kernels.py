@@ -97,6 +97,7 @@ TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-1
     ("n", "f", "k", "block_f"),
     [
         (203, 5, 1, None),  # rows not a multiple of the 64-row block, F below one tile
+        (150, 37, 1, 16),  # one configuration (row-wise products), F over three tiles
         (150, 37, 3, 16),  # F over three 16-wide tiles, the last one partial
         (130, 7, 64, None),  # one full tile of configurations
         (97, 20, 70, None),  # two configuration tiles, the second nearly empty
@@ -118,6 +119,22 @@ def test_kernel_equals_plain_step(
         torch.testing.assert_close(loss, ref_loss, **TOL[dtype])
         torch.testing.assert_close(G[:, :f], ref_gw, **TOL[dtype])
         torch.testing.assert_close(G[:, f], ref_gb, **TOL[dtype])
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+def test_kernel_precision_modes_compile(
+    interpreted: ModuleType, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    """Every float32 mode the device script compares is accepted (the interpreter computes
+    all three in float32; on a GPU the script measures their deviations)."""
+    monkeypatch.setattr(interpreted, "FP32_PRECISION", precision)
+    X, y = _problem(100, 20, torch.float32)
+    P = torch.randn(8, 21, generator=torch.Generator().manual_seed(2))
+    step = interpreted.BinaryStep(X, 8)
+    assert step.precision == precision
+    G, loss = torch.empty_like(P), torch.empty(8)
+    step(P[:, :20], P[:, 20:], (1 - 2 * y).float(), loss, G[:, :20], G[:, 20], True)
+    torch.testing.assert_close(G[:, :20], _reference(X, y, P, True)[1], **TOL[torch.float32])
 
 
 def test_kernel_nan_semantics(interpreted: ModuleType) -> None:
@@ -269,3 +286,17 @@ def test_cuda_wide_features_and_many_configs() -> None:
     cpu = train_batched(X, y, 2, weight, bias, opt, 10, log_every=5)
     gpu = train_batched(X.cuda(), y.cuda(), 2, weight.cuda(), bias.cuda(), opt, 10, log_every=5)
     torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_graph_bodies_with_the_kernel(
+    interpreted: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's small-data path on the CPU: the Triton step inside the graphs' epoch bodies (run
+    eagerly), bit for bit the kernel's eager epochs."""
+    X, y = _problem(90, 3, torch.float32)
+    opt = OptimizerConfig("adam", [1e-2, 1e-1])
+    eager = _train(X, y, 2, opt)
+    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    graphed = _train(X, y, 2, opt)
+    assert torch.equal(graphed.weight, eager.weight)
+    assert torch.equal(graphed.history.train_loss, eager.history.train_loss)
