@@ -982,6 +982,8 @@ class _GraphedEpochs:
         entry = self.entries.get(key)
         if entry is None:
             if len(self.entries) >= _GRAPH_CACHE:
+                if self.on_cuda:  # no graph is freed while a replay may still run
+                    torch.cuda.current_stream(self.P.device).synchronize()
                 self.entries.clear()
             buffers = None
             if self.adam:

@@ -115,11 +115,13 @@ def _binary_step_kernel(
         acc = tl.zeros([BLOCK_K, BLOCK_F], dtype=bias.dtype)
     for blk in range(pid, n_blocks, n_programs):
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        # element offsets in 64 bits: 30M x 100 values already pass 2^31
+        row_offsets = rows.to(tl.int64) * stride_x
         rmask = rows < n
         s = tl.load(sign_ptr + rows, mask=rmask, other=0.0)
         if ONE_TILE:
             x = tl.load(
-                x_ptr + rows[:, None] * stride_x + fs[None, :],
+                x_ptr + row_offsets[:, None] + fs[None, :],
                 mask=rmask[:, None] & fmask[None, :],
                 other=0.0,
             )
@@ -130,7 +132,7 @@ def _binary_step_kernel(
                 ft = f0 + fs
                 ftmask = ft < n_features
                 xt = tl.load(
-                    x_ptr + rows[:, None] * stride_x + ft[None, :],
+                    x_ptr + row_offsets[:, None] + ft[None, :],
                     mask=rmask[:, None] & ftmask[None, :],
                     other=0.0,
                 )
@@ -163,7 +165,7 @@ def _binary_step_kernel(
                 ft = f0 + fs
                 ftmask = ft < n_features
                 xt = tl.load(
-                    x_ptr + rows[:, None] * stride_x + ft[None, :],
+                    x_ptr + row_offsets[:, None] + ft[None, :],
                     mask=rmask[:, None] & ftmask[None, :],
                     other=0.0,
                 )

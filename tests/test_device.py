@@ -107,9 +107,8 @@ def _blobs_like(n: int = 67, device: str = "cpu") -> tuple[torch.Tensor, torch.T
 
 def _run(X: torch.Tensor, y: torch.Tensor, opt: OptimizerConfig, k: int, **kw: object):
     weight, bias = linear_init(X.shape[1], 2, list(range(k)))
-    return train_batched(
-        X, y, 2, weight.to(X.device), bias.to(X.device), opt, 157, log_every=50, **kw
-    )  # type: ignore[arg-type]
+    options: dict = {"log_every": 50, **kw}
+    return train_batched(X, y, 2, weight.to(X.device), bias.to(X.device), opt, 157, **options)
 
 
 @pytest.mark.parametrize("opt", OPTIMIZERS)
@@ -180,3 +179,25 @@ def test_cuda_graphs_equal_eager_cuda(
     assert torch.equal(with_graphs.history.train_loss, eager.history.train_loss)
     cpu = _run(X.cpu(), y.cpu(), opt, k)
     torch.testing.assert_close(with_graphs.weight.cpu(), cpu.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_graph_cache_evicts_with_many_chunk_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checks every 7 epochs and logs every 5: chunks of many (start, length) shapes, more
+    than the cache keeps; still the eager run's numbers."""
+    X, y = _blobs_like()
+    opt = OptimizerConfig("adam", [1e-3, 1e-2, 1e-1])
+    kw = {"log_every": 5, "check_every": 7}
+    eager = _run(X, y, opt, 3, **kw)
+    built: list[engine._GraphedEpochs] = []
+    real_run_chunk = engine._GraphedEpochs.run_chunk
+
+    def spy(self, start, count):
+        built.append((start, count))
+        return real_run_chunk(self, start, count)
+
+    monkeypatch.setattr(engine._GraphedEpochs, "run_chunk", spy)
+    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    graphed = _run(X, y, opt, 3, **kw)
+    assert len(set(built)) > engine._GRAPH_CACHE
+    assert torch.equal(graphed.weight, eager.weight)
+    assert torch.equal(graphed.history.train_loss, eager.history.train_loss)
