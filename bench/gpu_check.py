@@ -286,11 +286,10 @@ def section_auto(args: argparse.Namespace, device: torch.device) -> None:
             f"auto: {rows:>9d} x {features:>3d} x {k:>2d} | {cpu_ms:9.3f} | {gpu_ms:10.3f} |"
             f" {wins:>29s} | x0.5: {picks[0]}, x2: {picks[1]}"
         )
-    say(
-        "auto: the code's constants "
-        + ("agree with these measurements" if agree else "DISAGREE here: see (!) rows")
-        + " (x0.5 should pick cpu, x2 cuda where CUDA can win)"
-    )
+    verdict = "agree with these measurements" if agree else "DISAGREE here: see (!) rows"
+    if device.type != "cuda":
+        verdict += " (dry run: the CUDA times are stand-ins, the verdict means nothing)"
+    say(f"auto: the code's constants {verdict} (x0.5 should pick cpu, x2 cuda where CUDA wins)")
 
 
 # ----- sweep ----------------------------------------------------------------------------------

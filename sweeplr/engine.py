@@ -78,6 +78,9 @@ _lane_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool): see
 # on the CPU through Triton's interpreter (TRITON_INTERPRET=1 before triton is imported).
 _TRITON_ON_CPU = False
 _kernels_state: list[object] = []  # [the kernels module or None]: imported once, when first used
+# Variants of the Triton step that failed here (`BinaryStep.variant`: dtype, shape class,
+# product mode): later workspaces take the plain step for them, other variants still run.
+_kernel_failures: set[tuple[object, ...]] = set()
 
 
 def _kernels() -> types.ModuleType | None:
@@ -776,8 +779,10 @@ class _Workspace:
         if _kernel_applies(run, self.x):
             kernels = _kernels()
             assert kernels is not None
-            self.kernel = kernels.BinaryStep(self.x, ko)
-            return
+            kernel = kernels.BinaryStep(self.x, ko)
+            if kernel.variant not in _kernel_failures:
+                self.kernel = kernel
+                return
         itemsize = like.element_size()
         rows, self.block = _fused_sizes(ko, n_features, itemsize, self.multiclass)
         fused = _fuses(nb, rows, n_features, ko, itemsize, self.multiclass)
@@ -1245,13 +1250,14 @@ class _Run:
                 ws.kernel(ws.pw, ws.pb, ws.targets[0], loss_sum_out, ws.gw, ws.gb, want_loss)
                 return
             except Exception as error:  # noqa: BLE001 - a Triton that cannot compile it here
-                # The step below overwrites whatever the kernel wrote; no later workspace tries.
+                # The step below overwrites whatever the kernel wrote; no later workspace tries
+                # this variant again.
                 warnings.warn(
                     f"sweeplr: the fused Triton step failed ({error!r}); using the plain step",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                _kernels_state[:] = [None]
+                _kernel_failures.add(ws.kernel.variant)
                 ws.plain_buffers()
         z = ws.forward()  # [Ka*out, nb]
         if ws.ls is None:

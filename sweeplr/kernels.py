@@ -229,6 +229,8 @@ class BinaryStep:
         self.precision = "ieee"
         if x.dtype == torch.float32:
             self.precision = FP32_PRECISION or _default_fp32_precision(x)
+        # what decides whether it compiles: a failure disables this variant only
+        self.variant = (x.device.type, x.dtype, self.block_k == 1, self.one_tile, self.precision)
 
     def __call__(
         self,

@@ -233,20 +233,32 @@ def test_kernel_does_not_apply(interpreted: ModuleType) -> None:
 def test_failed_kernel_falls_back_to_the_plain_step(
     interpreted: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A variant that fails warns once and runs the plain step from then on (same numbers);
+    other variants (here float64) still take the kernel."""
     X, y = _problem(80, 4, torch.float32)
     opt = OptimizerConfig("sgd", 0.3)
-    plain_first = None
+    call = interpreted.BinaryStep.__call__
+    calls = []
 
-    def broken(*args: object) -> None:
-        raise RuntimeError("no kernel here")
+    def broken(self, *args: object) -> None:
+        calls.append(self.variant)
+        if self.variant[1] == torch.float32:
+            raise RuntimeError("no kernel here")
+        call(self, *args)
 
+    monkeypatch.setattr(engine, "_kernel_failures", set())
     monkeypatch.setattr(interpreted.BinaryStep, "__call__", broken)
     with pytest.warns(RuntimeWarning, match="fused Triton step failed"):
         fused = _train(X, y, 2, opt)
-    assert engine._kernels() is None  # later runs do not try again
+    assert len(calls) == 1 and len(engine._kernel_failures) == 1
+    again = _train(X, y, 2, opt)  # no warning (the filter makes one an error), no call
+    assert len(calls) == 1
+    _train(X.double(), y, 2, opt)
+    assert len(calls) == 13  # float64: the kernel, every epoch
     monkeypatch.setattr(engine, "_TRITON_ON_CPU", False)
-    plain_first = _train(X, y, 2, opt)
-    torch.testing.assert_close(fused.weight, plain_first.weight, rtol=0, atol=0)
+    plain = _train(X, y, 2, opt)
+    for result in (fused, again):
+        torch.testing.assert_close(result.weight, plain.weight, rtol=0, atol=0)
 
 
 # ----- on a GPU (bench/gpu_check.py runs these) -----------------------------------------------
