@@ -206,6 +206,19 @@ def test_train_batched_with_kernel_equals_cpu_engine(
     torch.testing.assert_close(fused.history.train_loss, plain.history.train_loss, **tol)
 
 
+def test_mini_batches_through_the_kernel(
+    interpreted: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mini-batches (the last one short) fill the workspace's buffers; the kernel reads them."""
+    X, y = _problem(130, 5, torch.float32)
+    opt = OptimizerConfig("sgd", [0.1, 0.5, 1.0], momentum=0.9)
+    fused = _train(X, y, 3, opt, batch_size=50)
+    monkeypatch.setattr(engine, "_TRITON_ON_CPU", False)
+    plain = _train(X, y, 3, opt, batch_size=50)
+    torch.testing.assert_close(fused.weight, plain.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.history.train_loss, plain.history.train_loss)
+
+
 def test_divergence_is_detected_through_the_kernel(interpreted: ModuleType) -> None:
     X, y = _problem(90, 4, torch.float32)
     X[5, 0] = 1e30  # a huge lr then overflows the logits
@@ -271,7 +284,7 @@ def test_failed_kernel_falls_back_to_the_plain_step(
     ("k", "opt"),
     [
         (1, OptimizerConfig("sgd", 0.5)),
-        (64, OptimizerConfig("adam", torch.logspace(-3, 0, 64, dtype=torch.float64))),
+        (64, OptimizerConfig("adam", torch.logspace(-3, -1, 64, dtype=torch.float64))),
     ],
 )
 def test_cuda_kernel_equals_cpu_engine(dtype: torch.dtype, k: int, opt: OptimizerConfig) -> None:
