@@ -20,6 +20,10 @@ gradient, an L1 term by a proximal step after each update, which gives exact zer
 may carry per-configuration row masks (k-fold validation).  Those runs take the plain unfused
 step, extended with the weights and penalties; the fast paths below stay as they are.
 
+On CUDA, binary steps without row weights or penalties run a fused Triton kernel that reads X
+once for all K configurations (`sweeplr.kernels`; the plain step where it does not apply or
+fails), and small-data plain epochs replay CUDA graphs (`_GraphedEpochs`).
+
 Configurations whose loss becomes non-finite are detected every ``check_every`` epochs and
 removed from the batch (so they cannot slow down or contaminate the others); a callback can
 prune configurations early.  Epochs that are neither checked, logged nor reported run back to
@@ -731,8 +735,10 @@ class _Workspace:
     `_Run._mini_batch_epoch` fills for mini-batches.  All per-step temporaries are preallocated:
     on large data a fresh allocation per op costs page faults on every epoch.
 
-    A step on few rows (see `_fuses`), or off the CPU, is one logits matmul over all rows, the
-    loss kernel on all logits, and one gradient matmul: the fewest ops.  On many rows that
+    A binary step on CUDA without row weights or penalties is one fused Triton kernel (see
+    `_kernel_applies`), which needs none of the buffers here.  Otherwise a step on few rows (see
+    `_fuses`), or off the CPU, is one logits matmul over all rows, the loss kernel on all
+    logits, and one gradient matmul: the fewest ops.  On many rows that
     reads X from memory twice, so the step is *fused* instead: the rows are cut
     into groups (`_Group`, sized by `_fused_sizes` to stay in one core's L2 cache) and each
     group's logits, loss kernel and gradient run back to back, so X comes from memory once.
