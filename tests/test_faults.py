@@ -505,6 +505,15 @@ def test_user_mistakes_are_one_line(tmp_path, args, line):
     assert proc.stdout == ""  # nor a table, nor a hint to rerun
 
 
+# Runs train.py as a terminal's foreground process gets it, with SIGINT's default action: a
+# shell script that started this test run in the background left SIGINT ignored, and an
+# ignored signal is inherited through fork and exec. (Not preexec_fn: unsafe with threads.)
+WITH_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 def wait_for(pattern: str, where: Path, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 120
     while not list(where.glob(pattern)):
@@ -554,7 +563,7 @@ def wait_for(pattern: str, where: Path, proc: subprocess.Popen[str]) -> None:
 )
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, args, marker, kept):
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
+        [sys.executable, "-c", WITH_DEFAULT_SIGINT, str(ROOT / "train.py"), *args],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
