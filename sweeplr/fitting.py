@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweeplr.config import RunSpec
+from sweeplr.config import RunSpec, class_weight_text
 from sweeplr.data import Splits, Standardizer, class_weights, load_dataset, scale_splits, split
 from sweeplr.engine import (
     EarlyStopping,
@@ -223,25 +223,30 @@ def _member_rows(members: Sequence[Member], n: int) -> list[int]:
 def _engine_weights(
     members: Sequence[Member], data: DeviceData, counts: Sequence[int]
 ) -> torch.Tensor | None:
-    """The engine's ``sample_weight``: None, ``[n]`` shared by all, or ``[K, n]``."""
+    """The engine's ``sample_weight``: None, ``[n]`` shared by all, or ``[K, n]``.
+
+    Members that share their weights (the same class weights over all rows) share one vector:
+    a [K, n] matrix of equal rows would cost K times the memory for nothing.
+    """
     n = len(data.splits.y_train)
-    rows = [
-        (row_weights(m.spec, data), m.rows, n / count)
-        for m, count in zip(members, counts, strict=True)
-    ]
-    if all(weights is None and own is None for weights, own, _ in rows):
+    by_class_weight: dict[str | None, np.ndarray | None] = {}
+    vectors = []
+    for member, count in zip(members, counts, strict=True):
+        key = class_weight_text(member.spec.class_weight)
+        if key not in by_class_weight:
+            by_class_weight[key] = row_weights(member.spec, data)
+        weights = by_class_weight[key]
+        if member.rows is not None:  # its fold's rows, scaled so that a mean over n is theirs
+            weights = (1.0 if weights is None else weights) * member.rows * (n / count)
+        vectors.append(weights)
+    if all(v is None for v in vectors):
         return None
-    matrix = np.ones((len(members), n), dtype=np.float64)
-    for k, (weights, own, scale) in enumerate(rows):
-        if weights is not None:
-            matrix[k] *= weights
-        if own is not None:
-            matrix[k] *= own * scale
     X = data.train[0]
-    if all(np.array_equal(matrix[0], row) for row in matrix[1:]):
-        matrix = matrix[:1]
-    weight = torch.from_numpy(matrix).to(dtype=X.dtype, device=X.device)
-    return weight[0] if weight.shape[0] == 1 else weight
+    first = vectors[0]
+    if all(v is first for v in vectors[1:]):
+        return torch.from_numpy(np.asarray(first)).to(dtype=X.dtype, device=X.device)
+    matrix = np.stack([np.ones(n) if v is None else v for v in vectors])
+    return torch.from_numpy(matrix).to(dtype=X.dtype, device=X.device)
 
 
 def _engine_penalty(members: Sequence[Member], counts: Sequence[int]) -> Penalty | None:

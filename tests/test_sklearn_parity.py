@@ -255,6 +255,7 @@ def test_a_batch_may_mix_penalties_and_class_weights():
         ("optimizer=lbfgs", "cv=3", "penalty=l2"),
         ("optimizer=sgd", "lr=0.3", "penalty=l1", "penalty.C=0.05", "class_weight=balanced"),
         ("optimizer=adamw", "lr=0.05", "penalty=elasticnet", "penalty.l1_ratio=0.5", "cv=3"),
+        ("optimizer=sgd", "lr=0.3", "cv=3", "class_weight={malignant:3,benign:1}"),
     ],
 )
 def test_the_reference_path_agrees_with_the_batched_engine(settings):
@@ -393,3 +394,19 @@ def test_logistic_cv_preset_runs_an_optuna_search_over_c_with_folds_and_a_pruner
     best = table.iloc[0]
     record = json.loads((tmp_path / best["run_dir"] / "metrics.json").read_text())
     assert record["cv"]["folds"] == 5 and record["hyperparameters"]["penalty"] == "l2"
+
+
+def test_members_with_the_same_class_weights_share_one_weight_vector():
+    """A [K, n] matrix of equal rows would cost K times the memory (10M rows x 64: 2.5 GB)."""
+    from sweeplr import fitting
+
+    specs = [spec_of(*BC, "class_weight=balanced", f"lr={lr}") for lr in (0.1, 0.2, 0.3)]
+    data = fitting.DeviceData.load(specs[0])
+    n = len(data.train[1])
+    members = [fitting.Member(s) for s in specs]
+    shared = fitting._engine_weights(members, data, [n] * 3)
+    assert shared is not None and shared.shape == (n,)
+    mixed = [*members, fitting.Member(spec_of(*BC, "lr=0.4"))]
+    matrix = fitting._engine_weights(mixed, data, [n] * 4)
+    assert matrix is not None and matrix.shape == (4, n)
+    assert torch.equal(matrix[0], shared) and bool((matrix[3] == 1).all())
