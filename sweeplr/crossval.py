@@ -50,7 +50,7 @@ def cross_validate(
     members = [Member(spec, fold_of_row != f) for spec in specs for f in range(n_folds)]
     groups = [range(i * n_folds, (i + 1) * n_folds) for i in range(len(specs))]
     fold_runs = train_members(members, data, on_logs, groups)
-    results: list[CrossValidated | None] = []
+    results: list[CrossValidated] = []
     to_refit: list[int] = []
     for i, group in enumerate(groups):
         runs = [fold_runs[m] for m in group]
@@ -71,11 +71,9 @@ def cross_validate(
     if to_refit:
         refits = train_members([Member(specs[i]) for i in to_refit], data, [None] * len(to_refit))
         for i, refit in zip(to_refit, refits, strict=True):
-            result = results[i]
-            assert result is not None
-            refit.history = result.trained.history  # the folds' curves: what was validated
-            result.trained = refit
-    return [r for r in results if r is not None]
+            refit.history = results[i].trained.history  # the folds' curves: what was validated
+            results[i].trained = refit  # (a refit that diverged makes the configuration so)
+    return results
 
 
 def _mean_and_std(

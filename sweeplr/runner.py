@@ -22,7 +22,7 @@ from sweeplr.config import RunSpec
 from sweeplr.crossval import CrossValidated, cross_validate
 from sweeplr.fitting import DeviceData, Member, Trained, resolve_device, train_members
 from sweeplr.model import LogisticRegression
-from sweeplr.schema import DIVERGED, SPLITS
+from sweeplr.schema import COMPLETED, DIVERGED, SPLITS
 from sweeplr.training import LogCallback, evaluate
 
 __all__ = ["DeviceData", "Outcome", "batch_key", "data_key", "resolve_device", "train_runs"]
@@ -186,9 +186,10 @@ def _cross_validated(
     """A cross-validated configuration: validation metrics are its folds' means; train and
     test metrics its refit model's (none when it was pruned or diverged: nothing was refit)."""
     outcome = _evaluated(spec, result.trained, data, batch_configs)
-    if result.trained.status != "completed":
+    if result.trained.status != COMPLETED:
         outcome.metrics["train"] = outcome.metrics["test"] = _no_metrics()
-    outcome.metrics["val"] = result.val
+    if result.trained.status != DIVERGED:  # (diverged, in a fold or the refit: no metrics)
+        outcome.metrics["val"] = result.val
     outcome.cv = {"folds": result.folds, "val_std": result.std}
     return outcome
 

@@ -135,6 +135,14 @@ def test_cv_pruning_sees_fold_means_and_stops_every_fold():
     assert seen[-1][1] == pytest.approx(pruned.history["val_loss"][-1])
 
 
+def test_a_diverged_fold_makes_the_configuration_diverged_and_spares_the_others():
+    base = (*BC, "cv=3", "epochs=20", "standardize=false")
+    diverged, fine = train_runs([spec_of(*base, "lr=1e39"), spec_of(*base, "lr=1e-6")])
+    assert diverged.status == "diverged" and diverged.objective == float("inf")
+    assert all(v is None for split in diverged.metrics.values() for v in split.values())
+    assert fine.status == "completed" and fine.metrics["test"]["loss"] is not None
+
+
 def test_cv_record_and_summary_carry_mean_and_std(tmp_path: Path):
     proc = run_train(
         tmp_path,
