@@ -495,16 +495,8 @@ OPTIMIZER_OPTIONS = {
     "adamw": ("weight_decay", "betas", "eps"),
     "lbfgs": ("history_size", "tolerance_grad", "tolerance_change"),
 }
-_OPTIONAL = (
-    "weight_decay",
-    "momentum",
-    "nesterov",
-    "betas",
-    "eps",
-    "history_size",
-    "tolerance_grad",
-    "tolerance_change",
-)
+# Every option of some optimizer, in that order: each is checked against the chosen one's.
+_OPTIONAL = tuple(dict.fromkeys(name for names in OPTIMIZER_OPTIONS.values() for name in names))
 
 
 def _no_foreign_options(opt: Any) -> None:
@@ -765,7 +757,5 @@ def _plain_config(cfg: Any) -> Any:
 
 
 def _plain(node: Any) -> dict[str, Any]:
-    """A config node's values as a dict (a DictConfig, a dict, or a dataclass)."""
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
+    """A config node's values as a dict (a mapping, such as `_plain_config`'s, or a dataclass)."""
     return dict(node) if isinstance(node, Mapping) else asdict(node)

@@ -492,8 +492,9 @@ def _check_row_weights(name: str, w: Tensor, X: Tensor) -> None:
         raise ValueError(f"{name} must be finite and >= 0")
 
 
-def per_config(name: str, value: HParam, k: int) -> Tensor:
-    """A hyperparameter as a float64 CPU vector of length K (a scalar is shared by all K)."""
+def per_config(name: str, value: HParam, k: int, *, nonnegative: bool = False) -> Tensor:
+    """A hyperparameter as a float64 CPU vector of length K (a scalar is shared by all K),
+    finite, and ``>= 0`` when ``nonnegative``."""
     t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
     if t.ndim == 0:
         t = t.expand(k).clone()
@@ -501,6 +502,8 @@ def per_config(name: str, value: HParam, k: int) -> Tensor:
         raise ValueError(f"{name} must be a scalar or have length {k}, got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite")
+    if nonnegative and bool((t < 0).any()):
+        raise ValueError(f"{name} must be >= 0")
     return t
 
 
@@ -1170,9 +1173,9 @@ class _Run:
         self.l1: Tensor | None = None
         if penalty is not None:
             for name in ("l2", "l1"):
-                strength = per_config(f"penalty.{name}", getattr(penalty, name), k)
-                if bool((strength < 0).any()):
-                    raise ValueError(f"penalty.{name} must be >= 0")
+                strength = per_config(
+                    f"penalty.{name}", getattr(penalty, name), k, nonnegative=True
+                )
                 if bool(strength.any()):
                     setattr(self, name, strength.to(X.dtype).to(X.device).view(-1, 1, 1))
         self.extended = self.sw is not None or self.l2 is not None or self.l1 is not None

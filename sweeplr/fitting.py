@@ -30,6 +30,7 @@ from sweeplr.engine import (
     EngineResult,
     OptimizerConfig,
     Penalty,
+    ReportCallback,
     linear_init,
     train_batched,
 )
@@ -284,7 +285,9 @@ def _engine_optimizer(specs: Sequence[RunSpec]) -> OptimizerConfig:
     )
 
 
-def _group_report(on_logs: Sequence[LogCallback | None], groups: Sequence[Sequence[int]], k: int):
+def _group_report(
+    on_logs: Sequence[LogCallback | None], groups: Sequence[Sequence[int]], k: int
+) -> ReportCallback:
     """The engine's ``on_report``: each callback sees its group's mean scores."""
 
     def report(

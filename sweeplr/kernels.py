@@ -52,6 +52,16 @@ def _log1p(x):
 
 
 @triton.jit
+def _x_tile(x_ptr, row_offsets, rmask, fs, n_features):
+    # X's rows at row_offsets, columns fs: [rows, features], 0 outside X (padding)
+    return tl.load(
+        x_ptr + row_offsets[:, None] + fs[None, :],
+        mask=rmask[:, None] & (fs < n_features)[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
 def _logits(x, w, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     # [rows, F] x [K, F] -> [rows, K].  One configuration: a row-wise dot product (two FMAs an
     # element, memory-bound) instead of a matrix product padded to 16 columns.
@@ -120,22 +130,14 @@ def _binary_step_kernel(
         rmask = rows < n
         s = tl.load(sign_ptr + rows, mask=rmask, other=0.0)
         if ONE_TILE:
-            x = tl.load(
-                x_ptr + row_offsets[:, None] + fs[None, :],
-                mask=rmask[:, None] & fmask[None, :],
-                other=0.0,
-            )
+            x = _x_tile(x_ptr, row_offsets, rmask, fs, n_features)
             z = _logits(x, w, PRECISION, BLOCK_K)
         else:
             z = tl.zeros([BLOCK_M, BLOCK_K], dtype=bias.dtype)
             for f0 in range(0, n_features, BLOCK_F):
                 ft = f0 + fs
                 ftmask = ft < n_features
-                xt = tl.load(
-                    x_ptr + row_offsets[:, None] + ft[None, :],
-                    mask=rmask[:, None] & ftmask[None, :],
-                    other=0.0,
-                )
+                xt = _x_tile(x_ptr, row_offsets, rmask, ft, n_features)
                 wt = tl.load(
                     w_ptr + ks[:, None] * stride_w + ft[None, :],
                     mask=kmask[:, None] & ftmask[None, :],
@@ -164,11 +166,7 @@ def _binary_step_kernel(
             for f0 in range(0, n_features, BLOCK_F):
                 ft = f0 + fs
                 ftmask = ft < n_features
-                xt = tl.load(
-                    x_ptr + row_offsets[:, None] + ft[None, :],
-                    mask=rmask[:, None] & ftmask[None, :],
-                    other=0.0,
-                )
+                xt = _x_tile(x_ptr, row_offsets, rmask, ft, n_features)
                 gptr = gbase + ks[:, None] * n_features + ft[None, :]
                 gmask = kmask[:, None] & ftmask[None, :]
                 part = tl.load(gptr, mask=gmask, other=0.0)

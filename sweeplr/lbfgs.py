@@ -189,14 +189,6 @@ def _strong_wolfe(
     return bracket_f[low_pos], bracket_g[low_pos], bracket[low_pos], ls_func_evals
 
 
-def _per_config(name: str, value: HParam, k: int) -> np.ndarray:
-    """``engine.per_config`` as a float64 array, and >= 0."""
-    a = per_config(name, value, k).numpy().copy()
-    if (a < 0).any():
-        raise ValueError(f"{name} must be finite and >= 0")
-    return a
-
-
 class _Problem:
     """Data, per-configuration weights/penalties, and the batched closed-form objective."""
 
@@ -384,9 +376,12 @@ def train_lbfgs(
     if on_report is not None and report_every < 1:
         raise ValueError("on_report needs report_every >= 1")
     k = weight.shape[0]
-    lrs = _per_config("lr", lr, k)
-    l2 = np.zeros(k) if penalty is None else _per_config("l2", penalty.l2, k)
-    if penalty is not None and (_per_config("l1", penalty.l1, k) != 0).any():
+    # copies: a caller's float64 tensor would otherwise share its memory with them
+    lrs = per_config("lr", lr, k, nonnegative=True).numpy().copy()
+    l2 = np.zeros(k)
+    if penalty is not None:
+        l2 = per_config("l2", penalty.l2, k, nonnegative=True).numpy().copy()
+    if penalty is not None and bool(per_config("l1", penalty.l1, k, nonnegative=True).any()):
         raise ValueError("l1 needs a proximal optimizer")
     with torch.no_grad():
         problem = _Problem(X, y, n_classes, k, sample_weight, l2)
