@@ -4,6 +4,7 @@
     python bench/bench_sweeps.py p1 --epochs 20000 --reps 3
     python bench/bench_sweeps.py p2 p3
     python bench/bench_sweeps.py cv cli
+    python bench/bench_sweeps.py g1k g10k --against /tmp/before
 
 Every figure is the median wall time of ``--reps`` runs of a whole ``python ...`` process
 (imports included: that is what a user waits for), variants interleaved rep by rep so that
@@ -29,6 +30,10 @@ CV  a 20-point lr grid on breast_cancer with ``cv=5`` vs the same grid without C
     split and the same folds, with both times.
 
 CLI ``sweeplr --help`` (target <= 0.3 s), and which heavy modules building its parser loads.
+
+G1K ``train.py --multirun 'seed=range(0,1000)' epochs=200 plots=false`` vs one run ``train.py
+    epochs=200 plots=false`` (target <= 4), peak RSS of both; G10K the same with 10,000 seeds,
+    one rep (target <= 25x one run, peak RSS <= 2 GB).
 
 ``--against DIR`` also runs P1's, P2's and P3's sweeplr commands with another checkout's train.py
 (e.g. ``git worktree add /tmp/before <commit>``), interleaved with this one's, and prints both:
@@ -172,6 +177,35 @@ def p2(args: argparse.Namespace) -> None:
             f"P2{label}: one run {one['wall']:.2f} s, grid {batched['wall']:.2f} s -> ratio "
             f"{batched['wall'] / one['wall']:.2f}"
         )
+
+
+def big_grid(args: argparse.Namespace, configs: int, reps: int) -> None:
+    """``train.py --multirun 'seed=range(0,N)' epochs=200 plots=false`` vs one run of the same."""
+    common = ["epochs=200", "plots=false"]
+    variants = {}
+    for label, root in checkouts(args).items():
+        variants[f"one{label}"] = train(*common, root=root)
+        variants[f"grid{label}"] = train(
+            "--multirun", f"seed=range(0,{configs})", *common, root=root
+        )
+    res = median_runs(variants, reps)
+    for label in checkouts(args):
+        one, grid = res[f"one{label}"], res[f"grid{label}"]
+        print(
+            f"G{configs}{label} {configs}-configuration grid, 200 epochs: one run "
+            f"{one['wall']:.2f} s, grid {grid['wall']:.2f} s -> ratio "
+            f"{grid['wall'] / one['wall']:.2f}; peak RSS one run {one['rss']:.0f} MiB, grid "
+            f"{grid['rss']:.0f} MiB",
+            flush=True,
+        )
+
+
+def g1k(args: argparse.Namespace) -> None:
+    big_grid(args, 1000, args.reps)
+
+
+def g10k(args: argparse.Namespace) -> None:
+    big_grid(args, 10_000, 1)
 
 
 def best_value(sweep_dir: Path) -> float:
@@ -373,7 +407,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     for name in args.which:
-        {"p1": p1, "p2": p2, "p3": p3, "cv": cv, "cli": cli}[name](args)
+        {"p1": p1, "p2": p2, "p3": p3, "cv": cv, "cli": cli, "g1k": g1k, "g10k": g10k}[name](args)
 
 
 if __name__ == "__main__":

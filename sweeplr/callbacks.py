@@ -114,12 +114,12 @@ class JobRecordCallback(Callback):
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        from sweeplr.pruning import TRIAL_ENV
+        from sweeplr.pruning import trial_number
         from sweeplr.records import write_job_return
 
         run_dir = OmegaConf.select(config, "hydra.runtime.output_dir")
         if job_return.status == JobStatus.COMPLETED and run_dir:
-            if OmegaConf.select(config, f"hydra.job.env_set.{TRIAL_ENV}") is None:
+            if trial_number(config.hydra.job.env_set) is None:
                 return  # not a trial of sweeplr_optuna: nothing would read it (and an fsync)
             try:
                 write_job_return(run_dir, job_return._return_value)
@@ -147,6 +147,8 @@ class JobRecordCallback(Callback):
 
 def optuna_study(config: DictConfig) -> Any:
     """The sweep's Optuna study when the sweeplr Optuna sweeper ran it, else None."""
+    if OmegaConf.select(config, "hydra.sweeper.storage", default=None) is None:
+        return None  # a grid: no study, and no import of Optuna (a second of a sweep's end)
     from sweeplr.studies import load_sweep_study
 
     return load_sweep_study(OmegaConf.select(config, "hydra.sweeper") or {})

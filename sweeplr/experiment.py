@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplr import job_batch, trackers
-from sweeplr.config import RunSpec, run_spec
+from sweeplr.config import RunSpec, config_values, plain_dicts, run_spec
 from sweeplr.console import end_interrupted, format_report, job_line, progress_printer
 from sweeplr.errors import SweeplrError
-from sweeplr.pruning import trial_link
+from sweeplr.pruning import trial_link, trial_link_for
 from sweeplr.records import write_run
 from sweeplr.runner import DeviceData, Outcome, batch_key, data_key, train_runs
 from sweeplr.schema import DIVERGED, PRUNABLE_OBJECTIVES
@@ -43,8 +43,11 @@ def run(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     logger = cfg.get("logger")
+    values = config_values(cfg)  # once: the spec, the comparison and the record read it
     try:
-        spec = run_spec(cfg, OmegaConf.to_container(hydra_cfg.overrides.task))
+        spec = _published_spec(hydra_cfg.job.get("num"), values) or run_spec(
+            values, OmegaConf.to_container(hydra_cfg.overrides.task)
+        )
         if logger is not None and logger.name != "none":  # before training: a tracker that
             trackers.check(logger, _start_dir(hydra_cfg), run_dir)  # cannot log costs no run
         trial = trial_link(hydra_cfg)
@@ -63,7 +66,7 @@ def run(cfg: DictConfig) -> float:
             raise  # the sweeper hands its trials back first
         end_interrupted("the run stopped before writing its record; run it again")
     try:
-        record = write_run(run_dir, outcome, to_plain(cfg), job_fields(hydra_cfg, trial))
+        record = write_run(run_dir, outcome, plain_dicts(values), job_fields(hydra_cfg, trial))
     except OSError as exc:  # a full disk, a read-only or vanished folder: say which, once
         message = f"could not write the record in {run_dir}: {exc.strerror or exc}"
         if multirun:
@@ -133,10 +136,6 @@ def job_fields(hydra_cfg: Any, trial: TrialLink | None = None) -> dict[str, Any]
     return fields
 
 
-def to_plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
 def _on_log(spec: RunSpec, trial: TrialLink | None, *, progress: bool) -> LogCallback | None:
     """What runs at each logged epoch: reports to the trial's pruner, a terminal's progress."""
     callbacks: list[LogCallback] = []
@@ -164,6 +163,14 @@ def _on_log(spec: RunSpec, trial: TrialLink | None, *, progress: bool) -> LogCal
     return call_all
 
 
+def _published_spec(num: int | None, values: Any) -> RunSpec | None:
+    """The spec worked out when this job was published, if its config still has the values it
+    had then (a task may change its config before calling ``run``); else None."""
+    launched = job_batch.current()
+    member = launched.members.get(num) if launched is not None else None
+    return member[0] if member is not None and member[2] == values else None
+
+
 def _shared_outcome(num: int | None, spec: RunSpec) -> Outcome | None:
     """This job's outcome when it can train with its launch's other jobs, else None.
 
@@ -172,7 +179,7 @@ def _shared_outcome(num: int | None, spec: RunSpec) -> Outcome | None:
     may change its config before calling ``run``).
     """
     launched = job_batch.current()
-    if launched is None or num not in launched.configs:
+    if launched is None or num not in launched.jobs:
         return None
     if num not in launched.trained:
         _train_with_siblings(launched, num, spec)
@@ -184,17 +191,17 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
     """Train ``spec`` with the launch's untrained jobs that share its batch key, in job order."""
     key = batch_key(spec)
     members: list[tuple[int, RunSpec, LogCallback | None]] = [
-        (num, spec, _on_log(spec, trial_link_of(launched.configs[num]), progress=False))
+        (num, spec, _on_log(spec, published_trial(launched.jobs[num]), progress=False))
     ]
-    for other, config in launched.configs.items():
+    for other, job in launched.jobs.items():
         if len(members) >= launched.max_batch:
             break
         if other != num and other not in launched.trained:
             if other not in launched.members:
-                launched.members[other] = _published_member(config)
+                launched.members[other] = _published_member(job)
             member = launched.members[other]
             if member is not None and batch_key(member[0]) == key:
-                members.append((other, *member))
+                members.append((other, member[0], member[1]))
     data = launched.data.get(data_key(spec))
     if data is None:
         launched.data.clear()  # one data set in memory at a time
@@ -205,15 +212,19 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
         launched.trained[member] = (member_spec, outcome)
 
 
-def _published_member(config: Any) -> tuple[RunSpec, LogCallback | None] | None:
-    """Spec and callback of a published job, to train it with others; None if it cannot."""
+def _published_member(
+    job: job_batch.PublishedJob,
+) -> tuple[RunSpec, LogCallback | None, Any] | None:
+    """Spec, callback and config values of a published job, to train it with others; None if
+    it cannot."""
     try:
-        spec = run_spec(config)
-        return spec, _on_log(spec, trial_link_of(config), progress=False)
+        values = config_values(job.config)
+        spec = run_spec(values)
+        return spec, _on_log(spec, published_trial(job), progress=False), values
     except Exception:  # noqa: BLE001 - that job fails, or trains, in its own run
         return None
 
 
-def trial_link_of(config: Any) -> TrialLink | None:
-    """The Optuna trial of a composed job config (its Hydra node says which)."""
-    return trial_link(config.hydra)
+def published_trial(job: job_batch.PublishedJob) -> TrialLink | None:
+    """The Optuna trial a published job will run (its Hydra node will say which)."""
+    return trial_link_for(job.env_set, job.sweeper)

@@ -45,12 +45,25 @@ def make_pruner(cfg: Any) -> optuna.pruners.BasePruner | None:
     return instantiate(cfg, _execution_whitelist_=PRUNER_TARGETS)
 
 
+def trial_number(env_set: Any) -> Any:
+    """The trial number a job's ``hydra.job.env_set`` names, or None."""
+    # `in keys()`, not `get`: a missing key of a struct config is an exception OmegaConf
+    # formats in full before `get` catches it, about 0.3 ms, paid by every job of a grid.
+    return env_set.get(TRIAL_ENV) if TRIAL_ENV in env_set.keys() else None  # noqa: SIM118
+
+
 def trial_link(hydra_cfg: Any) -> TrialLink | None:
     """The trial a job runs, from the job's Hydra node; None outside a sweeplr_optuna sweep."""
-    number = hydra_cfg.job.env_set.get(TRIAL_ENV)
-    sweeper = hydra_cfg.sweeper
+    return trial_link_for(hydra_cfg.job.env_set, hydra_cfg.sweeper)
+
+
+def trial_link_for(env_set: Any, sweeper: Any) -> TrialLink | None:
+    """The trial of a job whose ``hydra.job.env_set`` and ``hydra.sweeper`` are these."""
+    number = trial_number(env_set)
+    if number is None:  # not a trial's job (first: a sweeper without `storage` misses slowly)
+        return None
     url, study_name = sweeper.get("storage"), sweeper.get("study_name")
-    if number is None or not url or not study_name:
+    if not url or not study_name:
         return None
     from sweeplr.studies import TrialLink  # optuna: only for jobs of an Optuna sweep
 

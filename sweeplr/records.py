@@ -91,11 +91,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
     Inside `one_sync` the fsync waits for the block's end."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A name no other writer picks, created exclusively; mode 0666 less the umask, as any
     # file the user writes (mkstemp's 0600 would hide records from a group's readers).
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileNotFoundError:  # the folder first (a sweep's job writes three files into one)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

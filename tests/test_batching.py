@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 from sweeplr.config import run_spec
 from sweeplr.runner import batch_key, train_runs
@@ -116,18 +117,26 @@ def test_job_composer_matches_hydra_composition():
             ["lr=0.3", "+dataset.note=x", "++hydra.job.env_set.SWEEPLR_TRIAL=17"],
             ["lr=0.4", "~hydra.callbacks.summary", "hydra.job.chdir=true"],
         ):
-            fast = composer.compose(overrides)
+            job = composer.job(0, overrides)
             full = loader.load_sweep_config(master, overrides)
-            for node in ("task", "hydra"):
-                assert json.dumps(plain(fast, node), sort_keys=True, default=str) == json.dumps(
-                    plain(full, node), sort_keys=True, default=str
-                ), (overrides, node)
-            assert fast.hydra.job.override_dirname == full.hydra.job.override_dirname
-        # One full composition per distinct set of structural overrides: adam, sgd, iris with
-        # +extra, and none at all (the last two jobs change values only).
-        assert sorted(composer.compositions) == [
+            with open_dict(full):  # as the launcher numbers a job
+                full.hydra.job.id, full.hydra.job.num = "0", 0
+            # A copy of its own (Hydra's run_job), and the template's shared node (sweeplr's).
+            shared = job.template.full_config(job.task_ops)
+            job.set_fields(job.template.hydra, shared, job.template.held)
+            for fast in (job.whole_config(), shared):
+                for node in ("task", "hydra"):
+                    assert json.dumps(plain(fast, node), sort_keys=True, default=str) == json.dumps(
+                        plain(full, node), sort_keys=True, default=str
+                    ), (overrides, node)
+                assert fast.hydra.job.override_dirname == full.hydra.job.override_dirname
+            assert plain(job.task_config, "task") == plain(full, "task")
+        # One full composition per distinct set of structural overrides and Hydra values other
+        # than env_set entries: adam, sgd, iris with +extra, the Hydra values, and none at all.
+        assert sorted(composer.templates) == [
             (),
             ("dataset=iris", "+extra=1"),
             ("optimizer=adam",),
             ("optimizer=sgd",),
+            ("~hydra.callbacks.summary", "hydra.job.chdir=true"),
         ]

@@ -161,3 +161,27 @@ def test_progress_line_for_a_terminal_and_quiet_otherwise(small_cfg, tmp_path, c
     assert "val acc" in text and text.endswith("\n")
     train_and_record(small_cfg(), tmp_path / "quiet")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["optimizer=adam", "dataset=breast_cancer", "penalty=elasticnet", "penalty.l1_ratio=0.5"],
+        ["dataset=csv", "dataset.path=x.csv", "dataset.target=y", "+dataset.features=[a,b]"],
+        ["class_weight={red:2,blue:1}", "early_stopping.patience=3"],
+    ],
+)
+def test_config_values_are_what_omegaconf_reads(small_cfg, overrides):
+    """The plain copy validation reads is OmegaConf's own reading, to the type."""
+    from omegaconf import OmegaConf, open_dict
+
+    from sweeplr.config import config_values
+
+    cfg = small_cfg(*overrides)
+    expected = OmegaConf.to_container(cfg, resolve=True)
+    assert json.dumps(config_values(cfg)) == json.dumps(expected)
+    # An interpolation is read by OmegaConf (resolved), not copied as text.
+    with open_dict(cfg):
+        cfg.seed = "${epochs}"
+    assert config_values(cfg).seed == 50

@@ -1,0 +1,653 @@
+"""Hydra's job contract for a launch's many jobs, at a fraction of ``run_job``'s cost per job.
+
+``hydra.core.utils.run_job`` makes every job self-contained by copying: two masked copies of the
+Hydra node (``HydraConfig.set_config``), a deep copy of the job's config and one of its Hydra
+node, three YAML files rendered from scratch, the job's logging configured anew. That is about
+45 ms a job on a 2-core machine (bench/README.md), more than training a small configuration, and
+nearly all of a large grid's time. :func:`run_shared_job` gives each job what ``run_job`` gives
+-- its own task config and ``JobReturn``, ``HydraConfig.get()`` with the job's own fields while
+it runs, the same ``.hydra/*.yaml`` bytes, its log file, ``hydra.job.chdir``, ``env_set``, the
+callbacks called in the same order with the same arguments -- and shares what does not change
+between two jobs of a launch:
+
+- jobs composed from the same overrides but for task values and ``hydra.job.env_set`` entries
+  share a :class:`JobTemplate`: one Hydra node, whose job fields (``job.id``, ``job.num``,
+  ``job.env_set``, ``overrides``, ``runtime.output_dir``) are set for each job before it runs;
+  the job's configs are unpickled from the template (a third of a deep copy's time) and get the
+  job's value overrides applied as composition applies them (:mod:`batch_launcher`);
+- the YAML of what does not vary is rendered once per template, block by block, and a job's
+  files are those blocks with its own (a YAML mapping's entries are emitted independently);
+- the logging Hydra configures for a job is kept for the next one when the next one's
+  configuration differs only in its log file's name: the file handlers are pointed at the new
+  file instead (anything else, or anything a task changed in the logging, configures anew);
+- ``JobReturn.hydra_cfg`` is built when it is first read, by ``run_job``'s own steps.
+
+``hydra.launcher.job_runner=hydra`` runs every job through Hydra's ``run_job`` instead; the tests
+run both side by side and compare every job's files, callback arguments and returns. Hydra's
+private helpers used here (``_flush_loggers``, ``_log_job_error_to_file``, the traceback
+serialisers, the job-return hand-off) are those ``_run_job`` calls; hydra-core is pinned.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    _flush_loggers,
+    _log_job_error_to_file,
+    _serialize_exception_chain,
+    _serialize_exception_group,
+    _serialize_traceback,
+    _set_job_return_handoff,
+    configure_log,
+    env_override,
+)
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import Container, DictConfig, OmegaConf, flag_override, open_dict, read_write
+from omegaconf._utils import get_omega_conf_dumper
+from omegaconf.basecontainer import BaseContainer
+
+# The Hydra node's entries that differ between two jobs of one template, and within them the
+# fields that do; every other entry is the same object, and the same YAML, for every job.
+JOB_FIELDS = {"job": ("id", "num", "env_set"), "runtime": ("output_dir",), "overrides": None}
+# What a job's log configuration may interpolate for the set-up to be re-pointed, not redone.
+LOG_INTERPOLATION = re.compile(r"\$\{hydra\.(runtime\.output_dir|job\.name)\}")
+NODE_REFERENCE = re.compile(r"\$\{(hydra\.job\.[\w.]+)\}")  # a job field, as `${hydra.job.num}`
+NOW = re.compile(r"\$\{now:[^${}]*\}")  # Hydra's `now` resolver: cached, one value a run
+
+Op = Callable[[DictConfig], None]  # a value override, applied as composition applies it
+
+
+def dump_yaml(data: Any) -> str:
+    """``OmegaConf.to_yaml``'s YAML of plain data (its dumper and its options)."""
+    return yaml.dump(  # type: ignore[no-any-return]
+        data,
+        default_flow_style=False,
+        allow_unicode=True,
+        sort_keys=False,
+        Dumper=get_omega_conf_dumper(),
+    )
+
+
+def plain(node: Any) -> Any:
+    """A config node as ``OmegaConf.to_yaml`` sees it (interpolations kept as written)."""
+    return BaseContainer._to_content(
+        node, resolve=False, throw_on_missing=False, enum_to_str=True, encode_missing_literals=True
+    )
+
+
+def nested_block(path: Sequence[str], key: str, value: Any) -> str:
+    """The YAML lines of ``key: value`` inside the mappings ``path``, as a dump of the whole
+    tree emits them: dumped at that depth (line breaks depend on the column), header cut."""
+    tree: Any = {key: value}
+    for name in reversed(path):
+        tree = {name: tree}
+    text = dump_yaml(tree)
+    for _ in path:
+        text = text[text.index("\n") + 1 :]
+    return text
+
+
+def mapping_yaml(path: Sequence[str], items: Mapping[str, Any], blocks: Mapping[str, str]) -> str:
+    """The YAML of the mapping ``items`` at ``path``, its own header line included: the entries
+    in ``blocks`` as rendered there, the others rendered now."""
+    if not items:
+        return nested_block(path[:-1], path[-1], {})
+    header = f"{'  ' * (len(path) - 1)}{path[-1]}:\n"
+    return header + "".join(
+        blocks[key] if key in blocks else nested_block(path, key, value)
+        for key, value in items.items()
+    )
+
+
+class JobTemplate:
+    """What the jobs of one composition share: the composed config, one Hydra node, YAML.
+
+    ``composed`` is the config Hydra composed for the template's first job (before its job
+    fields are set); the template owns it from now on.
+    """
+
+    def __init__(self, composed: DictConfig) -> None:
+        self.snapshot_bytes = pickle.dumps(composed)  # for `JobReturn.hydra_cfg`, when read
+        hydra = composed.hydra
+        task = copy.deepcopy(composed)
+        with open_dict(task):
+            del task["hydra"]
+        self.task_bytes = pickle.dumps(task)
+        self.task_keys = tuple(task.keys())
+        self.task_blocks = {key: self._task_block(task, key) for key in self.task_keys}
+        # The job's whole config, but for a stand-in where the shared Hydra node goes.
+        with open_dict(composed), flag_override(composed, "readonly", False):
+            composed["hydra"] = {}
+        self.full_bytes = pickle.dumps(composed)
+        self.hydra = hydra
+        self.hydra_plain: dict[str, Any] = plain(hydra)
+        self.base_env: dict[str, Any] = self.hydra_plain["job"]["env_set"]
+        self.env_copy: list[str] = self.hydra_plain["job"]["env_copy"]
+        self.hydra_root = DictConfig({})  # HydraConfig's masked copy, sharing the node
+        with flag_override(self.hydra_root, "no_deepcopy_set_nodes", True):
+            self.hydra_root["hydra"] = hydra
+        self.hydra_blocks = {
+            key: nested_block(("hydra",), key, value)
+            for key, value in self.hydra_plain.items()
+            if key not in JOB_FIELDS
+        }
+        self.field_blocks: dict[str, dict[str, str]] = {
+            entry: {
+                key: nested_block(("hydra", entry), key, value)
+                for key, value in self.hydra_plain[entry].items()
+                if key not in fields
+            }
+            for entry, fields in JOB_FIELDS.items()
+            if fields is not None
+        }
+        self.log_config = self._log_config()
+        self._constants: dict[str, Any] = {}
+        self.held: dict[str, Any] = {}  # the job fields the shared node holds now (set_fields)
+
+    @staticmethod
+    def _task_block(task: DictConfig, key: str) -> str:
+        """``key``'s lines in ``OmegaConf.to_yaml(task)`` (a top-level entry's own dump)."""
+        node = task._get_node(key)
+        if isinstance(node, Container):
+            return dump_yaml({key: plain(node)})
+        value = node._value()  # type: ignore[union-attr]
+        if value is None or type(value) in (str, int, float, bool):
+            return dump_yaml({key: value})
+        return OmegaConf.to_yaml(OmegaConf.masked_copy(task, [key]))  # an enum, say
+
+    def _log_config(self) -> dict[str, Any] | None:
+        """The job log configuration with its interpolations as written, when every one of
+        them is the log file's folder or the job's name; else None (configure per job)."""
+        raw = self.hydra_plain.get("job_logging")
+        if not isinstance(raw, dict) or raw.get("disable_existing_loggers", True):
+            return None
+        strings: list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+            elif isinstance(value, str):
+                strings.append(value)
+
+        walk(raw)
+        if any("${" in LOG_INTERPOLATION.sub("", text) for text in strings):
+            return None
+        return raw
+
+    def select(self, config: DictConfig, key: str) -> Any:
+        """``OmegaConf.select(config, key)`` for the job whose fields the shared node holds.
+
+        OmegaConf parses an interpolation's grammar at every read, 0.3 ms and more a string: a
+        value whose only interpolations are ``${now:...}`` (cached for the whole run by the
+        resolver) is the same for every job of the template, read once; ``${hydra.job.num}``
+        and the like are read from the node they point to.
+        """
+        raw = self._raw(key)
+        if isinstance(raw, str) and (target := NODE_REFERENCE.fullmatch(raw)):
+            return OmegaConf.select(config, target[1])
+        if isinstance(raw, str) and not NOW.sub("", raw).count("${"):
+            if key not in self._constants:
+                self._constants[key] = OmegaConf.select(config, key)
+            return self._constants[key]
+        return OmegaConf.select(config, key)
+
+    def _raw(self, key: str) -> Any:
+        """The Hydra node's value at ``key`` as written (interpolations unresolved), or None."""
+        head, _, path = key.partition(".")
+        value: Any = self.hydra_plain if head == "hydra" else None
+        for name in path.split("."):
+            value = value.get(name) if isinstance(value, dict) else None
+        return value
+
+    def task_config(self, ops: Sequence[Op]) -> DictConfig:
+        """A fresh copy of the composed task config with ``ops`` applied."""
+        cfg = pickle.loads(self.task_bytes)
+        for op in ops:
+            op(cfg)
+        return cfg
+
+    def full_config(self, ops: Sequence[Op]) -> DictConfig:
+        """A fresh copy of the job's whole config: task values with ``ops``, the shared node."""
+        cfg = pickle.loads(self.full_bytes)
+        for op in ops:
+            op(cfg)
+        # In the stand-in's place, without a copy (OmegaConf's own `no_deepcopy_set_nodes` way
+        # flips flags on the config, and every flag change re-reads the flags of all the
+        # hundreds of nodes below). Not re-reading the node's cached flags is sound: every
+        # job's config root is unpickled from the same bytes, so what the node inherits is the
+        # same.
+        cfg.__dict__["_content"]["hydra"] = self.hydra
+        self.hydra.__dict__["_parent"] = cfg
+        return cfg
+
+    def task_yaml(self, task_cfg: DictConfig, touched: set[str] | None) -> str:
+        """``config.yaml``: the template's blocks, but for the keys the job's values touched."""
+        if touched is None or tuple(task_cfg.keys()) != self.task_keys:
+            return OmegaConf.to_yaml(task_cfg)
+        if not self.task_keys:
+            return "{}\n"
+        return "".join(
+            self._task_block(task_cfg, key) if key in touched else self.task_blocks[key]
+            for key in self.task_keys
+        )
+
+    def hydra_yaml(self, fields: Mapping[str, Mapping[str, Any]]) -> str:
+        """``hydra.yaml`` of a job whose job fields are ``fields`` (entry -> plain values)."""
+        parts = ["hydra:\n"]
+        for key, value in self.hydra_plain.items():
+            if key not in JOB_FIELDS:
+                parts.append(self.hydra_blocks[key])
+            elif JOB_FIELDS[key] is None:  # every value the job's own
+                parts.append(nested_block(("hydra",), key, {k: fields[key][k] for k in value}))
+            else:
+                parts.append(
+                    mapping_yaml(("hydra", key), {**value, **fields[key]}, self.field_blocks[key])
+                )
+        return "".join(parts)
+
+
+class SharedJob:
+    """One job of a launch: its template, its value overrides, its job fields."""
+
+    def __init__(
+        self,
+        idx: int,
+        template: JobTemplate,
+        *,
+        task_ops: Sequence[Op],
+        env_ops: Sequence[Op],
+        task_overrides: list[str],
+        hydra_overrides: list[str],
+        touched: set[str],
+        env: dict[str, Any],
+        exact: bool,
+    ) -> None:
+        self.idx = idx
+        self.template = template
+        self.task_ops = task_ops
+        self.env_ops = env_ops
+        self.task_overrides = task_overrides  # `hydra.overrides.task`, as composition records
+        self.hydra_overrides = hydra_overrides  # `hydra.overrides.hydra`
+        self.touched = touched  # the top-level task keys the job's values set
+        self.env = env  # its `hydra.job.env_set`, unresolved (the trial a job runs, say)
+        self.exact = exact  # False: only Hydra's run_job gives this job its contract
+        self._task_cfg: DictConfig | None = None
+
+    @property
+    def task_config(self) -> DictConfig:
+        """The config the job's task function receives (made once, when first asked)."""
+        if self._task_cfg is None:
+            self._task_cfg = self.template.task_config(self.task_ops)
+        return self._task_cfg
+
+    def set_fields(
+        self, hydra: DictConfig, root: DictConfig, held: dict[str, Any] | None = None
+    ) -> None:
+        """Give the Hydra node ``hydra`` (inside ``root``) this job's fields, as composition and
+        the launcher set them. ``held``: what the node holds already (the shared node's record,
+        kept up to date here), so that what is equal is not set again."""
+        held = {} if held is None else held
+        # Flags are lifted on the small nodes written, not on the whole Hydra node: a flag change
+        # makes every node below re-read its flags.
+        overrides, job = hydra.overrides, hydra.job
+        with read_write(overrides), open_dict(overrides):
+            for name, value in (("hydra", self.hydra_overrides), ("task", self.task_overrides)):
+                if held.get(name) != value:
+                    overrides[name] = held[name] = value
+        with read_write(job), open_dict(job):
+            if self.env_ops or held.get("env") is not None or "env" not in held:
+                job.env_set = self.template.base_env
+                for op in self.env_ops:
+                    op(root)
+                held["env"] = self.idx if self.env_ops else None
+            job.id = str(self.idx)
+            job.num = self.idx
+
+    def whole_config(self) -> DictConfig:
+        """The job's config as Hydra composes it for the basic launcher: a copy of its own."""
+        config = pickle.loads(self.template.snapshot_bytes)
+        for op in self.task_ops:
+            op(config)
+        self.set_fields(config.hydra, config)
+        return config
+
+
+class _JobReturn(JobReturn):
+    """A ``JobReturn`` whose ``hydra_cfg`` is made when first read (``run_job`` makes it for
+    every job, a deep copy of the Hydra node, and sweepers seldom read it)."""
+
+    def __init__(self, make_hydra_cfg: Callable[[], DictConfig]) -> None:
+        self._make_hydra_cfg: Callable[[], DictConfig] | None = make_hydra_cfg
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def hydra_cfg(self) -> DictConfig | None:
+        if self._make_hydra_cfg is not None:
+            self.__dict__["_hydra_cfg"], self._make_hydra_cfg = self._make_hydra_cfg(), None
+        return self.__dict__.get("_hydra_cfg")
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: DictConfig | None) -> None:
+        if value is not None:
+            self._make_hydra_cfg = None
+        self.__dict__["_hydra_cfg"] = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.hydra_cfg  # noqa: B018 - made now: a pickle carries values, not a recipe
+        state = super().__getstate__()
+        state.pop("_make_hydra_cfg", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._make_hydra_cfg = None
+
+
+def hydra_cfg_of(job: SharedJob, job_dir_key: str, job_subdir_key: str | None) -> DictConfig:
+    """``JobReturn.hydra_cfg`` of ``job``, by ``run_job``'s steps on a copy of its config."""
+    config = job.whole_config()
+    output_dir = job_output_dir(config, job_dir_key, job_subdir_key)
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+    OmegaConf.set_readonly(config.hydra, True)
+    hydra_cfg = OmegaConf.masked_copy(config, "hydra")
+    hydra_cfg.hydra._set_parent(config)
+    env_set = hydra_cfg.hydra.job.env_set
+    with read_write(env_set):
+        OmegaConf.resolve(env_set)
+    return copy.deepcopy(hydra_cfg)
+
+
+def job_output_dir(
+    config: DictConfig,
+    job_dir_key: str,
+    job_subdir_key: str | None,
+    select: Callable[[DictConfig, str], Any] = OmegaConf.select,
+) -> str:
+    """``run_job``'s output folder of a job."""
+    output_dir = str(select(config, job_dir_key))
+    if job_subdir_key is not None:
+        output_dir = os.path.join(output_dir, str(select(config, job_subdir_key)))
+    return output_dir
+
+
+class JobLogs:
+    """The job logging of a launch: configured by Hydra for a job, re-pointed for the next.
+
+    Hydra configures a job's logging from ``hydra.job_logging`` (``logging.config.dictConfig``)
+    before each job. When the next job's configuration is the same but for the log file's name,
+    and nothing changed the logging since (handlers, levels, loggers named in it), the result of
+    configuring anew is those same handlers writing to the new file: so they are pointed at it.
+    """
+
+    def __init__(self) -> None:
+        self._config: dict[str, Any] | None = None  # the last configuration applied
+        self._state: tuple[Any, ...] | None = None  # the logging state right after
+
+    def forget(self) -> None:
+        """Someone else configured the logging since: the next job configures it anew."""
+        self._config = self._state = None
+
+    def configure(self, config: DictConfig, template: JobTemplate, hydra_context: Any) -> None:
+        hydra = config.hydra
+        wanted = self._resolved(template, hydra)
+        if wanted is not None and not hydra.verbose and self._can_repoint(wanted):
+            self._repoint(wanted)
+        else:
+            configure_log(
+                hydra.job_logging,
+                hydra.verbose,
+                execution_whitelist=hydra_context.execution_whitelist,
+            )
+            self._config = wanted if not hydra.verbose else None
+        self._state = self._snapshot() if self._config is not None else None
+
+    @staticmethod
+    def _resolved(template: JobTemplate, hydra: DictConfig) -> dict[str, Any] | None:
+        raw = template.log_config
+        if raw is None:
+            return None
+        values = {"runtime.output_dir": hydra.runtime.output_dir, "job.name": hydra.job.name}
+
+        def fill(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {key: fill(item) for key, item in value.items()}
+            if isinstance(value, list):
+                return [fill(item) for item in value]
+            if isinstance(value, str):
+                return LOG_INTERPOLATION.sub(lambda m: str(values[m[1]]), value)
+            return value
+
+        return fill(raw)  # type: ignore[no-any-return]
+
+    def _can_repoint(self, wanted: dict[str, Any]) -> bool:
+        if self._config is None or self._state is None or self._snapshot() != self._state:
+            return False
+        return _without_files(wanted) == _without_files(self._config) and all(
+            type(logging._handlers.get(name)) is logging.FileHandler  # type: ignore[attr-defined]
+            for name in _file_handlers(wanted)
+        )
+
+    def _repoint(self, wanted: dict[str, Any]) -> None:
+        for name, filename in _file_handlers(wanted).items():
+            handler = logging._handlers[name]  # type: ignore[attr-defined]
+            handler.acquire()
+            try:
+                # The stream only: Handler.close() would also unregister the handler.
+                if handler.stream is not None:
+                    handler.flush()
+                    handler.stream.close()
+                    handler.stream = None
+                handler.baseFilename = os.path.abspath(os.fspath(filename))
+                if not handler.delay:
+                    handler.stream = handler._open()
+            finally:
+                handler.release()
+        self._config = wanted
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        """What configuring anew would reset: the handlers that exist, and the levels, handlers
+        and propagation of the root logger and the loggers the configuration names."""
+        assert self._config is not None
+        loggers = [logging.getLogger()] + [
+            logging.getLogger(name) for name in self._config.get("loggers", {})
+        ]
+        return (
+            tuple(ref() for ref in logging._handlerList),  # type: ignore[attr-defined]
+            tuple((lg.level, tuple(lg.handlers), lg.propagate, lg.disabled) for lg in loggers),
+        )
+
+
+def _file_handlers(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: handler["filename"]
+        for name, handler in config.get("handlers", {}).items()
+        if isinstance(handler, dict) and "filename" in handler
+    }
+
+
+def _without_files(config: Mapping[str, Any]) -> dict[str, Any]:
+    handlers = {
+        name: {k: v for k, v in handler.items() if k != "filename"}
+        if isinstance(handler, dict)
+        else handler
+        for name, handler in config.get("handlers", {}).items()
+    }
+    return {**config, "handlers": handlers}
+
+
+@contextmanager
+def _whitelist(hydra_context: HydraContext) -> Iterator[None]:
+    from hydra._internal.execution_policy import execution_whitelist
+
+    with execution_whitelist(hydra_context.execution_whitelist, reset=True):
+        yield
+
+
+def run_shared_job(
+    job: SharedJob,
+    task_function: TaskFunction,
+    hydra_context: HydraContext,
+    logs: JobLogs,
+    job_dir_key: str = "hydra.sweep.dir",
+    job_subdir_key: str | None = "hydra.sweep.subdir",
+) -> JobReturn:
+    """Run ``job`` as ``hydra.core.utils.run_job`` does (module docstring: what is shared)."""
+    with _whitelist(hydra_context):
+        return _run_shared_job(job, task_function, hydra_context, logs, job_dir_key, job_subdir_key)
+
+
+def _run_shared_job(  # run_job's own steps, in run_job's order
+    job: SharedJob,
+    task_function: TaskFunction,
+    hydra_context: HydraContext,
+    logs: JobLogs,
+    job_dir_key: str,
+    job_subdir_key: str | None,
+) -> JobReturn:
+    template = job.template
+    callbacks = hydra_context.callbacks
+    old_cwd = os.getcwd()
+    orig_hydra_cfg = HydraConfig.instance().cfg
+    config = template.full_config(job.task_ops)
+    hydra = template.hydra
+    job.set_fields(hydra, config, template.held)
+    if hydra._get_node_flag("readonly") is not True:  # as set_config; once: it stays so
+        OmegaConf.set_readonly(hydra, True)
+    HydraConfig.instance().cfg = template.hydra_root  # type: ignore[assignment]
+    output_dir = job_output_dir(config, job_dir_key, job_subdir_key, template.select)
+    with read_write(hydra.runtime), open_dict(hydra.runtime):
+        hydra.runtime.output_dir = os.path.abspath(output_dir)
+    _chdir = None
+    try:
+        ret = _JobReturn(lambda: hydra_cfg_of(job, job_dir_key, job_subdir_key))
+        task_cfg = job.task_config
+        ret.cfg = task_cfg
+        env_set = hydra.job.env_set
+        with read_write(env_set):
+            OmegaConf.resolve(env_set)
+        ret.overrides = list(job.task_overrides)
+        Path(str(output_dir)).mkdir(parents=True, exist_ok=True)
+        _chdir = hydra.job.chdir
+        if _chdir:
+            os.chdir(output_dir)
+            ret.working_dir = output_dir
+        else:
+            ret.working_dir = os.getcwd()
+        logs.configure(config, template, hydra_context)
+        if hydra.output_subdir is not None:
+            _save_files(job, task_cfg, hydra, Path(hydra.runtime.output_dir) / hydra.output_subdir)
+        ret.task_name = JobRuntime.instance().get("name")
+        _call_task(ret, config, task_cfg, task_function, callbacks, hydra.job.env_set)
+        return ret
+    finally:
+        HydraConfig.instance().cfg = orig_hydra_cfg
+        if _chdir:
+            os.chdir(old_cwd)
+
+
+def _save_files(job: SharedJob, task_cfg: DictConfig, hydra: DictConfig, folder: Path) -> None:
+    """``run_job``'s ``config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, byte for byte."""
+    fields = {
+        "job": {
+            "id": hydra.job.id,
+            "num": hydra.job.num,
+            "env_set": plain(hydra.job.env_set),
+        },
+        "runtime": {"output_dir": hydra.runtime.output_dir},
+        "overrides": {"hydra": job.hydra_overrides, "task": job.task_overrides},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("config.yaml", job.template.task_yaml(task_cfg, job.touched)),
+        ("hydra.yaml", job.template.hydra_yaml(fields)),
+        ("overrides.yaml", dump_yaml(list(job.task_overrides))),
+    ):
+        # What run_job's open(..., "w", encoding="utf-8") writes, without a text stream's set-up.
+        data = memoryview(text.replace("\n", os.linesep).encode("utf-8"))
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+
+
+def _call_task(
+    ret: JobReturn,
+    config: DictConfig,
+    task_cfg: DictConfig,
+    task_function: TaskFunction,
+    callbacks: Any,
+    env_set: DictConfig,
+) -> None:
+    """The task and its callbacks, with ``run_job``'s status, error and hand-off rules."""
+    job_started = False
+    control_flow_exception_active = False
+    handoff_error: BaseException | None = None
+    try:
+        try:
+            with env_override(env_set):  # type: ignore[arg-type]
+                job_started = True
+                callbacks.on_job_start(config=config, task_function=task_function)
+                try:
+                    ret.return_value = task_function(task_cfg)
+                    ret.status = JobStatus.COMPLETED
+                except Exception as e:  # noqa: BLE001 - a failed task is its job's result
+                    ret.return_value = e
+                    ret.status = JobStatus.FAILED
+                    with suppress(Exception):  # as run_job: a best effort
+                        ret._remote_traceback = _serialize_traceback(e.__traceback__)
+                        ret._remote_exception_chain = _serialize_exception_chain(e)
+                        ret._remote_exception_group = _serialize_exception_group(e)
+                    with suppress(Exception):
+                        _log_job_error_to_file()
+        except BaseException as e:
+            control_flow_exception_active = True
+            ret.return_value = e
+            ret.status = JobStatus.FAILED
+            handoff_error = e
+            raise
+        finally:
+            try:
+                _flush_loggers()
+            except BaseException as e:
+                if not control_flow_exception_active and not (
+                    ret.status is JobStatus.FAILED
+                    and isinstance(ret._return_value, Exception)
+                    and isinstance(e, Exception)
+                ):
+                    if ret.status is not JobStatus.FAILED:
+                        ret.return_value = e
+                        ret.status = JobStatus.FAILED
+                    handoff_error = e
+                    raise
+            finally:
+                if job_started:
+                    try:
+                        callbacks.on_job_end(config=config, job_return=ret)
+                    except BaseException:
+                        handoff_error = None
+                        raise
+    except BaseException as e:
+        if e is handoff_error:
+            _set_job_return_handoff(e, ret)
+        raise
