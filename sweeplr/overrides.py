@@ -85,15 +85,20 @@ def _check(overrides: Sequence[str], conf_dir: Path) -> None:
     keys: list[Override] = []
     chosen: dict[str, list[str]] = {}
     for override in parsed:
-        if override.package is not None or override.is_delete() or override.is_hydra_override():
+        if (
+            override.package is not None  # group@pkg
+            or override.is_value_path  # items[0]=...
+            or override.is_delete()
+            or override.is_hydra_override()
+        ):
             continue
-        if override.is_value_path or override.key_or_group not in groups:
+        if override.key_or_group not in groups:
             keys.append(override)
             continue
         group = override.key_or_group
         chosen[group] = _choices(override)
         _check_choices(group, chosen[group], conf_dir, override)
-    if "dataset" in chosen:  # (none a pattern matches: not known yet)
+    if "dataset" in chosen:  # dataset=glob(...) or null names none: unknown here
         datasets = chosen["dataset"] or [None]
     else:
         datasets = [_default_dataset(primary, chosen, conf_dir)]
@@ -142,7 +147,7 @@ def _default_dataset(primary: Path, chosen: dict[str, list[str]], conf_dir: Path
 
 
 def _load_yaml(path: Path) -> Any:
-    """A YAML file's contents, by libyaml where PyYAML has it (5 ms a file less than Python's)."""
+    """A YAML file's contents, by libyaml where PyYAML has it (a few ms a file less)."""
     import yaml  # (only for a line with a data set's key)
 
     return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -170,7 +175,8 @@ def _check_key(override: Override, datasets: Sequence[str | None]) -> None:
     for dataset in datasets:
         if unknown_key(key, dataset) is not None:
             raise SweeplrError(unknown_key_message(key, typed or None, dataset))
-    if override.value_type == ValueType.ELEMENT and isinstance(override.value(), list):
+    value_is_a_list = override.value_type == ValueType.ELEMENT and not override.is_list_extend()
+    if value_is_a_list and isinstance(override.value(), list):
         takes = _one_value(key, datasets[0])
         if takes is not None:
             values = re.sub(r"\s*,\s*", ",", (typed or "").strip()[1:-1].strip())

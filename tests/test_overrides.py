@@ -113,7 +113,7 @@ FINE_OR_HYDRAS = [
     ["--bogus", "learning_rate=0.01"],
     ["--cfg", "nothing"],
     # value paths and packages
-    ["optimizer@opt2=adam"],
+    ["optimizer@opt2=adam", "optimizer.betas[0]=0.8"],
 ]
 
 
