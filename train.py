@@ -7,11 +7,14 @@ python train.py experiment=seed                    # the tutorial's settings
 python train.py --multirun lr=0.1,0.01,0.001 optimizer=sgd,adam
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 from sweeplr.config import register_configs
 from sweeplr.experiment import run
+from sweeplr.overrides import check_command_line
 
 register_configs()
 
@@ -23,4 +26,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(Path(__file__).parent / "conf")  # one line for a mistake Hydra misreads
     main()

@@ -68,6 +68,7 @@ def compose_app_config(config_dir: str, overrides: Sequence[str]) -> Any:
 
     from sweeplr.config import register_configs
     from sweeplr.errors import first_line
+    from sweeplr.overrides import check_overrides
 
     path = Path(config_dir).resolve()
     if not (path / "config.yaml").is_file():
@@ -75,6 +76,7 @@ def compose_app_config(config_dir: str, overrides: Sequence[str]) -> Any:
             f"--config-dir={config_dir} holds no config.yaml; allowed: sweeplr's conf/ folder "
             "(run from the project's folder, or name it)"
         )
+    check_overrides(overrides, path)  # train.py's check: one line where Hydra would mislead
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(path), job_name="lr_find"):

@@ -1,19 +1,22 @@
 """Typed structured configs, their range checks, and :class:`RunSpec`, what a run is made of.
 
 Hydra type-checks values against these dataclasses while composing (``lr=abc`` fails there);
-:func:`run_spec` checks ranges and cross-field rules that types cannot express, before any data
-is loaded, and returns the run's settings as one frozen value the runner trains from. Hydra is
-imported only inside :func:`register_configs`.
+:func:`run_spec` checks that every key is one they have (Hydra lets ``+key=...`` add any), the
+ranges and the cross-field rules that types cannot express, before any data is loaded, and
+returns the run's settings as one frozen value the runner trains from. Hydra is imported only
+inside :func:`register_configs`.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import cache
+from typing import Any, get_type_hints
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.nodes import InterpolationResultNode, ValueNode
@@ -190,21 +193,34 @@ class Config:
     engine: str = "batched"  # batched (closed-form, many configs at once) | reference (torch.optim)
 
 
+DATASET_SCHEMAS: dict[str, type] = {
+    schema().name: schema
+    for schema in (BlobsConfig, BreastCancerConfig, IrisConfig, SyntheticConfig, CsvConfig)
+}
+# The ConfigStore's name of each schema, as conf/'s defaults lists name it.
+SCHEMAS: dict[str, type] = {
+    "sweeplr_schema": Config,
+    "optimizer_schema": OptimizerConfig,
+    "scheduler_schema": SchedulerConfig,
+    "logger_schema": LoggerConfig,
+    "penalty_schema": PenaltyConfig,
+    **{f"{name}_schema": schema for name, schema in DATASET_SCHEMAS.items()},
+}
+
+
 def register_configs() -> None:
     """Register the schemas so YAML files can name them in their ``defaults`` lists.
 
+    Each is a top-level config (``- /optimizer_schema@_here_`` in ``conf/optimizer/*.yaml``), not
+    an option of the group it types: stored in a group, it would be listed as a choice in
+    ``--help`` and in Hydra's "Could not find" lists, and ``dataset=blobs_schema`` would run.
     Again is harmless (``sweeplr lr-find`` registers them in a process that may have already).
     """
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(name="sweeplr_schema", node=Config, replace=True)
-    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig, replace=True)
-    cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig, replace=True)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig, replace=True)
-    cs.store(group="penalty", name="penalty_schema", node=PenaltyConfig, replace=True)
-    for schema in (BlobsConfig, BreastCancerConfig, IrisConfig, SyntheticConfig, CsvConfig):
-        cs.store(group="dataset", name=f"{schema().name}_schema", node=schema, replace=True)
+    for name, node in SCHEMAS.items():
+        cs.store(name=name, node=node, replace=True)
 
 
 # The overrides of the run being validated, by key: a message quotes a value as it was typed
@@ -238,6 +254,113 @@ def _require(ok: bool, key: str, value: Any, allowed: str, problem: str = "is in
         raise SweeplrError(f"{key}={_shown(key, value)} {problem}; allowed: {allowed}")
 
 
+# --- The closed schema: a key is one the dataclasses have, `+` or not ------------------------
+
+# Names people type for a setting sweeplr names otherwise, too far from it for difflib to find.
+ALIASES = {"learning_rate": "lr"}
+
+
+@cache
+def field_types(schema: type) -> dict[str, Any]:
+    """A schema's keys and their types, in the dataclass's order."""
+    return get_type_hints(schema)
+
+
+def node_schema(node: str, dataset: str | None) -> type | None:
+    """The dataclass that types the top-level key ``node`` (the chosen data set's for
+    ``dataset``); None for a value (``lr``), a free mapping (``class_weight``), an unknown key or
+    a data set not known (``dataset`` None or not one of sweeplr's)."""
+    if node == "dataset":
+        return DATASET_SCHEMAS.get(dataset) if dataset is not None else None
+    hint = field_types(Config).get(node)
+    return hint if is_dataclass(hint) else None
+
+
+def unknown_key(key: str, dataset: str | None) -> str | None:
+    """The first part of the dotted ``key`` the schema has not got (``optimizer.lr`` of
+    ``optimizer.lr.x``), or None when it has it. Below a value (``class_weight.red``,
+    ``optimizer.betas.0``) the keys are Hydra's to type-check, as are a data set's when
+    ``dataset`` is None."""
+    head, _, rest = key.partition(".")
+    if head not in field_types(Config):
+        return head
+    schema = node_schema(head, dataset)
+    sub = rest.partition(".")[0]
+    if schema is None or not rest or sub in field_types(schema):
+        return None
+    return f"{head}.{sub}"
+
+
+def unknown_key_message(key: str, value: str | None, dataset: str | None) -> str:
+    """One line on ``key`` (as typed, with its ``value`` as typed if any), which the schema has
+    not got: the setting meant (``did you mean lr? (lr=0.01)``), or the keys allowed there."""
+    bad = unknown_key(key, dataset) or key
+    node, _, name = bad.rpartition(".")
+    schema = node_schema(node, dataset) if node else Config
+    if node == "dataset" and dataset is not None:
+        owners = [f"dataset={n}" for n, s in DATASET_SCHEMAS.items() if name in field_types(s)]
+        if owners:
+            add = owners[0] if len(owners) == 1 else "one of them"
+            return (
+                f"{key} is an option of {' or '.join(owners)}, not of dataset={dataset} (add {add})"
+            )
+    meant = _closest(key, node, name, dataset)
+    if meant is not None:
+        shown = f" ({meant}={value})" if value is not None else ""
+        return f"{key} is not a setting; did you mean {meant}?{shown}"
+    where = f" of dataset={dataset}" if node == "dataset" else f" of {node}" if node else ""
+    return f"{key} is not a setting{where}; allowed: {', '.join(field_types(schema))}"
+
+
+def _closest(key: str, node: str, name: str, dataset: str | None) -> str | None:
+    """The key meant by ``key``, whose unknown part is ``node.name``: a top-level value of that
+    name (``optimizer.lr``, ``learning_rate`` -> ``lr``), else the most alike by difflib: a
+    sibling, then a top-level value; without a ``node``, any key (``momentum`` ->
+    ``optimizer.momentum``, ``opimizer.eps`` -> ``optimizer.eps``)."""
+    name = ALIASES.get(name, name)
+    values = [k for k in field_types(Config) if node_schema(k, dataset) is None]
+    if name in values:
+        return name  # lr, wherever it was put
+    if not node:
+        return next(iter(difflib.get_close_matches(key, _keys(dataset), 1)), None)
+    schema = node_schema(node, dataset)
+    siblings = difflib.get_close_matches(name, field_types(schema) if schema else (), 1)
+    if siblings:
+        return f"{node}.{siblings[0]}"
+    return next(iter(difflib.get_close_matches(name, values, 1)), None)
+
+
+def _keys(dataset: str | None) -> list[str]:
+    """Every key a config may hold, dotted: ``lr``, ``optimizer``, ``optimizer.momentum``, ..."""
+    keys = []
+    for node in field_types(Config):
+        keys.append(node)
+        schema = node_schema(node, dataset)
+        if schema is not None:
+            keys.extend(f"{node}.{name}" for name in field_types(schema))
+    return keys
+
+
+def _validate_keys(cfg: Any) -> None:
+    """A key the schema has not got is a mistake, added with `+` or not: it would change nothing
+    (``+optimizer.lr=0.5`` trained with lr=0.01). Named as typed when an override added it."""
+    if not isinstance(cfg, Mapping):
+        return
+    dataset = cfg.get("dataset")
+    name = dataset.get("name") if isinstance(dataset, Mapping) else None
+    for node in cfg:
+        if node == "hydra":
+            continue
+        value = cfg[node]
+        subs = [f"{node}.{sub}" for sub in value] if isinstance(value, Mapping) else []
+        for key in (node, *subs):
+            bad = unknown_key(key, name)
+            if bad is not None:
+                typed = _typed.get() or {}
+                key = next((k for k in typed if k == bad or k.startswith(f"{bad}.")), bad)
+                raise SweeplrError(unknown_key_message(key, typed.get(key), name))
+
+
 def _fraction(name: str, value: float, *, allow_zero: bool) -> None:
     low = "0 <= " if allow_zero else "0 < "
     ok = (0 <= value < 1) if allow_zero else (0 < value < 1)
@@ -249,6 +372,7 @@ def validate(cfg: Any) -> None:
 
     ``cfg`` is a composed DictConfig (or any object with the same attributes).
     """
+    _validate_keys(cfg)
     _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "a finite number > 0")
     _require(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
     _require(

@@ -167,7 +167,8 @@ def read_frame(path: str | Path) -> pd.DataFrame:
 
     path = Path(path)
     if not path.is_file():
-        raise SweeplrError(f"dataset.path={path} does not exist; allowed: a CSV or Parquet file")
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise SweeplrError(f"dataset.path={path} {problem}; allowed: a CSV or Parquet file")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)

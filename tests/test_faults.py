@@ -480,6 +480,38 @@ def test_wall_seconds_is_the_share_of_the_pass_without_data_loading(monkeypatch)
             "error: hydra.sweeper.n_trials=-1 is invalid; allowed: an integer >= 1",
         ),
         (["lr=1e-400"], "error: lr=1e-400 is invalid; allowed: a finite number > 0"),
+        # Hydra would say "To append to your config use +learning_rate=0.01": a no-op
+        (
+            ["learning_rate=0.01"],
+            "error: learning_rate is not a setting; did you mean lr? (lr=0.01)",
+        ),
+        (
+            ["+learning_rate=0.01"],
+            "error: learning_rate is not a setting; did you mean lr? (lr=0.01)",
+        ),
+        (["+optimizer.lr=0.5"], "error: optimizer.lr is not a setting; did you mean lr? (lr=0.5)"),
+        (
+            ["optimizer=adma"],
+            (
+                "error: optimizer=adma is not an option of optimizer; did you mean adam? "
+                "allowed: adam, adamw, lbfgs, sgd"
+            ),
+        ),
+        (
+            ["dataset.path=my.csv"],
+            "error: dataset.path is an option of dataset=csv, not of dataset=blobs (add dataset=csv)",
+        ),
+        (  # past the command line's check (a preset may choose the data set): validation's
+            ["experiment=seed", "+dataset.path=my.csv"],
+            "error: dataset.path is an option of dataset=csv, not of dataset=blobs (add dataset=csv)",
+        ),
+        (
+            ["--multirun", "lr=[0.1,0.01]"],
+            (
+                "error: lr=[0.1,0.01] is a list, and lr takes a number; allowed: one value "
+                "(to run each: --multirun lr=0.1,0.01)"
+            ),
+        ),
         (
             ["optimizer=adam", "optimizer.momentum=0.9"],
             (

@@ -117,7 +117,9 @@ def test_the_command(tmp_path, capsys):
     [
         (["--min-lr", "1", "--max-lr", "0.1"], "lr range 1..0.1 is empty"),
         (["lr=abc"], "Error merging override lr=abc: Value 'abc'"),
-        (["dataset=nope"], "Could not find 'dataset/nope'"),
+        (["dataset=nope"], "dataset=nope is not an option of dataset; allowed: blobs, "),
+        (["learning_rate=0.01"], "learning_rate is not a setting; did you mean lr? (lr=0.01)"),
+        (["+optimizer.lr=0.5"], "optimizer.lr is not a setting; did you mean lr? (lr=0.5)"),
         (["scheduler=plateau", "val_size=0", "objective=train_loss"], "needs a validation split"),
         (["--epochs", "0"], "--epochs=0 is invalid"),
     ],

@@ -251,6 +251,22 @@ def test_grid_with_a_diverging_learning_rate_completes(tmp_path):
     assert summary["status"].iloc[-2:].tolist() == ["diverged", "diverged"]  # ranked last
 
 
+def test_a_range_that_gives_one_value_runs_one_job_and_says_why(tmp_path):
+    sweep = tmp_path / "g"
+    proc = run_train(
+        tmp_path, "--multirun", "lr=range(0.001,0.1)", "epochs=5", f"hydra.sweep.dir={sweep}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        (
+            "warning: this sweep runs 1 job: lr=range(0.001,0.1) expands to one value, 0.001: "
+            "range steps by 1 unless given range(start,stop,step)"
+        )
+    ]
+    assert [r["hyperparameters"]["lr"] for r in records(sweep).values()] == [0.001]
+
+
 def test_two_sweeps_started_together_never_share_a_directory(tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), "--multirun", "lr=0.1,0.2", "epochs=5"]
     procs = [

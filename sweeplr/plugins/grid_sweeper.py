@@ -1,6 +1,6 @@
 """``hydra/sweeper=sweeplr_grid``: Hydra's basic grid sweeper, with failed jobs as results.
 
-Three differences from the basic sweeper:
+Four differences from the basic sweeper:
 
 - a job that fails does not stop the sweep: every batch runs, and the sweep ends non-zero
   afterwards (after ``on_multirun_end``, so ``summary.csv`` lists the failures). A failure that
@@ -10,11 +10,14 @@ Three differences from the basic sweeper:
   overwriting their folders and mixing both sweeps in one summary;
 - the basic sweeper composes every job once to validate its batch, and the launcher composes it
   again to run it (about 0.17 s per job here, more than training one). ``sweeplr_batch``
-  composes a launch's jobs before it runs any, so its launch is that validation: skipped then.
+  composes a launch's jobs before it runs any, so its launch is that validation: skipped then;
+- a sweep given that expands to one job (``lr=range(0.001,0.1)``: range steps by 1) says so
+  in one warning line, and runs.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -56,6 +60,23 @@ def refuse_a_used_directory(sweep_dir: Path) -> None:
         )
 
 
+def one_job_warning(overrides: Sequence[Override]) -> str | None:
+    """Why a sweep expands to one job when it was given a sweep (``lr=range(0.001,0.1)``: one
+    value, its step being 1); None when no sweep was given (``--multirun lr=0.1``)."""
+    sweeps = [o for o in overrides if o.is_discrete_sweep()]
+    if not sweeps:
+        return None
+    override = sweeps[0]
+    value = next(override.sweep_string_iterator())
+    why = ""
+    if override.is_range_sweep():
+        step = override.value().step  # type: ignore[union-attr]
+        why = f": range steps by {step:g}" + (
+            " unless given range(start,stop,step)" if step == 1 else ""
+        )
+    return f"this sweep runs 1 job: {override.input_line} expands to one value, {value}{why}"
+
+
 class SweeplrGridSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         if not isinstance(self.launcher, BatchLauncher):
@@ -67,9 +88,8 @@ class SweeplrGridSweeper(BasicSweeper):
         assert self.hydra_context is not None
         params_conf = [*self._parse_config(), *arguments]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(
-            parser.parse_overrides(params_conf), self.max_batch_size
-        )
+        parsed = parser.parse_overrides(params_conf)
+        self.overrides = self.split_arguments(parsed, self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
             refuse_a_used_directory(sweep_dir)
@@ -77,6 +97,10 @@ class SweeplrGridSweeper(BasicSweeper):
             refuse(self.config, f"error: {exc}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        if sum(len(batch) for batch in self.overrides) == 1:
+            warning = one_job_warning(parsed)
+            if warning is not None:
+                print(f"warning: {warning}", file=sys.stderr)
         returns: list[Sequence[JobReturn]] = []
         initial_job_idx = 0
         try:
