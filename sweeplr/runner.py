@@ -23,7 +23,7 @@ from sweeplr.crossval import CrossValidated, cross_validate
 from sweeplr.fitting import DeviceData, Member, Trained, resolve_device, train_members
 from sweeplr.model import LogisticRegression
 from sweeplr.schema import COMPLETED, DIVERGED, SPLITS
-from sweeplr.training import LogCallback, evaluate
+from sweeplr.training import LogCallback, evaluate_models
 
 __all__ = ["DeviceData", "Outcome", "batch_key", "data_key", "resolve_device", "train_runs"]
 
@@ -146,52 +146,58 @@ def _train_and_evaluate(
     """The pass itself. Evaluated before the caller gives the threads back: on small data a
     second thread's hand-off costs more than the arithmetic here too."""
     if specs[0].cv is not None:
-        return [
-            _cross_validated(spec, result, data, len(specs))
-            for spec, result in zip(specs, cross_validate(specs, data, callbacks), strict=True)
-        ]
+        folded = cross_validate(specs, data, callbacks)
+        outcomes = _evaluated(specs, [result.trained for result in folded], data)
+        for outcome, result in zip(outcomes, folded, strict=True):
+            _with_folds(outcome, result)
+        return outcomes
     trained = train_members([Member(spec) for spec in specs], data, callbacks)
-    return [
-        _evaluated(spec, result, data, len(specs))
-        for spec, result in zip(specs, trained, strict=True)
-    ]
+    return _evaluated(specs, trained, data)
 
 
-def _evaluated(spec: RunSpec, result: Trained, data: DeviceData, batch_configs: int) -> Outcome:
-    """``result`` with its metrics on every split (none for a diverged model)."""
-    diverged = result.status == DIVERGED
-    metrics = {
-        name: _no_metrics() if diverged else evaluate(result.model, X, y)
-        for name, (X, y) in zip(SPLITS, (data.train, data.val, data.test), strict=True)
-    }
-    return Outcome(
-        spec,
-        result.status,
-        result.epochs_run,
-        result.diverged_epoch,
-        result.history,
-        metrics,
-        result.model,
-        data,
-        wall_seconds=0.0,
-        batch_configs=batch_configs,
-        batch_wall_seconds=0.0,
-        best_epoch=result.best_epoch,
-    )
+def _evaluated(
+    specs: Sequence[RunSpec], results: Sequence[Trained], data: DeviceData
+) -> list[Outcome]:
+    """``results`` with their metrics on every split (none for a diverged model), the models of
+    a pass evaluated together."""
+    fine = [i for i, result in enumerate(results) if result.status != DIVERGED]
+    metrics: list[dict[str, Any]] = [{} for _ in results]
+    for name, (X, y) in zip(SPLITS, (data.train, data.val, data.test), strict=True):
+        for i, split_metrics in zip(
+            fine, evaluate_models([results[i].model for i in fine], X, y), strict=True
+        ):
+            metrics[i][name] = split_metrics
+    outcomes = []
+    for spec, result, split_metrics in zip(specs, results, metrics, strict=True):
+        if result.status == DIVERGED:
+            split_metrics = {name: _no_metrics() for name in SPLITS}
+        outcomes.append(
+            Outcome(
+                spec,
+                result.status,
+                result.epochs_run,
+                result.diverged_epoch,
+                result.history,
+                split_metrics,
+                result.model,
+                data,
+                wall_seconds=0.0,
+                batch_configs=len(specs),
+                batch_wall_seconds=0.0,
+                best_epoch=result.best_epoch,
+            )
+        )
+    return outcomes
 
 
-def _cross_validated(
-    spec: RunSpec, result: CrossValidated, data: DeviceData, batch_configs: int
-) -> Outcome:
+def _with_folds(outcome: Outcome, result: CrossValidated) -> None:
     """A cross-validated configuration: validation metrics are its folds' means; train and
     test metrics its refit model's (none when it was pruned or diverged: nothing was refit)."""
-    outcome = _evaluated(spec, result.trained, data, batch_configs)
     if result.trained.status != COMPLETED:
         outcome.metrics["train"] = outcome.metrics["test"] = _no_metrics()
     if result.trained.status != DIVERGED:  # (diverged, in a fold or the refit: no metrics)
         outcome.metrics["val"] = result.val
     outcome.cv = {"folds": result.folds, "val_std": result.std}
-    return outcome
 
 
 def _no_metrics() -> dict[str, float | None]:

@@ -114,6 +114,7 @@ def test_job_composer_matches_hydra_composition():
             ["dataset=iris", "+extra=1"],
             ["lr=1e-3", "epochs=5", "optimizer=adam", "optimizer.eps=1.5e-07", "plots=false"],
             ["lr=.5", "optimizer=sgd", "optimizer.momentum=0.9", "seed=+2"],
+            ["lr=1", "optimizer=sgd", "optimizer.momentum=0", "epochs=3"],  # ints into floats
             ["lr=0.3", "+dataset.note=x", "++hydra.job.env_set.SWEEPLR_TRIAL=17"],
             ["lr=0.4", "~hydra.callbacks.summary", "hydra.job.chdir=true"],
         ):

@@ -115,14 +115,22 @@ def files(sweep_dir: Path) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.parametrize("job_runner", ["shared", "hydra"])
+@pytest.mark.parametrize(
+    ("job_runner", "extra"),
+    [
+        ("shared", []),
+        ("hydra", []),
+        # an env_set entry that interpolates: run_job resolves it in HydraConfig's copy only
+        ("shared", ["++hydra.job.env_set.JOB=${hydra.job.num}"]),
+    ],
+)
 def test_every_job_sees_and_leaves_what_the_basic_launcher_gives(
-    hydra_sweep_runner, tmp_path, job_runner
+    hydra_sweep_runner, tmp_path, job_runner, extra
 ):
-    basic = sweep(hydra_sweep_runner, ["hydra/launcher=basic"], tmp_path / "basic")
+    basic = sweep(hydra_sweep_runner, ["hydra/launcher=basic", *extra], tmp_path / "basic")
     ours = sweep(
         hydra_sweep_runner,
-        ["hydra/launcher=sweeplr_batch", f"hydra.launcher.job_runner={job_runner}"],
+        ["hydra/launcher=sweeplr_batch", f"hydra.launcher.job_runner={job_runner}", *extra],
         tmp_path / "batch",
     )
     expected = files(tmp_path / "basic")

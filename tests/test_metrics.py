@@ -40,3 +40,37 @@ def test_average_ranks_equal_scipy():
     rng = np.random.default_rng(0)
     values = np.round(rng.normal(size=300), 1)  # many ties
     np.testing.assert_array_equal(average_ranks(values), rankdata(values))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_metrics_of_many_models_are_each_models_metrics(n_classes):
+    """The rows version gives, model by model, exactly what the one-model version gives: ties,
+    a diverged model and a split with one class included."""
+    from sweeplr.metrics import classification_metrics_rows
+
+    rng = np.random.default_rng(n_classes)
+    k, n = 7, 60
+    y = rng.integers(0, n_classes, n)
+    logits = rng.normal(size=(k, n, n_classes))
+    logits[:, :15] = np.round(logits[:, :15])  # ties within each model's scores
+    proba = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)
+    proba[3] = np.nan  # a diverged model
+    losses = [0.1 * i for i in range(k)]
+    losses[3] = float("nan")
+    for labels in (y, np.ones(n, dtype=np.int64)):  # the second: one class only
+        rows = classification_metrics_rows(proba, labels, losses)
+        for i in range(k):
+            assert rows[i] == classification_metrics(proba[i], labels, losses[i])
+    assert (
+        classification_metrics_rows(proba[:, :0], y[:0], losses)
+        == [classification_metrics(proba[0, :0], y[:0], 0.0)] * k
+    )
+
+
+def test_average_ranks_of_rows_equal_each_rows_ranks():
+    from sweeplr.metrics import average_ranks, average_ranks_rows
+
+    rng = np.random.default_rng(1)
+    values = np.round(rng.normal(size=(5, 40)), 1)
+    expected = np.stack([average_ranks(row) for row in values])
+    np.testing.assert_array_equal(average_ranks_rows(values), expected)

@@ -185,3 +185,23 @@ def test_config_values_are_what_omegaconf_reads(small_cfg, overrides):
     with open_dict(cfg):
         cfg.seed = "${epochs}"
     assert config_values(cfg).seed == 50
+
+
+@pytest.mark.parametrize("dataset", ["blobs", "iris"])
+def test_models_evaluated_together_equal_models_evaluated_alone(dataset):
+    """A pass's models are evaluated in one batched product: each model's metrics equal its own
+    evaluation (exactly where no sum is involved; losses to float32 rounding)."""
+    from sweeplr.model import LogisticRegression
+    from sweeplr.training import evaluate, evaluate_models
+
+    torch.manual_seed(0)
+    X = torch.randn(101, 4)
+    y = torch.randint(0, 2 if dataset == "blobs" else 3, (101,))
+    models = [LogisticRegression(4, 2 if dataset == "blobs" else 3) for _ in range(5)]
+    together = evaluate_models(models, X, y)
+    for model, metrics in zip(models, together, strict=True):
+        alone = evaluate(model, X, y)
+        assert metrics["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+        for name in ("accuracy", "roc_auc", "f1"):
+            assert metrics[name] == pytest.approx(alone[name], abs=1e-12), name
+    assert evaluate_models(models[:1], X, y) == [evaluate(models[0], X, y)]

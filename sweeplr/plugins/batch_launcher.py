@@ -35,8 +35,16 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.nodes import ValueNode
 
-from sweeplr.plugins.job_runner import JobLogs, JobTemplate, Op, SharedJob, run_shared_job
+from sweeplr.plugins.job_runner import (
+    JobLogs,
+    JobTemplate,
+    Op,
+    SharedJob,
+    interpolates,
+    run_shared_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +82,23 @@ def _operation(op: ValueOp) -> Op:
     """Apply a value override to a config as composition applies it."""
     if isinstance(op, tuple):
         key, number = op
-        return lambda cfg: OmegaConf.update(cfg, key, number, merge=True)
+        *path, name = key.split(".")
+
+        def set_number(cfg: DictConfig) -> None:
+            # OmegaConf.update's setattr ends in the leaf node's own _set_value (its type's
+            # check and conversion: an int into a float field is a float); called directly when
+            # the leaf is there and writable, it skips the parents' checks that cannot fail
+            # then, a third of the cost. Anything else goes through update itself.
+            node: Any = cfg
+            for part in (*path, name):
+                node = node._get_node(part) if isinstance(node, DictConfig) else None
+            if isinstance(node, ValueNode) and not node._get_flag("readonly"):
+                node._set_value(number)
+            else:
+                OmegaConf.update(cfg, key, number, merge=True)
+
+        return set_number
     return lambda cfg: ConfigLoaderImpl._apply_overrides_to_config([op], cfg)
-
-
-def _interpolates(values: dict[str, Any]) -> bool:
-    return any("${" in str(value) for value in values.values())
 
 
 class JobComposer:
@@ -198,9 +217,10 @@ class JobComposer:
                 TOP_KEY.match(op[0] if isinstance(op, tuple) else op.key_or_group)[0] for op in task
             },
             env={**template.base_env, **env_values},
-            # env_set with interpolations or copied variables, and entries set per job: each
-            # job's own composition, through run_job (which resolves env_set in its own copy)
-            exact=not (env and (template.env_copy or _interpolates(template.base_env))),
+            # env_set with interpolations (run_job resolves them in HydraConfig's copy only, not in
+            # the config its callbacks get), or copied variables with entries set per job (their
+            # order): composed whole and run through Hydra's run_job
+            exact=not (interpolates(template.base_env) or (env and template.env_copy)),
         )
         try:
             job.task_config  # noqa: B018 - made now: a bad value fails in Hydra's own words
@@ -221,7 +241,7 @@ class JobComposer:
             hydra_overrides=list(recorded["hydra"]),
             touched=set(),
             env=dict(template.base_env),
-            exact=not _interpolates(template.base_env),
+            exact=not interpolates(template.base_env),
         )
 
 

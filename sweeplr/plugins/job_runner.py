@@ -56,9 +56,18 @@ from hydra.core.utils import (
     env_override,
 )
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import Container, DictConfig, OmegaConf, flag_override, open_dict, read_write
+from omegaconf import (
+    Container,
+    DictConfig,
+    ListConfig,
+    OmegaConf,
+    flag_override,
+    open_dict,
+    read_write,
+)
 from omegaconf._utils import get_omega_conf_dumper
 from omegaconf.basecontainer import BaseContainer
+from omegaconf.nodes import IntegerNode, StringNode
 
 # The Hydra node's entries that differ between two jobs of one template, and within them the
 # fields that do; every other entry is the same object, and the same YAML, for every job.
@@ -154,7 +163,16 @@ class JobTemplate:
             for entry, fields in JOB_FIELDS.items()
             if fields is not None
         }
-        self.log_config = self._log_config()
+        # The job log configuration but for its files' names (Hydra resolves both per job), and
+        # those names as written; None when a job's configuration may differ in more than that.
+        self.log_parts: dict[str, Any] | None = None
+        self.log_files: dict[str, str] = {}
+        raw = self._log_config()
+        name = self.hydra_plain["job"].get("name")
+        if raw is not None and not self.hydra_plain.get("verbose") and "${" not in str(name):
+            rest = _without_files(raw)
+            if "${" not in repr(rest):
+                self.log_parts, self.log_files = rest, _file_handlers(raw)
         self._constants: dict[str, Any] = {}
         self.held: dict[str, Any] = {}  # the job fields the shared node holds now (set_fields)
 
@@ -171,7 +189,7 @@ class JobTemplate:
 
     def _log_config(self) -> dict[str, Any] | None:
         """The job log configuration with its interpolations as written, when every one of
-        them is the log file's folder or the job's name; else None (configure per job)."""
+        them is the log file's folder or the job's name; else None."""
         raw = self.hydra_plain.get("job_logging")
         if not isinstance(raw, dict) or raw.get("disable_existing_loggers", True):
             return None
@@ -208,6 +226,14 @@ class JobTemplate:
                 self._constants[key] = OmegaConf.select(config, key)
             return self._constants[key]
         return OmegaConf.select(config, key)
+
+    def constant(self, path: str) -> Any:
+        """The Hydra node's value at ``path`` (below ``hydra.``), the same for every job of the
+        template: read once from the plain copy when written without interpolation."""
+        raw = self._raw(f"hydra.{path}")
+        if isinstance(raw, str) and "${" in raw:
+            return OmegaConf.select(self.hydra, path)
+        return raw
 
     def _raw(self, key: str) -> Any:
         """The Hydra node's value at ``key`` as written (interpolations unresolved), or None."""
@@ -302,8 +328,11 @@ class SharedJob:
         self, hydra: DictConfig, root: DictConfig, held: dict[str, Any] | None = None
     ) -> None:
         """Give the Hydra node ``hydra`` (inside ``root``) this job's fields, as composition and
-        the launcher set them. ``held``: what the node holds already (the shared node's record,
-        kept up to date here), so that what is equal is not set again."""
+        the launcher set them. ``held``: what the shared node holds already (its record, kept
+        up to date here), so that what is equal is not set again and the rest is written
+        straight into the nodes that hold it."""
+        if held is not None and self._write_held_fields(hydra, held):
+            return
         held = {} if held is None else held
         # Flags are lifted on the small nodes written, not on the whole Hydra node: a flag change
         # makes every node below re-read its flags.
@@ -321,6 +350,33 @@ class SharedJob:
             job.id = str(self.idx)
             job.num = self.idx
 
+    def _write_held_fields(self, hydra: DictConfig, held: dict[str, Any]) -> bool:
+        """The job fields of the shared node written into its nodes, when that is all it takes:
+        its env_set already holds the job's (the template's), and each field is a node of the
+        value's own type, or a list of as many strings. OmegaConf's assignment checks flags,
+        types and keys at every level, 0.2-0.8 ms a field; here the values are the types the
+        nodes hold, and the node stays read-only for the task. False: nothing written."""
+        if self.env_ops or held.get("env", False) is not None:
+            return False
+        plan = [
+            (hydra.job._get_node("id"), str(self.idx)),
+            (hydra.job._get_node("num"), self.idx),
+        ]
+        for name, values in (("hydra", self.hydra_overrides), ("task", self.task_overrides)):
+            if held.get(name) == values:
+                continue
+            strings = hydra.overrides._get_node(name)
+            nodes = strings.__dict__["_content"] if isinstance(strings, ListConfig) else None
+            if not isinstance(nodes, list) or len(nodes) != len(values):
+                return False
+            plan += zip(nodes, values, strict=True)
+        if not all(_holds_type_of(node, value) for node, value in plan):
+            return False
+        for node, value in plan:
+            node.__dict__["_val"] = value
+        held["hydra"], held["task"] = self.hydra_overrides, self.task_overrides
+        return True
+
     def whole_config(self) -> DictConfig:
         """The job's config as Hydra composes it for the basic launcher: a copy of its own."""
         config = pickle.loads(self.template.snapshot_bytes)
@@ -328,6 +384,19 @@ class SharedJob:
             op(config)
         self.set_fields(config.hydra, config)
         return config
+
+
+def interpolates(values: Mapping[str, Any]) -> bool:
+    """Whether any of ``values`` is written with an interpolation."""
+    return any("${" in str(value) for value in values.values())
+
+
+def _holds_type_of(node: Any, value: Any) -> bool:
+    """Whether ``node`` is the OmegaConf node that holds ``value`` as it is (a string node and a
+    str, an integer node and an int)."""
+    return (type(node) is StringNode and type(value) is str) or (
+        type(node) is IntegerNode and type(value) is int
+    )
 
 
 class _JobReturn(JobReturn):
@@ -399,55 +468,49 @@ class JobLogs:
     """
 
     def __init__(self) -> None:
-        self._config: dict[str, Any] | None = None  # the last configuration applied
+        self._rest: dict[str, Any] | None = None  # the last configuration applied, files aside
         self._state: tuple[Any, ...] | None = None  # the logging state right after
 
     def forget(self) -> None:
         """Someone else configured the logging since: the next job configures it anew."""
-        self._config = self._state = None
+        self._rest = self._state = None
 
     def configure(self, config: DictConfig, template: JobTemplate, hydra_context: Any) -> None:
         hydra = config.hydra
-        wanted = self._resolved(template, hydra)
-        if wanted is not None and not hydra.verbose and self._can_repoint(wanted):
-            self._repoint(wanted)
+        rest, files = template.log_parts, self._files(template, hydra)
+        if rest is not None and files is not None and self._can_repoint(rest, files):
+            self._repoint(files)
         else:
             configure_log(
                 hydra.job_logging,
                 hydra.verbose,
                 execution_whitelist=hydra_context.execution_whitelist,
             )
-            self._config = wanted if not hydra.verbose else None
-        self._state = self._snapshot() if self._config is not None else None
+            self._rest = rest if files is not None else None
+        self._state = self._snapshot() if self._rest is not None else None
 
     @staticmethod
-    def _resolved(template: JobTemplate, hydra: DictConfig) -> dict[str, Any] | None:
-        raw = template.log_config
-        if raw is None:
+    def _files(template: JobTemplate, hydra: DictConfig) -> dict[str, str] | None:
+        """The job's log files by handler name, as Hydra resolves them; None: not known so."""
+        if template.log_parts is None:
             return None
-        values = {"runtime.output_dir": hydra.runtime.output_dir, "job.name": hydra.job.name}
+        output_dir, name = hydra.runtime.output_dir, template.hydra_plain["job"]["name"]
+        values = {"runtime.output_dir": output_dir, "job.name": name}
+        return {
+            handler: LOG_INTERPOLATION.sub(lambda m: str(values[m[1]]), raw)
+            for handler, raw in template.log_files.items()
+        }
 
-        def fill(value: Any) -> Any:
-            if isinstance(value, dict):
-                return {key: fill(item) for key, item in value.items()}
-            if isinstance(value, list):
-                return [fill(item) for item in value]
-            if isinstance(value, str):
-                return LOG_INTERPOLATION.sub(lambda m: str(values[m[1]]), value)
-            return value
-
-        return fill(raw)  # type: ignore[no-any-return]
-
-    def _can_repoint(self, wanted: dict[str, Any]) -> bool:
-        if self._config is None or self._state is None or self._snapshot() != self._state:
+    def _can_repoint(self, rest: dict[str, Any], files: dict[str, str]) -> bool:
+        if self._rest is None or self._state is None or self._snapshot() != self._state:
             return False
-        return _without_files(wanted) == _without_files(self._config) and all(
+        return (rest is self._rest or rest == self._rest) and all(
             type(logging._handlers.get(name)) is logging.FileHandler  # type: ignore[attr-defined]
-            for name in _file_handlers(wanted)
+            for name in files
         )
 
-    def _repoint(self, wanted: dict[str, Any]) -> None:
-        for name, filename in _file_handlers(wanted).items():
+    def _repoint(self, files: dict[str, str]) -> None:
+        for name, filename in files.items():
             handler = logging._handlers[name]  # type: ignore[attr-defined]
             handler.acquire()
             try:
@@ -461,14 +524,13 @@ class JobLogs:
                     handler.stream = handler._open()
             finally:
                 handler.release()
-        self._config = wanted
 
     def _snapshot(self) -> tuple[Any, ...]:
         """What configuring anew would reset: the handlers that exist, and the levels, handlers
         and propagation of the root logger and the loggers the configuration names."""
-        assert self._config is not None
+        assert self._rest is not None
         loggers = [logging.getLogger()] + [
-            logging.getLogger(name) for name in self._config.get("loggers", {})
+            logging.getLogger(name) for name in self._rest.get("loggers", {})
         ]
         return (
             tuple(ref() for ref in logging._handlerList),  # type: ignore[attr-defined]
@@ -534,29 +596,38 @@ def _run_shared_job(  # run_job's own steps, in run_job's order
         OmegaConf.set_readonly(hydra, True)
     HydraConfig.instance().cfg = template.hydra_root  # type: ignore[assignment]
     output_dir = job_output_dir(config, job_dir_key, job_subdir_key, template.select)
-    with read_write(hydra.runtime), open_dict(hydra.runtime):
-        hydra.runtime.output_dir = os.path.abspath(output_dir)
+    runtime = hydra.runtime
+    target = runtime._get_node("output_dir")
+    if _holds_type_of(target, output_dir):  # (as the job fields: straight into its node)
+        target.__dict__["_val"] = os.path.abspath(output_dir)
+    else:
+        with read_write(runtime), open_dict(runtime):
+            runtime.output_dir = os.path.abspath(output_dir)
+    output_dir_abs = os.path.abspath(output_dir)
     _chdir = None
     try:
         ret = _JobReturn(lambda: hydra_cfg_of(job, job_dir_key, job_subdir_key))
         task_cfg = job.task_config
         ret.cfg = task_cfg
         env_set = hydra.job.env_set
-        with read_write(env_set):
-            OmegaConf.resolve(env_set)
+        if job.env_ops or interpolates(template.base_env):  # else resolving changes nothing
+            with read_write(env_set):
+                OmegaConf.resolve(env_set)
         ret.overrides = list(job.task_overrides)
         Path(str(output_dir)).mkdir(parents=True, exist_ok=True)
-        _chdir = hydra.job.chdir
+        _chdir = template.constant("job.chdir")
         if _chdir:
             os.chdir(output_dir)
             ret.working_dir = output_dir
         else:
             ret.working_dir = os.getcwd()
         logs.configure(config, template, hydra_context)
-        if hydra.output_subdir is not None:
-            _save_files(job, task_cfg, hydra, Path(hydra.runtime.output_dir) / hydra.output_subdir)
+        output_subdir = template.constant("output_subdir")
+        if output_subdir is not None:
+            env = plain(env_set) if job.env_ops else template.base_env
+            _save_files(job, task_cfg, output_dir_abs, env, Path(output_dir_abs) / output_subdir)
         ret.task_name = JobRuntime.instance().get("name")
-        _call_task(ret, config, task_cfg, task_function, callbacks, hydra.job.env_set)
+        _call_task(ret, config, task_cfg, task_function, callbacks, env_set)
         return ret
     finally:
         HydraConfig.instance().cfg = orig_hydra_cfg
@@ -564,15 +635,13 @@ def _run_shared_job(  # run_job's own steps, in run_job's order
             os.chdir(old_cwd)
 
 
-def _save_files(job: SharedJob, task_cfg: DictConfig, hydra: DictConfig, folder: Path) -> None:
+def _save_files(
+    job: SharedJob, task_cfg: DictConfig, output_dir: str, env: dict[str, Any], folder: Path
+) -> None:
     """``run_job``'s ``config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, byte for byte."""
     fields = {
-        "job": {
-            "id": hydra.job.id,
-            "num": hydra.job.num,
-            "env_set": plain(hydra.job.env_set),
-        },
-        "runtime": {"output_dir": hydra.runtime.output_dir},
+        "job": {"id": str(job.idx), "num": job.idx, "env_set": env},
+        "runtime": {"output_dir": output_dir},
         "overrides": {"hydra": job.hydra_overrides, "task": job.task_overrides},
     }
     folder.mkdir(parents=True, exist_ok=True)

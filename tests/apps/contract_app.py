@@ -30,7 +30,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         "from_db": cfg.nested.from_db,
         "num": hydra_cfg.job.num,
         "cwd": os.getcwd(),
-        "env": {name: os.environ.get(name) for name in ("FIXED", "MY_VAR")},
+        "env": {name: os.environ.get(name) for name in ("FIXED", "MY_VAR", "JOB")},
     }
     Path(hydra_cfg.runtime.output_dir, "seen.json").write_text(json.dumps(seen, indent=1))
     log.info(f"job {hydra_cfg.job.num} with {cfg.db.driver} and {cfg.get('new_key')}")
