@@ -30,6 +30,7 @@ from hydra.errors import HydraException
 
 from sweeplr.config import Config, field_types, node_schema, unknown_key, unknown_key_message
 from sweeplr.errors import SweeplrError
+from sweeplr.records import read_yaml
 
 
 class _Deferred(Exception):
@@ -138,19 +139,15 @@ def _default_dataset(primary: Path, chosen: dict[str, list[str]], conf_dir: Path
     (unknown) when an option chosen on the line may choose another."""
     for group, options in chosen.items():
         for option in options:
-            if _may_choose_data(_load_yaml(conf_dir / group / f"{option}.yaml")):
+            if _may_choose_data(read_yaml(conf_dir / group / f"{option}.yaml")):
                 return None
-    for entry in _load_yaml(primary).get("defaults", []):
+    primary_config = read_yaml(primary)
+    if not isinstance(primary_config, dict):
+        return None  # unreadable here: Hydra will say why
+    for entry in primary_config.get("defaults", []):
         if isinstance(entry, dict) and isinstance(entry.get("dataset"), str):
             return entry["dataset"]
     return None
-
-
-def _load_yaml(path: Path) -> Any:
-    """A YAML file's contents, by libyaml where PyYAML has it (a few ms a file less)."""
-    import yaml  # (only for a line with a data set's key)
-
-    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _may_choose_data(option: dict[str, Any] | None) -> bool:

@@ -14,6 +14,7 @@ import contextlib
 import html
 import json
 import math
+import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from sweeplr.plots import (
     ranked_runs,
     resolve_run_dir,
 )
-from sweeplr.records import atomic_write_text
+from sweeplr.records import atomic_write_text, read_yaml
 from sweeplr.results import (
     FIXED_COLUMNS,
     METRICS_FILE,
@@ -65,6 +66,9 @@ GROUP_METRICS = ("objective", "val_loss", "val_accuracy", "test_loss", "test_acc
 MAX_LISTED = 6  # more swept values than this read as a range
 # Past this many columns whole numbers no longer fit 1400 px side by side: they wrap too.
 MAX_WHOLE_COLUMNS = 16
+# Rows of the per-run table on the page, at most: the best ones (the table is sorted best
+# first); summary.csv beside it has every run. 10,000 rows made a 3.8 MB page.
+MAX_PAGE_ROWS = 1000
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1336px; }
@@ -131,6 +135,10 @@ def yaml_text(value: Any) -> str:
         value = value.item()  # numpy and pandas scalars
     if _missing(value):
         return "null"  # a missing value, not NaN: the tables hold None as NaN
+    if type(value) is bool:  # (the common scalars as safe_dump spells them, without it)
+        return "true" if value else "false"
+    if type(value) is int:
+        return str(value)
     if isinstance(value, tuple):
         value = list(value)
     text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
@@ -175,20 +183,13 @@ def _values_text(values: Iterable[Any]) -> str:
 # --- the command as typed -------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
 def job_hydra(sweep_dir: Path) -> dict[str, Any] | None:
     """The ``hydra`` node a job of the sweep saved (``multirun.yaml``'s, else a run's)."""
     paths = [sweep_dir / "multirun.yaml"]
     with contextlib.suppress(SweeplrError):  # no runs: multirun.yaml is all there is
         paths += [run_dir / HYDRA_FILE for run_dir in run_dirs(sweep_dir)]
     for path in paths:
-        node = _read_yaml(path) if path.is_file() else None
+        node = read_yaml(path) if path.is_file() else None
         if isinstance(node, dict) and isinstance(node.get("hydra"), dict):
             return node["hydra"]
     return None
@@ -395,12 +396,92 @@ def default_config(hydra_node: Mapping[str, Any] | None) -> dict[str, Any] | Non
 
 def run_configs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Each run's saved config (``.hydra/config.yaml``), flattened."""
-    configs = []
+    texts = []
     for run_dir in run_dirs(sweep_dir):
-        config = _read_yaml(run_dir / CONFIG_FILE)
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            texts.append((run_dir / CONFIG_FILE).read_text())
+    return flat_configs(texts)
+
+
+# `key: value` on a line of its own in the YAML OmegaConf writes (plain keys only).
+KEY_LINE = re.compile(r"( *)([A-Za-z_][\w-]*):(?: (.*))?")
+
+
+def flat_configs(texts: Sequence[str]) -> list[dict[str, Any]]:
+    """The flattened configs of YAML ``texts`` (those that are mappings), as parsing each would.
+
+    A sweep's configs differ in a few lines: 10,000 of them took 15 s to parse, so a text that
+    differs from the first only in lines that each hold one ``key: scalar`` entry is the first's
+    config with those entries parsed alone; any other text is parsed whole.
+    """
+    configs: list[dict[str, Any]] = []
+    first: tuple[list[str], list[str | None], dict[str, Any]] | None = None
+    for text in texts:
+        lines = text.splitlines()
+        if first is not None and len(lines) == len(first[0]):
+            flat = _patched(first, lines)
+            if flat is not None:
+                configs.append(flat)
+                continue
+        config = _yaml_text_value(text)
         if isinstance(config, dict):
             configs.append(flatten(config))
+            if first is None:
+                first = (lines, _line_keys(lines), configs[-1])
     return configs
+
+
+def _patched(
+    first: tuple[list[str], list[str | None], dict[str, Any]], lines: list[str]
+) -> dict[str, Any] | None:
+    """``first``'s config with the lines where ``lines`` differ from it parsed alone; None when
+    a differing line is not a one-line entry."""
+    first_lines, keys, flat = first
+    changed = dict(flat)
+    for j, (line, before) in enumerate(zip(lines, first_lines, strict=True)):
+        if line == before:
+            continue
+        key = keys[j]
+        entry = _yaml_text_value(line.strip()) if key is not None else None
+        if not isinstance(entry, dict) or len(entry) != 1:
+            return None
+        value = next(iter(entry.values()))
+        if isinstance(value, dict) and value:
+            return None
+        changed[key] = value
+    return changed
+
+
+def _line_keys(lines: Sequence[str]) -> list[str | None]:
+    """The flattened key of each line that holds one whole ``key: value`` entry, else None
+    (a mapping's head, a list item, a value folded onto the next lines, anything else)."""
+    keys: list[str | None] = []
+    open_keys: list[tuple[int, str]] = []  # (indent, key) of the mappings the line is inside
+    for j, line in enumerate(lines):
+        match = KEY_LINE.fullmatch(line)
+        if match is None:
+            keys.append(None)
+            continue
+        indent = len(match[1])
+        while open_keys and open_keys[-1][0] >= indent:
+            open_keys.pop()
+        path = ".".join([*(k for _, k in open_keys), match[2]])
+        following = lines[j + 1] if j + 1 < len(lines) else ""
+        folded = len(following) - len(following.lstrip(" ")) > indent
+        if match[3] is None:
+            open_keys.append((indent, match[2]))
+            keys.append(None)
+        else:
+            keys.append(None if folded else path)
+    return keys
+
+
+def _yaml_text_value(text: str) -> Any:
+    """A YAML text's value (libyaml's parser where PyYAML has it), or None if it is not YAML."""
+    try:
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return None
 
 
 def config_changes(
@@ -413,9 +494,17 @@ def config_changes(
     """
     missing = object()
     keys = dict.fromkeys(k for config in configs for k in config)
+    texts: dict[tuple[type, str], str] = {}  # each distinct value spelled once, not once a run
+
+    def spelled(value: Any) -> str:
+        key = (type(value), repr(value))
+        if key not in texts:
+            texts[key] = yaml_text(value)
+        return texts[key]
+
     changes = []
     for key in keys:
-        values = {yaml_text(c.get(key)) if key in c else "(absent)" for c in configs}
+        values = {spelled(c[key]) if key in c else "(absent)" for c in configs}
         if len(values) != 1:
             continue
         value = values.pop()
@@ -482,13 +571,20 @@ def results_table(table: pd.DataFrame) -> str:
     The script makes it sortable."""
     columns = ["job", *varying_params(table), *(c for c in RUN_METRICS if c in table)]
     rows = []
-    for _, row in table.iterrows():
+    for _, row in table.head(MAX_PAGE_ROWS).iterrows():
         cells = [
             _cell(significant(row[c]), _raw(row[c]), numeric=not isinstance(row[c], str))
             for c in columns
         ]
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return _table("runs", columns, rows)
+
+
+def _shown_rows(count: int) -> str:
+    """What the page's run table leaves out, said before it."""
+    if count <= MAX_PAGE_ROWS:
+        return ""
+    return f"The best {MAX_PAGE_ROWS} of the {count} runs are below. "
 
 
 def grouped_table(table: pd.DataFrame, by: Sequence[str]) -> str:
@@ -648,8 +744,9 @@ def write_report(
 {pictures or "<p>No pictures yet: run sweeplr plot.</p>"}
 {grouped}
 <h2>Runs ({len(table)}; click a header to sort)</h2>
-<p>The main columns, to 4 significant figures; <a href="{SUMMARY_FILE}">{SUMMARY_FILE}</a>
-beside this page has every column at full precision.</p>
+<p>{_shown_rows(len(table))}The main columns, to 4 significant figures;
+<a href="{SUMMARY_FILE}">{SUMMARY_FILE}</a> beside this page has every run and every column at
+full precision.</p>
 {results_table(table)}
 <h2>Best run</h2>
 {_best_run(table, sweep_dir)}

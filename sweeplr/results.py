@@ -21,10 +21,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from sweeplr.errors import SweeplrError
-from sweeplr.records import METRICS_FILE, SUPERSEDED_FILE, atomic_write_text, record_problem
+from sweeplr.records import (
+    METRICS_FILE,
+    SUPERSEDED_FILE,
+    atomic_write_text,
+    read_yaml,
+    record_problem,
+)
 from sweeplr.schema import (
     COMPLETED,
     CORRUPT,
@@ -395,10 +400,7 @@ def _read_run(path: Path, sweep: Path) -> _Run:
 
 
 def _read_overrides(path: Path) -> list[Any]:
-    try:
-        overrides = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return []
+    overrides = read_yaml(path)
     return overrides if isinstance(overrides, list) else []
 
 

@@ -238,3 +238,24 @@ def test_the_job_logging_is_configured_once_and_repointed(
     assert len(calls) == 1
     logs = sorted((tmp_path / "s.kept").glob("*/contract_app.log"))
     assert [p.read_text().count("[INFO] - job ") for p in logs] == [1] * 8
+
+
+def test_a_sweeper_reads_a_jobs_folder_and_number_without_making_its_hydra_config(
+    hydra_sweep_runner, tmp_path
+):
+    from sweeplr.plugins.job_runner import _JobReturn, hydra_field
+
+    returns = sweep(hydra_sweep_runner, ["hydra/launcher=sweeplr_batch"], tmp_path / "s")
+    ret = returns[3]  # (its hydra_cfg is made: the app's recorder reads it)
+    assert hydra_field(ret, "runtime.output_dir") == ret.hydra_cfg.hydra.runtime.output_dir
+    assert hydra_field(ret, "job.num") == ret.hydra_cfg.hydra.job.num == 3
+    assert hydra_field(ret, "job.id") == ret.hydra_cfg.hydra.job.id == "3"
+
+    def never() -> Any:
+        raise AssertionError("hydra_cfg was made")
+
+    unmade = _JobReturn(never, {"job.num": 5, "runtime.output_dir": "/x/5"})
+    assert (hydra_field(unmade, "job.num"), hydra_field(unmade, "runtime.output_dir")) == (
+        5,
+        "/x/5",
+    )

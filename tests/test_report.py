@@ -206,3 +206,65 @@ def test_a_report_without_runs_records_still_has_the_optuna_sections(tmp_path: P
     assert "<h2>Search space</h2>" in page and "TPESampler (seed 0)" in page
     assert "&#x27;epochs=choice(50)&#x27;" in page  # quoted as a shell needs it
     assert 'id="grouped"' not in page
+
+
+def test_configs_read_line_by_line_equal_configs_parsed_whole(monkeypatch):
+    """The sweep report's fast reading of thousands of configs gives what parsing each gives."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from sweeplr import report
+    from sweeplr.report import flat_configs, flatten
+
+    parsed_whole: list[str] = []
+    parse = report._yaml_text_value
+
+    def counted(text: str) -> object:
+        if "\n" in text.strip():
+            parsed_whole.append(text)
+        return parse(text)
+
+    monkeypatch.setattr(report, "_yaml_text_value", counted)
+    from tests.conftest import compose_config
+
+    base = OmegaConf.to_yaml(compose_config())
+    variants = [
+        base,
+        base.replace("seed: 0", "seed: 17"),
+        base.replace("lr: 0.01", "lr: 1.0e-05"),
+        base.replace("  name: sgd", "  name: adam"),
+        base.replace("  - 0.9\n", "  - 0.8\n"),  # a list item: parsed whole
+        base.replace("objective: val_loss", "objective: '0'"),  # a quoted text
+        base.replace("cv: null", "cv: 5"),
+        base.replace("class_weight: null", "class_weight:\n  red: 2.0"),  # more lines
+        base.replace("standardize: true", "standardize: false").replace("seed: 0", "seed: 3"),
+    ]
+    variants.append(yaml.safe_dump({"plain": 1}) + "another: [1, 2]\n")  # another shape
+    expected = [flatten(yaml.safe_load(text)) for text in variants]
+    got = flat_configs(variants)
+    assert got == expected
+    assert [type(v) for c in got for v in c.values()] == [
+        type(v) for c in expected for v in c.values()
+    ]
+    # Parsed whole: the first, the list item, the longer one, the other shape.
+    assert len(parsed_whole) == 4
+    # A first config whose value is folded onto a second line: a change of its first line is
+    # no one-line entry.
+    folded = base.replace("objective: val_loss", "objective: first part\n  second part")
+    other = folded.replace("first part", "other part")
+    assert flat_configs([folded, other]) == [
+        flatten(yaml.safe_load(folded)),
+        flatten(yaml.safe_load(other)),
+    ]
+    assert flatten(yaml.safe_load(other))["objective"] == "other part second part"
+    assert len(parsed_whole) == 6
+
+
+@pytest.mark.parametrize("value", [0, 17, -3, 10**20, True, False, None, 0.5, "0", [0.9, 0.999]])
+def test_values_are_spelled_as_yaml_spells_them(value):
+    import yaml
+
+    from sweeplr.report import yaml_text
+
+    expected = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    assert yaml_text(value) == expected.removesuffix("\n").removesuffix("\n...").strip()

@@ -30,7 +30,10 @@ def was_refused(config: DictConfig) -> bool:
 
 def failure_line(ret: JobReturn) -> str:
     """``job N (overrides): message``: which job failed and why, in one line."""
-    num = ret.hydra_cfg.hydra.job.num if ret.hydra_cfg is not None else "?"
+    from sweeplr.plugins.job_runner import hydra_field
+
+    num = hydra_field(ret, "job.num")
+    num = "?" if num is None else num
     return f"job {num} ({' '.join(ret.overrides or [])}): {first_line(ret._return_value)}"
 
 

@@ -403,8 +403,11 @@ class _JobReturn(JobReturn):
     """A ``JobReturn`` whose ``hydra_cfg`` is made when first read (``run_job`` makes it for
     every job, a deep copy of the Hydra node, and sweepers seldom read it)."""
 
-    def __init__(self, make_hydra_cfg: Callable[[], DictConfig]) -> None:
+    def __init__(
+        self, make_hydra_cfg: Callable[[], DictConfig], known: dict[str, Any] | None = None
+    ) -> None:
         self._make_hydra_cfg: Callable[[], DictConfig] | None = make_hydra_cfg
+        self.known = known or {}  # fields of hydra_cfg.hydra by path, known without making it
         super().__init__()
 
     @property  # type: ignore[override]
@@ -428,6 +431,15 @@ class _JobReturn(JobReturn):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._make_hydra_cfg = None
+
+
+def hydra_field(ret: JobReturn, path: str) -> Any:
+    """``ret.hydra_cfg.hydra`` at ``path`` (``job.num``, ``runtime.output_dir``), read without
+    making a shared job's ``hydra_cfg`` where the runner kept the value; None without one."""
+    known = getattr(ret, "known", {})
+    if path in known:
+        return known[path]
+    return None if ret.hydra_cfg is None else OmegaConf.select(ret.hydra_cfg.hydra, path)
 
 
 def hydra_cfg_of(job: SharedJob, job_dir_key: str, job_subdir_key: str | None) -> DictConfig:
@@ -606,7 +618,10 @@ def _run_shared_job(  # run_job's own steps, in run_job's order
     output_dir_abs = os.path.abspath(output_dir)
     _chdir = None
     try:
-        ret = _JobReturn(lambda: hydra_cfg_of(job, job_dir_key, job_subdir_key))
+        ret = _JobReturn(
+            lambda: hydra_cfg_of(job, job_dir_key, job_subdir_key),
+            {"job.num": job.idx, "job.id": str(job.idx), "runtime.output_dir": output_dir_abs},
+        )
         task_cfg = job.task_config
         ret.cfg = task_cfg
         env_set = hydra.job.env_set

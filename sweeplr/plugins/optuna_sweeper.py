@@ -552,10 +552,12 @@ class SweeplrOptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
+        from sweeplr.plugins.job_runner import hydra_field
         from sweeplr.studies import STOPPED_ATTR, trial_id
 
-        if ret.hydra_cfg is not None:
-            trial.set_user_attr("run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir))
+        run_dir = hydra_field(ret, "runtime.output_dir")
+        if run_dir is not None:
+            trial.set_user_attr("run_dir", str(run_dir))
         # The job set it through its own handle on the trial (TrialLink.stop); this one's
         # cached attributes predate it, so read the stored trial afresh.
         stored_id = trial_id(storage, study.study_name, trial.number)
