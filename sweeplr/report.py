@@ -31,7 +31,7 @@ from sweeplr.plots import (
     ranked_runs,
     resolve_run_dir,
 )
-from sweeplr.records import atomic_write_text
+from sweeplr.records import COMMAND_FILE, atomic_write_text, read_command
 from sweeplr.results import (
     FIXED_COLUMNS,
     METRICS_FILE,
@@ -236,6 +236,13 @@ def command_line(args: Sequence[str]) -> str:
     return " ".join(["python train.py --multirun", *map(shlex.quote, args)])
 
 
+def typed_command(sweep_dir: Path) -> str | None:
+    """The command line the sweep kept (`sweeplr.records.write_command`), as a shell takes it;
+    None without one (a sweep of an older sweeplr, or one killed before its end)."""
+    argv = read_command(sweep_dir)
+    return None if argv is None else "python " + shlex.join(argv)
+
+
 def hydra_distribution(distribution: Any) -> str:
     """An Optuna distribution in Hydra's sweep syntax (``tag(log, interval(0.0001, 1.0))``)."""
     kind = type(distribution).__name__
@@ -332,16 +339,25 @@ def sweep_command(
     sweep_dir: Path, study: optuna.Study | None = None
 ) -> tuple[str, str, list[tuple[str, str, bool]] | None, dict[str, Any] | None]:
     """The command as typed, where it was read from, and for an Optuna sweep its search space
-    and sweeper settings (None for a grid)."""
+    and sweeper settings (None for a grid).
+
+    The command is the one the sweep kept (`sweeplr.records.write_command`); a sweep without
+    it gets one rebuilt from Hydra's files, which hold the same overrides, Hydra's first.
+    """
     node = job_hydra(sweep_dir)
+    typed = typed_command(sweep_dir)
     if node is not None and is_optuna(node):
         sweeper = node.get("sweeper") or {}
         study = study if study is not None else load_study(node)
         distributions = None if study is None else study_distributions(study)
         space = search_space(sweeper.get("params") or {}, distributions)
+        if typed is not None:
+            return typed, COMMAND_FILE, space, sweeper
         args = optuna_command_args(node.get("overrides") or {}, space)
         source = "a trial's .hydra/hydra.yaml" + (" and the study" if study else "")
         return command_line(args), source, space, sweeper
+    if typed is not None:
+        return typed, COMMAND_FILE, None, None
     if node is not None and (sweep_dir / "multirun.yaml").is_file():
         return (
             command_line(grid_command_args(node.get("overrides") or {})),
