@@ -29,11 +29,12 @@ from sweeplr.plots import (
     plot_run,
     plot_sweep,
     ranked_runs,
+    repeat_groups,
     resolve_run_dir,
+    varying_params,
 )
 from sweeplr.records import COMMAND_FILE, atomic_write_text, read_command
 from sweeplr.results import (
-    FIXED_COLUMNS,
     METRICS_FILE,
     SUMMARY_FILE,
     group_runs,
@@ -445,29 +446,6 @@ def config_changes(
 # --- tables ---------------------------------------------------------------------------------
 
 
-def varying_params(table: pd.DataFrame) -> list[str]:
-    """The configuration columns whose value differs between runs, swept ones first."""
-    params = [
-        c for c in table.columns if c not in FIXED_COLUMNS and not str(c).startswith("value_")
-    ]
-    return [c for c in params if table[c].astype(str).nunique() > 1]
-
-
-def repeat_groups(table: pd.DataFrame) -> list[str] | None:
-    """The columns that tell a sweep's configurations apart when it repeats each over seeds;
-    None when no two runs differ only in ``seed``."""
-    varying = varying_params(table)
-    if "seed" not in varying:
-        return None
-    by = [c for c in varying if c != "seed"]
-    if not by:  # a seed sweep of one configuration: group by anything constant
-        by = [c for c in ("dataset", "optimizer", "lr") if c in table][:1]
-    if not by:
-        return None
-    counts = table.groupby([table[c].astype(str) for c in by]).size()
-    return by if counts.max() > 1 else None
-
-
 def _cell(text: str, raw: str, *, numeric: bool = True) -> str:
     css = "" if numeric else ' class="text"'
     shown = html.escape(text) if numeric else _breakable(text)
@@ -679,9 +657,15 @@ beside this page has every column at full precision.</p>
 def draw_sweep(
     sweep_dir: str | Path, table: pd.DataFrame | None = None, study: optuna.Study | None = None
 ) -> list[Path]:
-    """All of a sweep's pictures, its best run's, an Optuna study's, then ``report.html``."""
+    """All of a sweep's pictures, its best run's, an Optuna study's, then ``report.html``.
+
+    ``study``: an Optuna sweep's study, read from the storage its trials name when not given
+    (``sweeplr plot`` of a finished sweep)."""
     sweep_dir = Path(sweep_dir)
     table = load_sweep(sweep_dir) if table is None else table
+    if study is None:
+        node = job_hydra(sweep_dir)
+        study = load_study(node) if node is not None and is_optuna(node) else None
     written = plot_sweep(sweep_dir, table)
     if study is not None:
         written += plot_optuna_study(study, sweep_dir)
