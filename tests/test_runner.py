@@ -37,7 +37,7 @@ def test_run_writes_a_complete_record(small_cfg, tmp_path):
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
     assert (history["lr"] == 0.01).all()  # a constant schedule
-    assert history["epoch"].tolist() == list(range(10, 51, 10))
+    assert history["epoch"].tolist() == [1, 2, 5, 10, 20, 30, 40, 50]  # early rows first
     payload = load_model_payload(tmp_path)
     assert payload["class_names"] == ["red", "blue"] and payload["feature_names"] == ["x1", "x2"]
     assert payload["config"]["lr"] == 0.01
