@@ -6,8 +6,8 @@ learning rate and the validation-loss curves of its best runs; an Optuna study i
 parallel coordinates and parameter importances, drawn here in the same style as the rest rather
 than by optuna.visualization (grey ggplot, "Objective Value", pruned trials hidden). Every PNG is
 rendered in memory and written atomically, so a reader (the HTML report, a browser) never sees
-half a file. Only ``Figure`` is used, never pyplot: no backend is chosen, no global state touched.
-As in ``sweeplr.predict``, torch and scikit-learn are imported only where they are used.
+half a file. Only ``Figure`` is used, never pyplot: no backend is chosen, and matplotlib's
+settings change only while a figure is built (`slide_fonts`), then are restored. As in ``sweeplr.predict``, torch and scikit-learn are imported only where they are used.
 """
 
 from __future__ import annotations
@@ -602,7 +602,7 @@ def _run_loss_name(sweep_dir: Path, run_dir: Any) -> str:
 def top_val_loss_figure(table: pd.DataFrame, sweep_dir: Path) -> Figure:
     """The validation-loss curves (training loss without a validation split) of the sweep's
     best runs, best first; in a sweep that repeats settings over seeds, of its best settings:
-    each one curve, the mean over its completed runs with a ± std band, its run count named."""
+    each one curve, the mean over its completed seeds with a ± std band, their count named."""
     by = repeat_groups(table)
     ranked = ranked_runs(table)
     if by is None:
