@@ -224,6 +224,7 @@ class SummaryCallback(Callback):
             sweep_dir = Path(str(config.hydra.sweep.dir))
             if not _holds_runs(sweep_dir):  # a sweep that stopped before its first job: the
                 return  # reason is the sweep's own error, printed next; no summary to speak of
+            _keep_command(sweep_dir)
             df = load_sweep(sweep_dir)
             study = optuna_study(config)
             if study is not None:
@@ -238,8 +239,7 @@ class SummaryCallback(Callback):
                 # A sweep stopped before any run (a bad value): a table of blanks says nothing.
                 print(f"sweeplr: {path}: none of the {len(df)} runs wrote {METRICS_FILE}")
                 return
-            shown = f"best {self.top} of {len(df)}" if len(df) > self.top else f"all {len(df)}"
-            print(f"sweeplr: {path} ({shown} runs below, best first)")
+            print(f"sweeplr: {path} ({_shown_runs(len(df), self.top)})")
             print(format_table(compact(df), "table", self.top))
             if config.get("plots", True):
                 from sweeplr.report import draw_sweep
@@ -250,3 +250,26 @@ class SummaryCallback(Callback):
             from sweeplr.errors import first_line
 
             log.warning(f"sweeplr: no sweep summary: {first_line(exc)}")
+
+
+def _keep_command(sweep_dir: Path) -> None:
+    """Keep this process's command line in the sweep directory for its report: Hydra's files
+    keep the task's and Hydra's overrides apart, which loses the order they were typed in.
+    Here, at the end, and not at the start, so that a sweep refused before its first job
+    (another sweep's directory) leaves that sweep's command alone."""
+    import sys
+
+    from sweeplr.records import write_command
+
+    try:
+        write_command(sweep_dir, sys.argv)
+    except OSError as exc:  # the report falls back to the command rebuilt from Hydra's files
+        log.warning(f"sweeplr: the command line was not kept: {exc}")
+
+
+def _shown_runs(count: int, top: int) -> str:
+    """What the table below the summary line holds: its runs, in words."""
+    if count == 1:
+        return "its one run below"
+    shown = f"best {top} of {count}" if count > top else f"all {count}"
+    return f"{shown} runs below, best first"

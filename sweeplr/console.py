@@ -12,9 +12,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from sweeplr.schema import METRICS, SPLITS
+
+# What a run printed, for its log files only (Hydra's job log, ``train.log``): see `file_log`.
+FILE_LOGGER = "sweeplr.report"
 
 
 class _PipeGuard:
@@ -75,6 +78,35 @@ def guard_stdout() -> None:
                 handler.setStream(guard)
 
 
+def file_log() -> logging.Logger:
+    """The logger whose records reach the run's log files and no console.
+
+    What a run reports is printed (the console's words and layout are sweeplr's, not a log
+    format's); its job's log file should hold it too. Hydra's job logging owns the files: this
+    logger writes to the file handlers the root logger has now (``hydra/job_logging=default``'s
+    ``${hydra.job.name}.log``, or a user's own config's), to none under ``disabled``, and never to
+    a console. Rebuilt at each use: Hydra configures logging anew for every job of a sweep.
+    """
+    logger = logging.getLogger(FILE_LOGGER)
+    logger.propagate = False  # the root's console handlers would print it twice
+    logger.handlers = [
+        h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
+    ]
+    return logger
+
+
+def show(text: str, level: int = logging.INFO) -> None:
+    """Print what a run reports (warnings on standard error) and keep it in its log file."""
+    print(text, file=sys.stderr if level >= logging.WARNING else sys.stdout)
+    file_log().log(level, text)
+
+
+def end_with_error(message: str) -> NoReturn:
+    """End a single run with its one-line error (exit status 1), kept in its log file too."""
+    file_log().error(message)
+    sys.exit(message)
+
+
 def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     """The short block printed at the end of a single run."""
     hp = record["hyperparameters"]
@@ -85,14 +117,18 @@ def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     cv = record.get("cv")
     penalty = hp.get("penalty") or "none"
     lbfgs = hp.get("optimizer") == "lbfgs"  # it counts iterations, and stops when converged
-    converged = lbfgs and record["status"] == "completed" and record["epochs_run"] < hp["epochs"]
+    # Ended before its budget, and completed: L-BFGS converged, or early stopping stopped it.
+    ended_early = record["status"] == "completed" and record["epochs_run"] < hp["epochs"]
+    converged = lbfgs and ended_early
+    # A run that kept training to its last epoch did not stop early, whatever its best epoch.
+    stopped_early = best is not None and ended_early and not lbfgs
     lines = [
         f"sweeplr: {record['status']} after {record['epochs_run']} "
         f"{'iterations' if lbfgs else 'epochs'}"
         + (" (converged)" if converged else "")
         + f" in {record['wall_seconds']:.2f} s"
         + (f" (loss non-finite at epoch {diverged})" if diverged else "")
-        + (f" (early stopping: best epoch {best})" if best else ""),
+        + (f" (early stopping: best epoch {best})" if stopped_early else ""),
         (
             f"  {hp['dataset']} ({data['n_train']} train / "
             + (f"{cv['folds']}-fold cv" if cv else f"{data['n_val']} val")
@@ -159,5 +195,5 @@ def end_interrupted(where: str) -> None:
 
     Records are written atomically, so what is on disk is whole; ``where`` says what is kept.
     """
-    print(f"interrupted: {where}", file=sys.stderr)
+    show(f"interrupted: {where}", logging.ERROR)
     raise SystemExit(130)

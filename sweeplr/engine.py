@@ -161,6 +161,24 @@ def _lane_executor(workers: int) -> ThreadPoolExecutor:
     return _lane_pool[1]
 
 
+def logged_epochs(epochs: int, log_every: int) -> list[int]:
+    """The epochs a history records: every ``log_every``-th and the last, and, before the first
+    of those, the log-spaced 1, 2, 5, 10, 20, 50, ... (none when ``log_every`` is 0).
+
+    The early rows let a curve logged rarely (the tutorial's every 10,000 of 200,000 epochs)
+    still show its first epochs' drop. They are recorded only: early stopping, plateau
+    schedules and pruning keep to the ``log_every`` grid, so a run trains as without them.
+    """
+    if log_every <= 0 or epochs <= 0:
+        return []
+    first = min(log_every, epochs)
+    early = [m * 10**e for e in range(len(str(first))) for m in (1, 2, 5) if m * 10**e < first]
+    regular = list(range(log_every, epochs + 1, log_every))
+    if epochs % log_every:
+        regular.append(epochs)
+    return early + regular
+
+
 def n_outputs(n_classes: int) -> int:
     """Number of logits: one for binary classification (BCE), one per class otherwise (CE)."""
     if n_classes < 2:
@@ -247,7 +265,8 @@ class LrSchedule(Protocol):
         """Every configuration's lr for ``epoch`` (1-based, float64 [K]); None: unchanged."""
 
     def observe(self, metrics: Mapping[str, np.ndarray], active: np.ndarray) -> None:
-        """Called after each logged epoch with its metrics ([K] each, by history column)."""
+        """Called after every ``log_every``-th epoch (and the last) with its metrics ([K] each,
+        by history column); not after the early rows of `logged_epochs`."""
 
 
 @dataclass(frozen=True)
@@ -268,10 +287,11 @@ class Penalty:
 @dataclass(frozen=True)
 class EarlyStopping:
     """Per configuration: stop once ``watch`` has not improved by more than ``min_delta`` for
-    ``patience`` logged epochs in a row (None: never stop early), as Lightning's and Keras'
-    callbacks count; ``restore_best``: end with the weights of the best logged epoch, stopped
-    early or not. ``watch`` is ``val_loss`` (lower is better) or ``val_accuracy`` (higher).
-    A configuration that stops early ends ``completed``, with ``best_epoch`` set."""
+    ``patience`` checks in a row (None: never stop early), at every ``log_every``-th epoch
+    and the last, as Lightning's and Keras' callbacks count; ``restore_best``: end with the
+    weights of the best checked epoch, stopped early or not. ``watch`` is ``val_loss`` (lower
+    is better) or ``val_accuracy`` (higher). A configuration that stops early ends
+    ``completed``, with ``best_epoch`` set."""
 
     patience: Sequence[int | None]
     min_delta: Sequence[float]
@@ -281,7 +301,8 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class History:
-    """Metrics at the logged epochs (every ``log_every`` epochs, and the final epoch).
+    """Metrics at the logged epochs (every ``log_every`` epochs and the final one, after the
+    early rows 1, 2, 5, ...: see `logged_epochs`).
 
     The tensors are ``[T, K]`` with ``T = len(epochs)``, on the CPU.  ``train_loss[t, k]`` is
     the loss of epoch ``epochs[t]`` as training saw it: the full-batch loss before that epoch's
@@ -369,7 +390,8 @@ def train_batched(
             or ``(X_val, y_val, val_weight)`` with ``val_weight`` ``[K, n_val]`` (X's dtype,
             >= 0, usually 0/1 masks: a k-fold member's held-out rows): configuration k's scores
             are then the weighted means ``sum(w*l) / sum(w)`` over its rows.
-        log_every: record `History` every this many epochs (and at the last one); 0 disables.
+        log_every: record `History` every this many epochs (and at the last one, and at the
+            early epochs of `logged_epochs`); 0 disables.
         on_report: called every ``report_every`` epochs as ``on_report(epoch, active_mask,
             train_loss, val_loss, val_accuracy)`` with fresh CPU tensors of length K, NaN where
             inactive (the validation scores are NaN too unless ``val`` is given and the epoch is
@@ -380,8 +402,10 @@ def train_batched(
             synchronised to the host and checked for non-finite values.  Larger values save a
             host sync per epoch; the recorded divergence epoch is exact either way.
         lr_schedule: each configuration's lr per epoch (replacing ``optimizer.lr`` from the
-            first epoch on); it observes every logged epoch's metrics (plateau schedules).
-        early_stopping: per-configuration early stopping at logged epochs (needs ``val``).
+            first epoch on); it observes the metrics of every ``log_every``-th epoch (plateau
+            schedules).
+        early_stopping: per-configuration early stopping at every ``log_every``-th epoch and
+            the last (needs ``val``).
         sample_weight: row weights ``s >= 0``, ``[n]`` (shared) or ``[K, n]`` (one row per
             configuration), X's dtype and device; mini-batches take their rows' weights and
             still divide by their row count.  The recorded train loss is this weighted loss.
@@ -1531,9 +1555,7 @@ class _Run:
         like = self.P
         self._set_ring(like.new_empty(k, check_every))
         self.ring_pos = 0
-        logged = list(range(log_every, epochs + 1, log_every)) if log_every else []
-        if log_every and epochs and epochs % log_every:
-            logged.append(epochs)
+        logged = logged_epochs(epochs, log_every)
         hist_epochs: list[int] = []
         hist = like.new_full((1 if self.val is None else 3, len(logged), k), math.nan)
         hist_lr = np.full((len(logged), k), math.nan)
@@ -1585,7 +1607,12 @@ class _Run:
                     hist[1:, len(hist_epochs) - 1] if logging and self.val is not None else None
                 )
                 self._report(on_report, epoch, epoch_loss.cpu(), val_now)
-            if logging and self.active and (self.early is not None or self.lr_schedule is not None):
+            watching = logging and (epoch % log_every == 0 or epoch == epochs)  # not early rows
+            if (
+                watching
+                and self.active
+                and (self.early is not None or self.lr_schedule is not None)
+            ):
                 self._watch(epoch, hist[:, len(hist_epochs) - 1])
             if not self.active:
                 break

@@ -8,6 +8,7 @@ writes the run record, prints, and returns the objective sweepers optimise.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplr import job_batch, trackers
 from sweeplr.config import RunSpec, config_values, plain_dicts, run_spec
-from sweeplr.console import end_interrupted, format_report, job_line, progress_printer
+from sweeplr.console import (
+    end_interrupted,
+    end_with_error,
+    format_report,
+    job_line,
+    progress_printer,
+    show,
+)
 from sweeplr.errors import SweeplrError
 from sweeplr.pruning import trial_link, trial_link_for
 from sweeplr.records import write_run
@@ -60,7 +68,7 @@ def run(cfg: DictConfig) -> float:
     except SweeplrError as exc:
         if multirun:
             raise
-        sys.exit(f"error: {exc}")
+        end_with_error(f"error: {exc}")
     except KeyboardInterrupt:
         if multirun:
             raise  # the sweeper hands its trials back first
@@ -71,19 +79,19 @@ def run(cfg: DictConfig) -> float:
         message = f"could not write the record in {run_dir}: {exc.strerror or exc}"
         if multirun:
             raise SweeplrError(message) from exc
-        sys.exit(f"error: {message}")
+        end_with_error(f"error: {message}")
     if trial is not None and outcome.status == DIVERGED:
         trial.stop(DIVERGED, outcome.diverged_epoch)  # the sweeper tells Optuna it was pruned
     if multirun:
         _track(logger, run_dir, record, outcome, hydra_cfg)
-        print(job_line(record, hydra_cfg.job.get("num"), record["overrides"]))
+        show(job_line(record, hydra_cfg.job.get("num"), record["overrides"]))
         return outcome.objective
-    print(format_report(record, run_dir))
+    show(format_report(record, run_dir))
     if cfg.plots:  # a sweep draws its pictures once, at its end
         from sweeplr.plots import plot_run
 
         pictures = plot_run(run_dir)
-        print(f"  pictures: {', '.join(p.name for p in pictures)}")
+        show(f"  pictures: {', '.join(p.name for p in pictures)}")
     _track(logger, run_dir, record, outcome, hydra_cfg)  # after the pictures: MLflow keeps them
     return outcome.objective
 
@@ -113,10 +121,10 @@ def _track(
     except Exception as exc:  # noqa: BLE001 - a tracker's own errors come in many types
         from sweeplr.errors import first_line
 
-        print(
+        show(
             f"warning: logger={logger.name} did not log {run_dir}: "
             f"{type(exc).__name__}: {first_line(exc)}",
-            file=sys.stderr,
+            logging.WARNING,
         )
 
 

@@ -42,6 +42,7 @@ from sweeplr.engine import (
     HParam,
     Penalty,
     ReportCallback,
+    logged_epochs,
     n_outputs,
     per_config,
 )
@@ -354,8 +355,8 @@ def train_lbfgs(
         penalty: ``l2`` per configuration; a nonzero ``l1`` is refused (needs a proximal step).
         val: ``(X_val, y_val)`` or ``(X_val, y_val, val_weight[K, n_val])`` (0/1 masks: means
             over the rows with weight > 0), scored at logged iterations.
-        log_every: history every this many iterations and at every iteration where some
-            configuration completed (its last); 0: no history.
+        log_every: history every this many iterations, at the early ones of `logged_epochs`
+            and at every iteration where some configuration completed (its last); 0: none.
         on_report: ``on_report(epoch, active_mask, train_loss, val_loss, val_accuracy)`` every
             ``report_every`` iterations, `train_batched`'s contract; flagged configurations still
             running stop ``pruned`` (a flag on one that completed at that iteration is ignored).
@@ -525,6 +526,7 @@ class _Run:
             self.t = np.minimum(1.0, inv_l1) * self.lrs
             alive = self._gtd_exit(alive, 0)
         hist_rows: list[tuple[int, Tensor, Tensor | None, Tensor | None]] = []
+        planned = set(logged_epochs(max_iter, log_every))
         epoch = 0
         while alive and epoch < max_iter:
             epoch += 1
@@ -536,7 +538,7 @@ class _Run:
                 if kk in running or (self.epochs_run[kk] == epoch and self.status[kk] != DIVERGED)
             ]
             finished = [kk for kk in ran if kk not in running]
-            logging = log_every > 0 and (epoch % log_every == 0 or bool(finished))
+            logging = epoch in planned or bool(finished and log_every > 0)
             reporting = on_report is not None and epoch % report_every == 0
             if not (logging or reporting) or not ran:
                 continue

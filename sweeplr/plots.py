@@ -6,17 +6,18 @@ learning rate and the validation-loss curves of its best runs; an Optuna study i
 parallel coordinates and parameter importances, drawn here in the same style as the rest rather
 than by optuna.visualization (grey ggplot, "Objective Value", pruned trials hidden). Every PNG is
 rendered in memory and written atomically, so a reader (the HTML report, a browser) never sees
-half a file. Only ``Figure`` is used, never pyplot: no backend is chosen, no global state touched.
-As in ``sweeplr.predict``, torch and scikit-learn are imported only where they are used.
+half a file. Only ``Figure`` is used, never pyplot: no backend is chosen, and matplotlib's
+settings change only while a figure is built (`slide_fonts`), then are restored. As in ``sweeplr.predict``, torch and scikit-learn are imported only where they are used.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import matplotlib
 import numpy as np
@@ -39,6 +40,18 @@ if TYPE_CHECKING:
     import optuna
 
 DPI = 100
+# Text sized for a slide: a picture is shown at about its pixel size (its inches x DPI), beside
+# others, so matplotlib's 10-point default reads small. Set while a figure is built (the text
+# of an artist takes its size when made), never globally.
+SLIDE_FONTS = {
+    "font.size": 13,
+    "axes.titlesize": 15,
+    "axes.labelsize": 14,
+    "xtick.labelsize": 12,
+    "ytick.labelsize": 12,
+    "legend.fontsize": 12,
+    "figure.titlesize": 15,
+}
 LOG_SCALE_DECADES = 1  # values spanning more than this many powers of ten are drawn log-y
 # Loss against epoch: the first epochs' loss is often several times the end's, and a linear
 # axis then spends the picture on that spike and flattens the part worth reading.
@@ -62,6 +75,27 @@ DIVERGED_COLOR = "tab:red"  # as the lr finder marks diverged lrs
 OBJECTIVE_CMAP = mcolors.LinearSegmentedColormap.from_list(
     "sweeplr_objective", matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, 256))
 )
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def slide_fonts(draw: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Build a figure with `SLIDE_FONTS`."""
+
+    @functools.wraps(draw)
+    def drawn(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with matplotlib.rc_context(SLIDE_FONTS):
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
+def below(fig: Figure, handles: Sequence[Any], columns: int = 3) -> None:
+    """The figure's legend under its axes, where it covers no data."""
+    labels = [h.get_label() for h in handles]
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(columns, len(handles)))
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -116,12 +150,28 @@ def plot_loss(
     title: str = "",
     loss: str = "loss",
     step: str = "epoch",
+    best_epoch: int | None = None,
+    kept: bool = True,
 ) -> Path:
+    """``loss.png``: `loss_figure` of a run's history (``history.csv`` or its frame)."""
+    frame = history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
+    return save_figure(loss_figure(frame, title, loss, step, best_epoch, kept), out_path)
+
+
+@slide_fonts
+def loss_figure(
+    frame: pd.DataFrame,
+    title: str = "",
+    loss: str = "loss",
+    step: str = "epoch",
+    best_epoch: int | None = None,
+    kept: bool = True,
+) -> Figure:
     """Training and (when the run had a validation split) validation loss against epoch, and
     the lr on a second axis when a schedule moved it. ``loss`` names the loss on the y axis,
-    ``step`` what the x axis counts (L-BFGS counts iterations)."""
-    frame = history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ``step`` what the x axis counts (L-BFGS counts iterations). ``best_epoch``: early
+    stopping's best epoch, marked, and said to be the one whose weights the run ``kept``."""
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
     curves = [("train_loss", "train"), ("val_loss", "val")]
     drawn = [c for c, _ in curves if c in frame and frame[c].notna().any()]
@@ -130,6 +180,12 @@ def plot_loss(
         if column in drawn:
             lines += ax.plot(frame["epoch"], frame[column], label=f"{loss} ({label})")
     _log_if_wide(ax, [frame[c].to_numpy() for c in drawn], LOSS_CURVE_DECADES)
+    if best_epoch is not None:
+        what = f"early stopping's best {step} {best_epoch}" + (", weights kept" if kept else "")
+        lines.append(ax.axvline(best_epoch, color="k", linestyle=":", linewidth=1.5, label=what))
+        at = frame[frame["epoch"] == best_epoch]
+        if drawn and not at.empty:  # the watched curve's value there
+            ax.plot(best_epoch, at[drawn[-1]].iloc[0], "o", color="k", markersize=6, zorder=3)
     ax.set_xlabel(step)
     ax.set_ylabel(loss)
     ax.set_title(title or loss)
@@ -142,10 +198,10 @@ def plot_loss(
         )
         lr_ax.set_ylabel("learning rate")
     if lines:
-        ax.legend(lines, [line.get_label() for line in lines])
+        below(fig, lines, columns=2)
     else:
         ax.text(0.5, 0.5, "no finite loss logged", ha="center", transform=ax.transAxes)
-    return save_figure(fig, out_path)
+    return fig
 
 
 def class_colors(class_names: Sequence[str]) -> list[Any]:
@@ -196,6 +252,7 @@ def _line_points(a: np.ndarray, c: float, low: np.ndarray, high: np.ndarray) -> 
     return np.stack([-(a[1] * x2 + c) / a[0], x2], axis=1)
 
 
+@slide_fonts
 def plot_decision_boundary(
     model: TrainedModel,
     X_train: np.ndarray,
@@ -252,7 +309,7 @@ def plot_decision_boundary(
         ax.set_xlim(low[0], high[0])
         ax.set_ylim(low[1], high[1])
     axes[0].set_ylabel(model.feature_names[1])
-    axes[0].legend(loc="best", fontsize="small")
+    axes[0].legend(loc="best")
     return save_figure(fig, out_path)
 
 
@@ -276,7 +333,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     title = f"{dataset_title(cfg.dataset)}, {cfg.optimizer.name} {lr}: {status}"
     loss = loss_name(len(payload["class_names"]))
     step = "iteration" if cfg.optimizer.name == "lbfgs" else "epoch"
-    written = [plot_loss(run_dir / HISTORY_FILE, run_dir / "loss.png", title, loss, step)]
+    early = OmegaConf.select(cfg, "early_stopping", default=None)
+    best = read_metrics(run_dir).get("best_epoch") if early and early.patience is not None else None
+    kept = bool(early.restore_best) if best is not None else False
+    loss_png = run_dir / "loss.png"
+    written = [plot_loss(run_dir / HISTORY_FILE, loss_png, title, loss, step, best, kept)]
     if status == DIVERGED or payload["n_features"] != 2:
         return written
     model = model_from_payload(payload, run_dir)
@@ -308,11 +369,34 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def split_params(table: pd.DataFrame) -> tuple[list[str], dict[str, Any]]:
-    """A sweep table's configuration columns: those that vary, and the constant ones' values."""
-    params = [c for c in table.columns if c not in OUTCOME_COLUMNS]
+    """A sweep table's configuration columns: those that vary, and the constant ones' values.
+    (A multi-objective study's ``value_0``, ``value_1``, ... are outcomes, not settings.)"""
+    params = [
+        c for c in table.columns if c not in OUTCOME_COLUMNS and not str(c).startswith("value_")
+    ]
     varying = [c for c in params if table[c].astype(str).nunique() > 1]
     constant = {c: table[c].iloc[0] for c in params if c not in varying}
     return varying, constant
+
+
+def varying_params(table: pd.DataFrame) -> list[str]:
+    """The configuration columns whose value differs between runs, swept ones first."""
+    return split_params(table)[0]
+
+
+def repeat_groups(table: pd.DataFrame) -> list[str] | None:
+    """The columns that tell a sweep's configurations apart when it repeats each over seeds;
+    None when no two runs differ only in ``seed``."""
+    varying = varying_params(table)
+    if "seed" not in varying:
+        return None
+    by = [c for c in varying if c != "seed"]
+    if not by:  # a seed sweep of one configuration: group by anything constant
+        by = [c for c in ("dataset", "optimizer", "lr") if c in table][:1]
+    if not by:
+        return None
+    counts = table.groupby([table[c].astype(str) for c in by]).size()
+    return by if counts.max() > 1 else None
 
 
 def ranked_runs(table: pd.DataFrame) -> pd.DataFrame:
@@ -451,6 +535,7 @@ def _legend_handles(table: pd.DataFrame, colors: dict[str, Any]) -> list[Line2D]
     return handles
 
 
+@slide_fonts
 def objective_vs_lr_figure(table: pd.DataFrame, x: str = "lr") -> Figure:
     """The objective and the test accuracy of every run against its learning rate (log x), or
     against another setting ``x`` of `SWEEP_AXES` (C).
@@ -474,7 +559,7 @@ def objective_vs_lr_figure(table: pd.DataFrame, x: str = "lr") -> Figure:
         ("test_accuracy", "test accuracy", (0.0, 1.0)),
     )
     colors = _optimizer_colors(table)
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (column, label, bounds) in zip(axes, panels, strict=True):
         _draw_lr_panel(ax, table, column, colors, bounds, x)
@@ -490,7 +575,7 @@ def objective_vs_lr_figure(table: pd.DataFrame, x: str = "lr") -> Figure:
         ax.grid(alpha=0.3, which="both")
     handles = _legend_handles(table, colors)
     if handles:
-        axes[0].legend(handles=handles, fontsize="small")
+        below(fig, handles, columns=len(handles))
     counts = table["status"].value_counts()
     shown = ", ".join(f"{counts[s]} {s}" for s in (COMPLETED, PRUNED, DIVERGED) if s in counts)
     fig.suptitle(
@@ -513,32 +598,76 @@ def _run_loss_name(sweep_dir: Path, run_dir: Any) -> str:
         return "loss"  # an old or damaged record: the picture is still worth drawing
 
 
-def _plot_top_val_loss(table: pd.DataFrame, sweep_dir: Path, out_path: Path) -> Path:
-    top = ranked_runs(table).head(TOP_RUNS)
-    varying, _ = split_params(table)
-    histories = [pd.read_csv(resolve_run_dir(sweep_dir, r) / HISTORY_FILE) for r in top["run_dir"]]
-    has_val = any(h["val_loss"].notna().any() for h in histories)
-    column = "val_loss" if has_val else "train_loss"
-    fig = Figure(figsize=(8, 5), layout="constrained")
+@slide_fonts
+def top_val_loss_figure(table: pd.DataFrame, sweep_dir: Path) -> Figure:
+    """The validation-loss curves (training loss without a validation split) of the sweep's
+    best runs, best first; in a sweep that repeats settings over seeds, of its best settings:
+    each one curve, the mean over its completed seeds with a ± std band, their count named."""
+    by = repeat_groups(table)
+    ranked = ranked_runs(table)
+    if by is None:
+        groups = [ranked.iloc[[i]] for i in range(min(TOP_RUNS, len(ranked)))]
+        shown = varying_params(table)
+    else:  # one entry per setting, ranked by its mean objective
+        groups = [runs for _, runs in ranked.groupby([ranked[c].astype(str) for c in by])]
+        minimize = table.attrs.get("direction", "minimize") == "minimize"
+        groups.sort(key=lambda runs: runs["objective"].mean(), reverse=not minimize)
+        groups = groups[:TOP_RUNS]
+        shown = by
+    curves = [_history_curves(sweep_dir, runs) for runs in groups]
+    has_val = any(frame.attrs["has_val"] for frame in curves)
+    fig = Figure(figsize=(9, 6.5), layout="constrained")
     ax = fig.subplots()
-    for (_, row), history in zip(top.iterrows(), histories, strict=True):
-        params = ", ".join(f"{c}={_short(row[c])}" for c in varying)
-        label = f"job {row['job']}: {params}" if params else f"job {row['job']}"
-        ax.plot(history["epoch"], history[column], label=f"{label} ({_short(row['objective'])})")
-    _log_if_wide(ax, [h[column].to_numpy(dtype=float) for h in histories], LOSS_CURVE_DECADES)
-    lbfgs = "optimizer" in top and len(top) and (top["optimizer"] == "lbfgs").all()
+    for runs, frame in zip(groups, curves, strict=True):
+        params = ", ".join(f"{c}={_short(runs[c].iloc[0])}" for c in shown)
+        objective = runs["objective"]
+        if by is None:
+            label = f"job {runs['job'].iloc[0]}" + (f": {params}" if params else "")
+            label += f" ({_short(objective.iloc[0])})"
+        else:
+            spread = f" ± {objective.std():.2g}" if len(runs) > 1 else ""
+            label = f"{params}: {_short(objective.mean())}{spread} ({len(runs)} seeds)"
+        mean = frame.mean(axis=1)
+        [line] = ax.plot(mean.index, mean, label=label)
+        if frame.shape[1] > 1:
+            std = frame.std(axis=1)
+            ax.fill_between(
+                mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0
+            )
+    values = [frame.to_numpy(dtype=float) for frame in curves]
+    _log_if_wide(ax, values, LOSS_CURVE_DECADES)
+    lbfgs = "optimizer" in ranked and len(ranked) and (ranked["optimizer"] == "lbfgs").all()
     ax.set_xlabel("iteration" if lbfgs else "epoch")
-    loss = _run_loss_name(sweep_dir, top["run_dir"].iloc[0]) if len(top) else "loss"
+    loss = _run_loss_name(sweep_dir, ranked["run_dir"].iloc[0]) if len(ranked) else "loss"
     ax.set_ylabel(f"{loss} (val)" if has_val else f"{loss} (train; no validation split)")
     objective_name, _ = _objective_label(table)
-    runs = f"the {len(top)} best runs" if len(top) > 1 else "the best run"
-    ax.set_title(f"{runs} by {objective_name}")
+    if by is None:
+        best = f"the {len(groups)} best runs" if len(groups) > 1 else "the best run"
+        ax.set_title(f"{best} by {objective_name}")
+    else:
+        best = f"the {len(groups)} best settings" if len(groups) > 1 else "the best setting"
+        ax.set_title(f"{best} by mean {objective_name}; mean ± std over their seeds")
     ax.grid(alpha=0.3, which="both")
-    if histories:
-        ax.legend(fontsize="small")
+    if curves:
+        below(fig, ax.get_lines(), columns=1)
     else:
         ax.text(0.5, 0.5, "no completed run", ha="center", transform=ax.transAxes)
-    return save_figure(fig, out_path)
+    return fig
+
+
+def _history_curves(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs' validation loss by epoch (training loss when none had a validation split), a
+    column per run, at the epochs all of them logged."""
+    histories = [pd.read_csv(resolve_run_dir(sweep_dir, r) / HISTORY_FILE) for r in runs["run_dir"]]
+    has_val = any(h["val_loss"].notna().any() for h in histories)
+    column = "val_loss" if has_val else "train_loss"
+    frame = pd.concat([h.set_index("epoch")[column] for h in histories], axis=1).dropna()
+    frame.attrs["has_val"] = has_val
+    return frame
+
+
+def _plot_top_val_loss(table: pd.DataFrame, sweep_dir: Path, out_path: Path) -> Path:
+    return save_figure(top_val_loss_figure(table, sweep_dir), out_path)
 
 
 def _short(value: Any) -> str:
@@ -609,10 +738,11 @@ def _is_wide(values: np.ndarray) -> bool:
     )
 
 
+@slide_fonts
 def optuna_history_figure(trials: pd.DataFrame, name: str, direction: str) -> Figure:
     """Each trial's value by trial number (pruned ones at their last report) and the best
     completed value so far."""
-    fig = Figure(figsize=(9, 5), layout="constrained")
+    fig = Figure(figsize=(10, 6), layout="constrained")
     ax = fig.subplots()
     for status, color, label in (
         (COMPLETED, "C0", "completed"),
@@ -637,11 +767,12 @@ def optuna_history_figure(trials: pd.DataFrame, name: str, direction: str) -> Fi
     ax.step(done["number"], best, where="post", color="C2", label=f"best {name} so far")
     _log_if_wide(ax, [trials["value"].to_numpy(dtype=float)])
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))  # trials are whole numbers
     ax.set_ylabel(f"{name} ({direction})")
     n_pruned = int((trials["status"] == PRUNED).sum())
     ax.set_title(f"optimisation history: {len(done)} completed, {n_pruned} pruned trials")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
+    below(fig, ax.get_legend_handles_labels()[0])
     return fig
 
 
@@ -678,6 +809,7 @@ def _axis_positions(
     return text.map(place).to_numpy(dtype=float), [(place[c], c) for c in choices]
 
 
+@slide_fonts
 def optuna_parallel_figure(
     trials: pd.DataFrame,
     params: Sequence[str],
@@ -735,19 +867,20 @@ def optuna_parallel_figure(
     handles = [Line2D([], [], color=OBJECTIVE_CMAP(0.5), label="completed (colour: value)")]
     if (~done).any():
         handles.append(Line2D([], [], color="0.55", ls="--", label="pruned (last reported value)"))
-    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.12))
+    below(fig, handles)
     n_pruned = int((~done).sum())
     ax.set_title(f"parallel coordinates: {int(done.sum())} completed, {n_pruned} pruned trials")
     return fig
 
 
+@slide_fonts
 def optuna_importance_figure(importances: dict[str, float], name: str, n_trials: int) -> Figure:
     """Each parameter's share of the objective's variance (fANOVA), largest at the top."""
     fig = Figure(figsize=(8, 1.2 + 0.5 * len(importances)), layout="constrained")
     ax = fig.subplots()
     ordered = sorted(importances.items(), key=lambda item: item[1])
     bars = ax.barh([p for p, _ in ordered], [v for _, v in ordered], color="C0")
-    ax.bar_label(bars, fmt="%.2f", padding=3, fontsize="small")
+    ax.bar_label(bars, fmt="%.2f", padding=3)
     ax.set_xlim(0, max(1.0, max(importances.values()) * 1.15))
     ax.set_xlabel(f"importance for {name} (fANOVA; sums to 1)")
     ax.set_title(f"hyperparameter importance over {n_trials} completed trials")
@@ -799,6 +932,7 @@ def plot_optuna_study(
     return written
 
 
+@slide_fonts
 def plot_lr_find(
     rows: Sequence[dict[str, Any]],
     suggestion: float | None,
@@ -808,7 +942,7 @@ def plot_lr_find(
 ) -> Path:
     """The lr finder's picture: each lr's final ``loss`` (``rows`` as in ``lr_find.csv``) on a
     log lr axis, diverged lrs marked at the top, the ``suggestion`` marked."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
     done = [r for r in rows if r["status"] != DIVERGED and r["loss"] is not None]
     losses = np.asarray([r["loss"] for r in done], dtype=float)
@@ -835,5 +969,5 @@ def plot_lr_find(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="center left")
+    below(fig, ax.get_legend_handles_labels()[0])
     return save_figure(fig, out_path)

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
@@ -31,6 +31,9 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.pt"
 JOB_RETURN_FILE = "job_return.json"  # what a sweep's job returned: its trial's value, on resume
 SUPERSEDED_FILE = "superseded.json"  # a killed trial's folder, whose trial was run again
+# A sweep's command line as its process got it, for its report: Hydra's own files keep the
+# task's and Hydra's overrides apart, so the order they were typed in is kept only here.
+COMMAND_FILE = "command.json"
 SCHEMA_VERSION = 1
 
 
@@ -355,3 +358,20 @@ def mark_superseded(run_dir: str | Path, trial: int) -> None:
     """
     if Path(run_dir).is_dir():
         atomic_write_text(Path(run_dir) / SUPERSEDED_FILE, json.dumps({"trial": trial}) + "\n")
+
+
+def write_command(sweep_dir: str | Path, argv: Sequence[str]) -> Path:
+    """Keep a sweep's command line (``sys.argv``, in its order) in its directory."""
+    text = json.dumps({"argv": [str(arg) for arg in argv]})
+    return atomic_write_text(Path(sweep_dir) / COMMAND_FILE, text + "\n")
+
+
+def read_command(sweep_dir: str | Path) -> list[str] | None:
+    """The command line `write_command` kept; None when there is none or it is damaged."""
+    try:
+        argv = json.loads((Path(sweep_dir) / COMMAND_FILE).read_text())["argv"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return None
+    return argv

@@ -30,11 +30,12 @@ from sweeplr.plots import (
     plot_run,
     plot_sweep,
     ranked_runs,
+    repeat_groups,
     resolve_run_dir,
+    varying_params,
 )
-from sweeplr.records import atomic_write_text, read_yaml
+from sweeplr.records import COMMAND_FILE, atomic_write_text, read_command, read_yaml
 from sweeplr.results import (
-    FIXED_COLUMNS,
     METRICS_FILE,
     SUMMARY_FILE,
     group_runs,
@@ -237,6 +238,13 @@ def command_line(args: Sequence[str]) -> str:
     return " ".join(["python train.py --multirun", *map(shlex.quote, args)])
 
 
+def typed_command(sweep_dir: Path) -> str | None:
+    """The command line the sweep kept (`sweeplr.records.write_command`), as a shell takes it;
+    None without one (a sweep of an older sweeplr, or one killed before its end)."""
+    argv = read_command(sweep_dir)
+    return None if argv is None else "python " + shlex.join(argv)
+
+
 def hydra_distribution(distribution: Any) -> str:
     """An Optuna distribution in Hydra's sweep syntax (``tag(log, interval(0.0001, 1.0))``)."""
     kind = type(distribution).__name__
@@ -333,16 +341,25 @@ def sweep_command(
     sweep_dir: Path, study: optuna.Study | None = None
 ) -> tuple[str, str, list[tuple[str, str, bool]] | None, dict[str, Any] | None]:
     """The command as typed, where it was read from, and for an Optuna sweep its search space
-    and sweeper settings (None for a grid)."""
+    and sweeper settings (None for a grid).
+
+    The command is the one the sweep kept (`sweeplr.records.write_command`); a sweep without
+    it gets one rebuilt from Hydra's files, which hold the same overrides, Hydra's first.
+    """
     node = job_hydra(sweep_dir)
+    typed = typed_command(sweep_dir)
     if node is not None and is_optuna(node):
         sweeper = node.get("sweeper") or {}
         study = study if study is not None else load_study(node)
         distributions = None if study is None else study_distributions(study)
         space = search_space(sweeper.get("params") or {}, distributions)
+        if typed is not None:
+            return typed, COMMAND_FILE, space, sweeper
         args = optuna_command_args(node.get("overrides") or {}, space)
         source = "a trial's .hydra/hydra.yaml" + (" and the study" if study else "")
         return command_line(args), source, space, sweeper
+    if typed is not None:
+        return typed, COMMAND_FILE, None, None
     if node is not None and (sweep_dir / "multirun.yaml").is_file():
         return (
             command_line(grid_command_args(node.get("overrides") or {})),
@@ -516,29 +533,6 @@ def config_changes(
 
 
 # --- tables ---------------------------------------------------------------------------------
-
-
-def varying_params(table: pd.DataFrame) -> list[str]:
-    """The configuration columns whose value differs between runs, swept ones first."""
-    params = [
-        c for c in table.columns if c not in FIXED_COLUMNS and not str(c).startswith("value_")
-    ]
-    return [c for c in params if table[c].astype(str).nunique() > 1]
-
-
-def repeat_groups(table: pd.DataFrame) -> list[str] | None:
-    """The columns that tell a sweep's configurations apart when it repeats each over seeds;
-    None when no two runs differ only in ``seed``."""
-    varying = varying_params(table)
-    if "seed" not in varying:
-        return None
-    by = [c for c in varying if c != "seed"]
-    if not by:  # a seed sweep of one configuration: group by anything constant
-        by = [c for c in ("dataset", "optimizer", "lr") if c in table][:1]
-    if not by:
-        return None
-    counts = table.groupby([table[c].astype(str) for c in by]).size()
-    return by if counts.max() > 1 else None
 
 
 def _cell(text: str, raw: str, *, numeric: bool = True) -> str:
@@ -760,9 +754,15 @@ full precision.</p>
 def draw_sweep(
     sweep_dir: str | Path, table: pd.DataFrame | None = None, study: optuna.Study | None = None
 ) -> list[Path]:
-    """All of a sweep's pictures, its best run's, an Optuna study's, then ``report.html``."""
+    """All of a sweep's pictures, its best run's, an Optuna study's, then ``report.html``.
+
+    ``study``: an Optuna sweep's study, read from the storage its trials name when not given
+    (``sweeplr plot`` of a finished sweep)."""
     sweep_dir = Path(sweep_dir)
     table = load_sweep(sweep_dir) if table is None else table
+    if study is None:
+        node = job_hydra(sweep_dir)
+        study = load_study(node) if node is not None and is_optuna(node) else None
     written = plot_sweep(sweep_dir, table)
     if study is not None:
         written += plot_optuna_study(study, sweep_dir)

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from sweeplr.config import EarlyStoppingConfig, SchedulerConfig
-from sweeplr.engine import dataloader_permutation
+from sweeplr.engine import dataloader_permutation, logged_epochs
 from sweeplr.metrics import classification_metrics, classification_metrics_rows
 from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
 from sweeplr.schedules import step_scheduler, torch_scheduler
@@ -129,9 +129,9 @@ def train(
     """Fit ``model`` in place; full batch when ``batch_size`` is None, else shuffled mini-batches.
 
     Every ``log_every`` epochs (and at the last one) a history row is recorded and ``on_log``
-    is called. The loss is checked for finiteness at those points too (the per-epoch losses
-    are kept on the device, so the check costs one sync per log point and still names the
-    first non-finite epoch exactly).
+    is called; the early rows of `logged_epochs` are recorded too, without ``on_log``. The
+    loss is checked for finiteness at every row (the per-epoch losses are kept on the device,
+    so the check costs one sync per row and still names the first non-finite epoch exactly).
 
     ``schedule`` steps a ``torch.optim.lr_scheduler`` after every epoch (ReduceLROnPlateau
     after every logged one, on ``watch``); ``early_stopping`` watches ``watch`` (``val_loss``,
@@ -158,6 +158,7 @@ def train(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     epoch_losses = torch.zeros(epochs, dtype=X_train.dtype, device=X_train.device)
     history = History()
+    logged = set(logged_epochs(epochs, log_every))
     last_checked = 0
     for epoch in range(1, epochs + 1):
         lr = opt.param_groups[0]["lr"]
@@ -185,7 +186,7 @@ def train(
             epoch_losses[epoch - 1] = total / len(starts)
         if scheduler is not None and not plateau and epoch < epochs:
             step_scheduler(scheduler)
-        if epoch % log_every and epoch != epochs:
+        if epoch not in logged:
             continue
         window = epoch_losses[last_checked:epoch]
         finite = torch.isfinite(window)
@@ -196,6 +197,8 @@ def train(
         val_loss, val_accuracy = _val_scores(model, X_val, y_val)
         train_loss = float(epoch_losses[epoch - 1])
         history.append(epoch, train_loss, val_loss, val_accuracy, lr)
+        if epoch % log_every and epoch != epochs:
+            continue  # an early row: recorded, not reported or watched (see logged_epochs)
         if on_log is not None and on_log(epoch, train_loss, val_loss, val_accuracy):
             return TrainResult(PRUNED, epoch, None, history, best_epoch)
         watched = sign * (val_loss if watch == "val_loss" else val_accuracy)
@@ -378,6 +381,7 @@ def train_lbfgs_reference(
         line_search_fn="strong_wolfe",
     )
     history = History()
+    logged = set(logged_epochs(max_iter, log_every))
     try:
         closure()
     except _NonFinite:
@@ -418,11 +422,12 @@ def train_lbfgs_reference(
             or step <= tolerance_change
             or abs(loss - state["prev_loss"]) < tolerance_change
         )
-        if log_every and (epoch % log_every == 0 or done):
+        if epoch in logged or (log_every and done):
             val_loss, val_accuracy = _val_scores(model, X_val, y_val)
             history.append(epoch, train_loss, val_loss, val_accuracy, lr)
             if (
-                on_log is not None
+                (epoch % log_every == 0 or done)  # an early row is not reported
+                and on_log is not None
                 and on_log(epoch, train_loss, val_loss, val_accuracy)
                 and not done
             ):

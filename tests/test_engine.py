@@ -387,7 +387,7 @@ def test_fused_runs_are_the_two_pass_runs(monkeypatch: pytest.MonkeyPatch) -> No
         assert fused.best_epoch[3] is not None  # stopped early, with its best weights
         assert fused.diverged_epoch == two_pass.diverged_epoch
         if n_classes == 2:  # the divergence epoch is a logged one: an inf loss, then NaN
-            assert fused.history.train_loss[8, 1].isinf()
+            assert fused.history.train_loss[fused.history.epochs.index(27), 1].isinf()
         assert fused.epochs_run == two_pass.epochs_run
         assert fused.best_epoch == two_pass.best_epoch
         ok = [k for k, status in enumerate(fused.status) if status != "diverged"]
@@ -640,11 +640,12 @@ def test_pruning_callback_freezes_flagged_configs() -> None:
     assert list(calls) == list(range(10, EPOCHS + 1, 10))
     assert calls[20][0] == [True, True, True] and calls[30][0] == [True, False, True]
     assert calls[30][1][1].isnan() and not calls[30][1][[0, 2]].isnan().any()
-    # Validation scores come with the reports at logged epochs (20, 40, 60, and the last).
+    # Validation scores come with the reports at logged epochs (10, an early row of
+    # logged_epochs, then 20, 40, 60, and the last), and only there.
     history = result.history
     assert history.val_loss is not None and history.val_accuracy is not None
-    assert calls[10][2].isnan().all() and calls[10][3].isnan().all()
-    for epoch in (20, 40):
+    assert calls[30][2].isnan().all() and calls[30][3].isnan().all()
+    for epoch in (10, 20, 40):
         row = history.epochs.index(epoch)
         torch.testing.assert_close(calls[epoch][2], history.val_loss[row], equal_nan=True)
         torch.testing.assert_close(calls[epoch][3], history.val_accuracy[row], equal_nan=True)
@@ -668,9 +669,9 @@ def test_validation_metrics(n_classes: int) -> None:
         X, y, n_classes, [0, 1], cfg, epochs=25, val=(X_val, y_val), log_every=10
     )
     history = result.history
-    assert history.epochs == [10, 20, 25]
+    assert history.epochs == [1, 2, 5, 10, 20, 25]
     assert history.val_loss is not None and history.val_accuracy is not None
-    assert history.val_loss.shape == history.val_accuracy.shape == (3, 2)
+    assert history.val_loss.shape == history.val_accuracy.shape == (6, 2)
     for k in range(2):
         logits = X_val @ result.weight[k].T + result.bias[k]
         if n_classes == 2:

@@ -253,10 +253,10 @@ def test_validation_weights_are_weighted_means() -> None:
         )
         correct = ((z > 0) == yv.bool()).double()
         torch.testing.assert_close(
-            result.history.val_loss[0, k], (vw[k] * loss).sum() / vw[k].sum(), **TOL
+            result.history.val_loss[-1, k], (vw[k] * loss).sum() / vw[k].sum(), **TOL
         )
         torch.testing.assert_close(
-            result.history.val_accuracy[0, k], (vw[k] * correct).sum() / vw[k].sum(), **TOL
+            result.history.val_accuracy[-1, k], (vw[k] * correct).sum() / vw[k].sum(), **TOL
         )
 
 

@@ -31,8 +31,10 @@ from sweeplr.cli import main
 from sweeplr.data import load_dataset, split
 from sweeplr.errors import SweeplrError
 from sweeplr.plots import (
+    SLIDE_FONTS,
     boundary_line,
     dataset_title,
+    loss_figure,
     loss_name,
     objective_vs_lr_figure,
     optuna_history_figure,
@@ -42,6 +44,7 @@ from sweeplr.plots import (
     plot_sweep,
     study_objective_name,
     study_trials,
+    top_val_loss_figure,
 )
 from sweeplr.predict import best_run_dir, load_run
 from sweeplr.records import read_metrics
@@ -337,6 +340,94 @@ def test_sweep_pictures(sweep: tuple[Path, pd.DataFrame]) -> None:
         assert_picture(path)
 
 
+def legend_clear_of_the_axes(fig: Any) -> bool:
+    """Whether the figure's legend, drawn, lies outside every axes (covers no data)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    [legend] = fig.legends
+    box = legend.get_window_extent()
+    return not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
+def test_top_val_loss_groups_the_seeds_of_a_setting(sweep: tuple[Path, pd.DataFrame]) -> None:
+    """6 settings (optimizer x lr) x 2 seeds: one curve per setting, its mean with a ± std
+    band, its run count named; never two curves of the same setting."""
+    sweep_dir, table = sweep
+    ax = top_val_loss_figure(table, sweep_dir).axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert len(labels) == 5 == len(set(labels))  # the five best settings, each once
+    assert all(label.endswith("(2 seeds)") and "seed=" not in label for label in labels)
+    assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 5  # the bands
+    best = table[(table["optimizer"] == "adam") & (table["lr"] == 0.3)]
+    mean = best["objective"].mean()
+    assert labels[0].startswith(f"optimizer=adam, lr=0.3: {mean:.4g} ± ")
+    history = [pd.read_csv(sweep_dir / str(j) / "history.csv") for j in best["job"]]
+    expected = (history[0]["val_loss"] + history[1]["val_loss"]) / 2
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), expected)
+    assert "mean ± std over their seeds" in ax.get_title()
+
+
+def test_top_val_loss_of_runs_that_are_not_repeats(sweep: tuple[Path, pd.DataFrame]) -> None:
+    sweep_dir, table = sweep
+    single = table[table["seed"] == 0]
+    fig = top_val_loss_figure(single, sweep_dir)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert len(labels) == 5 and all(label.startswith("job ") for label in labels)
+    assert legend_clear_of_the_axes(fig)
+
+
+def test_loss_picture_marks_the_best_epoch_kept_by_early_stopping(tmp_path: Path) -> None:
+    cfg = quick_cfg("epochs=50", "early_stopping.patience=1", "early_stopping.min_delta=1")
+    _, record = train_and_record(cfg, tmp_path)
+    assert (record["epochs_run"], record["best_epoch"]) == (20, 10)
+    history = pd.read_csv(tmp_path / "history.csv")
+    fig = loss_figure(history, "t", best_epoch=10, kept=True)
+    [mark] = [line for line in fig.axes[0].get_lines() if list(line.get_xdata()) == [10, 10]]
+    assert mark.get_label() == "early stopping's best epoch 10, weights kept"
+    assert legend_clear_of_the_axes(fig)
+    plain = loss_figure(history, "t")
+    assert not [line for line in plain.axes[0].get_lines() if "best" in line.get_label()]
+
+
+def test_a_runs_loss_picture_gets_its_best_epoch_from_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sweeplr.plots
+
+    drawn: list[tuple[Any, ...]] = []
+    original = sweeplr.plots.loss_figure
+    monkeypatch.setattr(
+        sweeplr.plots, "loss_figure", lambda *args: drawn.append(args) or original(*args)
+    )
+    stopped = quick_cfg("epochs=50", "early_stopping.patience=1", "early_stopping.min_delta=1")
+    train_and_record(stopped, tmp_path / "stopped")
+    plot_run(tmp_path / "stopped")
+    train_and_record(quick_cfg("epochs=50"), tmp_path / "plain")
+    plot_run(tmp_path / "plain")
+    assert [args[-2:] for args in drawn] == [(10, True), (None, False)]
+
+
+def test_pictures_use_slide_fonts_and_leave_matplotlib_as_it_was() -> None:
+    style = dict(matplotlib.rcParams)
+    trials = study_trials(pruned_study())
+    fig = optuna_history_figure(trials, "val_loss", "minimize")
+    assert dict(matplotlib.rcParams) == style
+    ax = fig.axes[0]
+    assert ax.xaxis.label.get_size() == SLIDE_FONTS["axes.labelsize"]
+    assert ax.title.get_size() == SLIDE_FONTS["axes.titlesize"]
+    assert min(t.get_size() for t in fig.legends[0].get_texts()) == SLIDE_FONTS["legend.fontsize"]
+
+
+def test_optuna_history_ticks_are_whole_trial_numbers() -> None:
+    fig = optuna_history_figure(study_trials(pruned_study()), "val_loss", "minimize")
+    ax = fig.axes[0]
+    locator = ax.xaxis.get_major_locator()
+    ticks = [t for t in locator() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks)
+    assert legend_clear_of_the_axes(fig)
+
+
 def test_sweep_pictures_with_a_diverged_run(
     sweep: tuple[Path, pd.DataFrame], tmp_path: Path
 ) -> None:
@@ -417,7 +508,7 @@ def test_optuna_sweep_is_a_scatter_with_every_run() -> None:
         assert ax.get_xlim()[1] > 1e30  # the diverged lr is inside the picture
     shapes = {len(c.get_paths()[0].vertices) for c in fig.axes[0].collections}
     assert len(shapes) == 3  # completed, pruned and diverged each have their own marker
-    labels = fig.axes[0].get_legend().get_texts()
+    labels = fig.legends[0].get_texts()
     assert {"pruned (at last reported value)", "diverged (at the top edge)"} <= {
         t.get_text() for t in labels
     }

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
+from sweeplr.records import write_command
 from sweeplr.report import (
     config_changes,
     default_config,
@@ -268,3 +269,55 @@ def test_values_are_spelled_as_yaml_spells_them(value):
 
     expected = yaml.safe_dump(value, default_flow_style=True, width=10**6)
     assert yaml_text(value) == expected.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def test_the_kept_command_is_shown_in_the_order_typed(tmp_path: Path) -> None:
+    """Hydra's files keep the Hydra overrides apart from the task's; the command the sweep kept
+    (sys.argv) has them where they were typed."""
+    argv = ["train.py", "--multirun", "lr=0.1,0.01", "hydra.sweep.dir=/tmp/grid", "seed=0,1"]
+    hydra_node = {
+        "overrides": {
+            "hydra": ["hydra.sweep.dir=/tmp/grid", "hydra.mode=MULTIRUN"],
+            "task": ["lr=0.1,0.01", "seed=0,1"],
+        }
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra_node}))
+    (tmp_path / "0").mkdir()  # a job's folder: what makes this a sweep directory
+    table = runs(lr=[0.1, 0.01]).assign(run_dir=str(tmp_path / "0"))
+    rebuilt = "python train.py --multirun hydra.sweep.dir=/tmp/grid lr=0.1,0.01 seed=0,1"
+    assert sweep_command(tmp_path)[:2] == (rebuilt, "multirun.yaml")  # an older sweep's
+    write_command(tmp_path, argv)
+    typed = "python train.py --multirun lr=0.1,0.01 hydra.sweep.dir=/tmp/grid seed=0,1"
+    assert sweep_command(tmp_path)[:2] == (typed, "command.json")
+    page = write_report(tmp_path, table).read_text()
+    assert f"<pre>{typed}</pre>" in page
+
+
+def test_an_optuna_sweep_shows_its_kept_command_and_still_its_search_space(
+    tmp_path: Path,
+) -> None:
+    study = optuna_sweep_dir(tmp_path)
+    write_command(tmp_path, ["train.py", "-m", "sweep=optuna", "epochs=choice(50)"])
+    command, source, space, _ = sweep_command(tmp_path, study)
+    assert (command, source) == (
+        "python train.py -m sweep=optuna 'epochs=choice(50)'",
+        "command.json",
+    )
+    assert space is not None and ("epochs", "choice(50)", True) in space
+
+
+def test_the_summary_callback_keeps_the_process_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omegaconf import OmegaConf
+
+    from sweeplr.callbacks import SummaryCallback
+    from sweeplr.records import read_command
+    from tests.test_results import record, write_job
+
+    argv = ["train.py", "--multirun", "lr=0.1", "hydra.sweep.dir=x"]
+    monkeypatch.setattr("sys.argv", argv)
+    write_job(tmp_path, "0", record(0.2, ["lr=0.1"]), ["lr=0.1"])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "plots": False})
+    SummaryCallback().on_multirun_end(config)
+    assert read_command(tmp_path) == argv

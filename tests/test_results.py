@@ -461,6 +461,15 @@ def test_callback_writes_and_prints_the_summary(grid, capsys):
     assert len(pd.read_csv(grid / "summary.csv")) == 5
 
 
+def test_callback_names_a_single_run_in_the_singular(tmp_path, capsys):
+    sweep = tmp_path / "s"
+    write_job(sweep, "0", record(0.2, ["lr=0.1"]), ["lr=0.1"])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "plots": False})
+    SummaryCallback().on_multirun_end(config)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"sweeplr: {sweep / 'summary.csv'} (its one run below)"
+
+
 def test_callback_prints_no_table_of_blanks_when_no_run_finished(tmp_path, capsys):
     sweep = tmp_path / "s"
     write_job(sweep, "0", None, ["lr=-1"])  # stopped by a bad value before training

@@ -37,7 +37,7 @@ def test_run_writes_a_complete_record(small_cfg, tmp_path):
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
     assert (history["lr"] == 0.01).all()  # a constant schedule
-    assert history["epoch"].tolist() == list(range(10, 51, 10))
+    assert history["epoch"].tolist() == [1, 2, 5, 10, 20, 30, 40, 50]  # early rows first
     payload = load_model_payload(tmp_path)
     assert payload["class_names"] == ["red", "blue"] and payload["feature_names"] == ["x1", "x2"]
     assert payload["config"]["lr"] == 0.01
@@ -146,6 +146,65 @@ def test_seed_experiment_is_the_tutorial(small_cfg):
     )
     assert (cfg.test_size, cfg.random_state, cfg.standardize) == (0.33, 42, False)
     validate(cfg)
+
+
+def test_the_seed_experiments_history_shows_the_first_epochs():
+    """The tutorial logs every 10,000 of 200,000 epochs; its curve's first drop is in the
+    early rows, log-spaced, before the first of those."""
+    from sweeplr.engine import logged_epochs
+    from tests.conftest import compose_config
+
+    cfg = compose_config("experiment=seed")
+    early = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+    assert logged_epochs(cfg.epochs, cfg.log_every) == [*early, *range(10_000, 200_001, 10_000)]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "log_every", "logged"),
+    [
+        (1000, 10, [1, 2, 5, *range(10, 1001, 10)]),
+        (25, 10, [1, 2, 5, 10, 20, 25]),
+        (3, 10, [1, 2, 3]),
+        (4, 1, [1, 2, 3, 4]),
+        (7, 3, [1, 2, 3, 6, 7]),
+        (50, 0, []),
+    ],
+)
+def test_logged_epochs(epochs, log_every, logged):
+    from sweeplr.engine import logged_epochs
+
+    assert logged_epochs(epochs, log_every) == logged
+
+
+@pytest.mark.parametrize("engine", ["batched", "reference"])
+def test_early_history_rows_are_recorded_not_watched_or_reported(small_cfg, engine):
+    """Early stopping, plateau schedules and pruning see every log_every-th epoch only: with
+    min_delta 1 no check improves after the first, so the run stops at the second (epoch 20),
+    not at epoch 2."""
+    from sweeplr.runner import train_runs
+
+    cfg = small_cfg(f"engine={engine}", "early_stopping.patience=1", "early_stopping.min_delta=1")
+    reported = []
+
+    def on_log(epoch, *values):
+        reported.append(epoch)
+        return False
+
+    outcome = train_runs([run_spec(cfg)], [on_log])[0]
+    assert outcome.history["epoch"] == [1, 2, 5, 10, 20]
+    assert (outcome.epochs_run, outcome.best_epoch) == (20, 10)
+    assert reported == [10, 20]
+
+
+def test_lbfgs_histories_have_the_early_rows_in_both_engines(small_cfg):
+    from sweeplr.runner import train_runs
+
+    histories = [
+        train_runs([run_spec(small_cfg("optimizer=lbfgs", "log_every=10", f"engine={e}"))])[0]
+        for e in ("batched", "reference")
+    ]
+    epochs = [outcome.history["epoch"] for outcome in histories]
+    assert epochs[0] == epochs[1] and epochs[0][:4] == [1, 2, 5, 10]
 
 
 def test_progress_line_for_a_terminal_and_quiet_otherwise(small_cfg, tmp_path, capsys):

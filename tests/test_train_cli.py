@@ -27,6 +27,34 @@ def test_default_run_prints_the_report_and_writes_the_record(tmp_path):
     assert record["metrics"]["test"]["accuracy"] > 0.95
 
 
+def test_the_job_log_file_keeps_what_the_run_printed(tmp_path):
+    proc = run_train(tmp_path, "epochs=20", "plots=false")
+    assert proc.returncode == 0, proc.stderr
+    report = proc.stdout.splitlines()
+    assert report[0].startswith("sweeplr: completed after 20 epochs") and len(report) == 8
+    [log_file] = tmp_path.glob("outputs/*/*/train.log")  # Hydra's ${hydra.job.name}.log
+    kept = log_file.read_text().splitlines()
+    assert kept[0].endswith(f"[sweeplr.report][INFO] - {report[0]}")  # Hydra's log format
+    assert kept[1:] == report[1:]
+
+
+def test_each_sweep_job_log_keeps_its_job_line(tmp_path):
+    proc = run_train(tmp_path, "--multirun", "epochs=20", "plots=false", "lr=0.1,0.3")
+    assert proc.returncode == 0, proc.stderr
+    for job, lr in enumerate(("0.1", "0.3")):
+        [log_file] = tmp_path.glob(f"multirun/*/*/{job}/train.log")
+        [line] = [line for line in proc.stdout.splitlines() if line.startswith(f"[job {job}]")]
+        assert f"lr={lr}" in line
+        assert log_file.read_text().splitlines()[-1].endswith(f"[INFO] - {line}")
+
+
+def test_a_job_logging_without_a_log_file_still_runs(tmp_path):
+    proc = run_train(tmp_path, "epochs=20", "plots=false", "hydra/job_logging=disabled")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("sweeplr: completed after 20 epochs")
+    assert not list(tmp_path.glob("outputs/*/*/*.log"))
+
+
 def test_adam_on_breast_cancer(tmp_path):
     proc = run_train(tmp_path, "optimizer=adam", "lr=0.001", "dataset=breast_cancer", "epochs=300")
     assert proc.returncode == 0, proc.stderr
