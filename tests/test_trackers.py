@@ -80,6 +80,7 @@ def test_check_names_a_missing_package_and_its_extra(monkeypatch):
 def test_a_plain_run_imports_no_tracker(tmp_path):
     script = (
         "import runpy, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"  # as `python train.py` has its folder first
         f"sys.argv = ['train.py', 'epochs=5', 'plots=false', 'hydra.run.dir={tmp_path}/r']\n"
         f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tensorboard')"
