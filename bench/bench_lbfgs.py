@@ -1,7 +1,9 @@
 """Time to solution of `sweeplr.lbfgs.train_lbfgs` against scikit-learn's lbfgs solver.
 
 Run ``python bench/bench_lbfgs.py`` (a few minutes; ``--rows`` shrinks the synthetic case,
-``--threads`` pins torch's threads).  Both minimise the same l2-penalised logistic loss
+``--threads`` pins torch's threads, ``--dtype float32`` solves in float32 as sweeplr did before
+it solved in float64 like scikit-learn; ``--dtypes`` compares the two solves alone, in process
+CPU seconds, the best of 3, which a busy machine disturbs less than wall time).  Both minimise the same l2-penalised logistic loss
 (scikit-learn's ``C * sum(loss) + ||w||^2 / 2``, which scikit-learn itself divides by
 ``C * n``; here ``l2 = 1 / (C n)``) from zero weights, on the same float32 data:
 
@@ -31,12 +33,14 @@ a relative objective change of ``64 * eps``, sweeplr on an absolute one of ``tol
 (1e-9) and on a step below it; both keep 10 correction pairs (scipy's ``maxcor`` default;
 ``history_size=10``).  scipy's line search is Moré-Thuente (``maxls=50``) with a first step of
 1/||g||, torch's the cubic strong-Wolfe search (c1=1e-4, c2=0.9 as scipy) with a first step of
-min(1, 1/|g|_1); scipy works in float64 on the float32 data, torch in float32.
+min(1, 1/|g|_1); both work in float64 on the float32 data (sweeplr's solve, `--dtype`, is what
+`sweeplr.fitting.lbfgs_dtype` picks).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -97,9 +101,11 @@ def first_within(
     return trace[lo][0]
 
 
-def run_sweeplr(X: np.ndarray, y: np.ndarray, cs: np.ndarray) -> tuple[float, Trace]:
-    """One ``train_lbfgs`` call for all Cs; (total seconds, per-iteration trace)."""
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y).long()
+def run_sweeplr(
+    X: np.ndarray, y: np.ndarray, cs: np.ndarray, dtype: torch.dtype
+) -> tuple[float, Trace]:
+    """One ``train_lbfgs`` call for all Cs in ``dtype``; (total seconds, per-iteration trace)."""
+    yt = torch.from_numpy(y).long()
     k, n = len(cs), len(y)
     trace: Trace = []
     original = lbfgs._Run._iteration
@@ -111,11 +117,11 @@ def run_sweeplr(X: np.ndarray, y: np.ndarray, cs: np.ndarray) -> tuple[float, Tr
 
     lbfgs._Run._iteration = recorded  # type: ignore[method-assign]
     try:
-        weight, bias = torch.zeros(k, 1, X.shape[1]), torch.zeros(k, 1)
+        weight, bias = torch.zeros(k, 1, X.shape[1], dtype=dtype), torch.zeros(k, 1, dtype=dtype)
         start = time.perf_counter()
         trace.append((0.0, torch.cat([weight[:, 0], bias], 1).numpy()))
         lbfgs.train_lbfgs(
-            Xt,
+            torch.from_numpy(X).to(dtype),  # timed: the fitting casts X once per pass
             yt,
             2,
             weight,
@@ -157,12 +163,12 @@ def run_sklearn(X: np.ndarray, y: np.ndarray, c: float) -> tuple[float, Trace]:
     return total, trace
 
 
-def case(name: str, X: np.ndarray, y: np.ndarray, cs: np.ndarray) -> None:
+def case(name: str, X: np.ndarray, y: np.ndarray, cs: np.ndarray, dtype: torch.dtype) -> None:
     n = len(y)
     l2 = 1.0 / (cs * n)
-    run_sweeplr(X, y, cs[:1])  # warm-up (first-call costs of both libraries)
+    run_sweeplr(X, y, cs[:1], dtype)  # warm-up (first-call costs of both libraries)
     run_sklearn(X, y, float(cs[0]))
-    ours_total, ours_trace = run_sweeplr(X, y, cs)
+    ours_total, ours_trace = run_sweeplr(X, y, cs, dtype)
     sk_runs = [run_sklearn(X, y, float(c)) for c in cs]
     # The optimum: float64 sweeplr run far past the benchmark's tolerance, or either run's end.
     exact = lbfgs.train_lbfgs(
@@ -199,21 +205,49 @@ def case(name: str, X: np.ndarray, y: np.ndarray, cs: np.ndarray) -> None:
     )
 
 
+def compare_dtypes(name: str, X: np.ndarray, y: np.ndarray, cs: np.ndarray) -> None:
+    """The float64 solve's cost against float32's: process CPU seconds, the best of 3."""
+    best: dict[torch.dtype, tuple[float, int]] = {}
+    for _ in range(3):
+        for dtype in (torch.float32, torch.float64):
+            start = time.process_time()
+            _, trace = run_sweeplr(X, y, cs, dtype)
+            seconds = time.process_time() - start
+            best[dtype] = min(best.get(dtype, (math.inf, 0)), (seconds, len(trace) - 1))
+    (s32, it32), (s64, it64) = best[torch.float32], best[torch.float64]
+    print(
+        f"  {name:14s} K={len(cs):2d}  CPU seconds: float32 {s32:7.3f} ({it32} it)  "
+        f"float64 {s64:7.3f} ({it64} it)  float64/float32 {s64 / s32:5.2f}x",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the synthetic case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="sweeplr's solve"
+    )
+    parser.add_argument("--dtypes", action="store_true", help="float64's cost against float32's")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds, tol={TOL}")
+    dtype = getattr(torch, args.dtype)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; sweeplr in "
+        f"{'float32 and float64' if args.dtypes else args.dtype}; seconds, tol={TOL}"
+    )
     grid = np.logspace(-3, 2, 16)
     for name, (X, y) in (
         ("breast_cancer", breast_cancer()),
         (f"synthetic {args.rows // 1000}k", synthetic(args.rows)),
     ):
         for cs in (np.array([1.0]), grid):
-            case(name, X, y, cs)
+            if args.dtypes:
+                compare_dtypes(name, X, y, cs)
+            else:
+                case(name, X, y, cs, dtype)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,18 @@ AUTO_CUDA_MIN_WORK = 1e10
 AUTO_CUDA_MIN_EPOCH_WORK = 2.5e5
 
 
+def lbfgs_dtype(device: torch.device) -> torch.dtype:
+    """The dtype L-BFGS solves in: float64, as scikit-learn's lbfgs does (MPS has none).
+
+    Its stopping tests compare loss changes and steps with ``tolerance_change`` (1e-9), below
+    float32's resolution of a loss near 0.1 (7e-9): in float32 they fire on rounding noise, so
+    the iteration count, and with it the weights, moved with the CPU's order of summation
+    (breast_cancer, C=1: 25 iterations on one x86-64 CPU, 26 with MKL's conditional
+    numerical reproducibility mode). The data stays float32; only the pass's copy is float64.
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @dataclass(frozen=True)
 class Workload:
     """The size of one training pass, for device=auto (see `auto_device`)."""
@@ -133,6 +145,16 @@ class DeviceData:
             tensors(splits.X_train, splits.y_train),
             tensors(splits.X_val, splits.y_val),
             tensors(splits.X_test, splits.y_test),
+        )
+
+    def to_dtype(self, dtype: torch.dtype) -> DeviceData:
+        """The same data with ``dtype`` features (a copy, unless they already have it)."""
+
+        def cast(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            return pair[0].to(dtype), pair[1]
+
+        return DeviceData(
+            self.splits, self.scaler, self.device, cast(self.train), cast(self.val), cast(self.test)
         )
 
 
@@ -322,14 +344,17 @@ def _train_batched(
     specs = [m.spec for m in members]
     base = specs[0]
     splits = data.splits
-    X_train, y_train = data.train
     weight, bias = linear_init(
         splits.n_features,
         splits.n_classes,
         [s.seed for s in specs],
-        dtype=X_train.dtype,
+        dtype=data.train[0].dtype,
         device=data.device,
     )
+    if base.optimizer == "lbfgs":  # the same initial weights, solved in float64
+        data = data.to_dtype(lbfgs_dtype(data.device))
+        weight, bias = weight.to(data.train[0].dtype), bias.to(data.train[0].dtype)
+    X_train, y_train = data.train
     counts = _member_rows(members, len(y_train))
     common: dict[str, Any] = {
         "sample_weight": _engine_weights(members, data, counts),
@@ -442,6 +467,9 @@ def _history_of(result: EngineResult, k: int) -> dict[str, list[Any]]:
 def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | None) -> Trained:
     """``engine=reference``: torch.optim and autograd on the member's own rows."""
     spec = member.spec
+    features = data.train[0].dtype
+    if spec.optimizer == "lbfgs":
+        data = data.to_dtype(lbfgs_dtype(data.device))
     X, y = data.train
     weights = row_weights(spec, data)
     if member.rows is None:
@@ -455,7 +483,8 @@ def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | Non
     l2, l1 = penalty_strengths(spec, len(y))
     torch.manual_seed(spec.seed)
     splits = data.splits
-    model = LogisticRegression(splits.n_features, splits.n_classes).to(data.device)
+    # initialised in float32 as the batched engine's weights are, then cast to X's dtype
+    model = LogisticRegression(splits.n_features, splits.n_classes).to(data.device, X.dtype)
     if spec.optimizer == "lbfgs":
         result = train_lbfgs_reference(
             model,
@@ -497,7 +526,7 @@ def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | Non
         )
     history = result.history
     return Trained(
-        model,
+        model.to(features),
         result.status,
         result.epochs_run,
         result.diverged_epoch,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -23,6 +27,45 @@ register_configs()
 # ConfigStore to its state when a test began, and a plugin module imported during a test would
 # not register its configs again in the next (e.g. 'Could not find hydra/sweeper/basic').
 Plugins.instance()
+
+
+def in_ci() -> bool:
+    """CI=true: .ci/run installs every extra and program the tests use, so none may be missing."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def missing(what: str, how: str) -> NoReturn:
+    """A test needs ``what``, which this machine lacks: skip saying ``how`` to get it; fail in CI.
+
+    Also at a module's top level (a module of tests that all need it).
+    """
+    if in_ci():
+        pytest.fail(f"CI=true but {what} is missing: {how} (see .ci/run)", pytrace=False)
+    pytest.skip(f"needs {what}: {how}", allow_module_level=True)
+
+
+def require_module(name: str, extra: str) -> ModuleType:
+    """``import name``, which the project's extra ``extra`` installs; see `missing`."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python module {name}", f'pip install -e ".[{extra}]"')
+
+
+def require_program(name: str, how: str) -> str:
+    """The path of the program ``name`` on PATH; see `missing`."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"the program {name}", how)
+    return path
+
+
+def path_without(*programs: str) -> str:
+    """PATH less every folder that holds one of ``programs``: a child process run with it
+    cannot find them, whatever this machine has installed."""
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    kept = [f for f in folders if not any(shutil.which(p, path=f) for p in programs)]
+    return os.pathsep.join(kept)
 
 
 def compose_config(*overrides: str) -> DictConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,13 @@ APPS = ROOT / "tests" / "apps"
 
 
 def run_app(app: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # the sweeplr of the tree under test, not whichever one the venv installed (a worktree's
+    # venv may point at another checkout); train.py's own folder does this for run_train
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, str(APPS / app), *args],
         cwd=cwd,
+        env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
         timeout=300,

@@ -45,7 +45,7 @@ from sweeplr.studies import (
     trial_id,
     worker_identity,
 )
-from tests.conftest import ROOT, compose_config, run_train
+from tests.conftest import ROOT, compose_config, path_without, run_train
 from tests.test_results import make_sweep, record, write_job
 from tests.test_studies import dead_worker
 
@@ -531,10 +531,26 @@ def test_wall_seconds_is_the_share_of_the_pass_without_data_loading(monkeypatch)
 )
 def test_user_mistakes_are_one_line(tmp_path, args, line):
     (tmp_path / "a_file").write_text("")  # a sweep dir below a file: no directory can be made
-    proc = run_train(tmp_path, *args)
+    # launcher=slurm is a mistake only where there is no srun: hide any this machine has
+    proc = run_train(tmp_path, *args, env={"PATH": path_without("srun")})
     assert proc.returncode == 1
     assert proc.stderr.strip() == line  # the line alone: no warning before it
     assert proc.stdout == ""  # nor a table, nor a hint to rerun
+
+
+def test_path_without_hides_a_program_this_machine_has(tmp_path, monkeypatch):
+    """The slurm case above on a machine with Slurm: a fake srun first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("srun") == str(bin_dir / "srun")
+    path = path_without("srun")
+    assert shutil.which("srun", path=path) is None
+    kept = path.split(os.pathsep)
+    for folder in os.environ["PATH"].split(os.pathsep):  # only folders with an srun go
+        assert (folder in kept) == (shutil.which("srun", path=folder) is None)
 
 
 # Runs train.py as a terminal's foreground process gets it, with SIGINT's default action: a

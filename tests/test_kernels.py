@@ -22,9 +22,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import require_module
+
 if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-triton = pytest.importorskip("triton")  # dev installs it; without it the engine never uses it
+# the gpu extra installs it (Linux only); without it the engine never uses it
+triton = require_module("triton", "gpu")
 
 from sweeplr import engine
 from sweeplr.engine import OptimizerConfig, Penalty, linear_init, train_batched

@@ -7,7 +7,6 @@ trusting the picture; the prediction tests compare a reloaded run with the model
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shutil
 import struct
@@ -50,9 +49,8 @@ from sweeplr.predict import best_run_dir, load_run
 from sweeplr.records import read_metrics
 from sweeplr.report import write_report
 from sweeplr.results import load_sweep
-from tests.conftest import compose_config, train_and_record
+from tests.conftest import compose_config, require_program, train_and_record
 
-CHROMIUM = Path("/usr/bin/chromium")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -667,10 +665,7 @@ def chromium(url: str, tmp_path: Path, window: str = "1200,2000") -> tuple[Path,
     Chromium logs every console message, console.error and uncaught exceptions included, as
     an ``INFO:CONSOLE`` line without its level, so a clean page is one with no such line.
     """
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {CHROMIUM} is missing: apt-get install -y chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    browser = require_program("chromium", "apt-get install -y chromium (Debian's package)")
     shot = tmp_path / "shot.png"
     flags = [
         "--headless",
@@ -689,7 +684,7 @@ def chromium(url: str, tmp_path: Path, window: str = "1200,2000") -> tuple[Path,
         "--v=0",
     ]
     done = subprocess.run(
-        [str(CHROMIUM), *flags, url], capture_output=True, text=True, timeout=120, check=False
+        [browser, *flags, url], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0 and shot.is_file(), done.stderr[-3000:]
     lines = done.stderr.splitlines()

@@ -7,12 +7,38 @@ in; ``python`` is this interpreter, ``sweeplr`` the CLI module of the tree under
 command may use what an earlier one made (``multirun/seeds``). stdout and stderr are read
 together, as on a terminal.
 
-Compared: every line shown, number for number. Masked on both sides: timestamps, the dated
-folder names Hydra and the lr finder make, absolute paths up to ``outputs/``/``multirun/``,
-durations (``in 0.04 s``), Optuna study hashes and the ``wall_seconds`` column; runs of spaces
-count as one. A line ``...`` stands for any number of lines. A dated folder a command names
-(``sweeplr predict outputs/DATE/TIME``) is the one an earlier example's output showed under that
-name.
+Compared: every line shown. Its text must be identical and its integers equal (epochs,
+iterations, rows, jobs: a count that moves is a changed result). A number with a decimal point
+or an exponent stands for the values that round to it (`rounding_unit`: its last printed digit,
+but no coarser than its third significant one, since a shorter number had zeros dropped); the
+README's and this run's agree when those ranges, each widened by ``FLOAT_RTOL`` relative,
+overlap. Why: same config and same seed give the same bits on one machine, not across CPUs.
+torch's CPU kernels (AVX2, AVX-512, NEON or scalar) and the BLAS (MKL, OpenBLAS) sum in
+different orders, so float32 results differ in their last bits, and a value near a rounding
+boundary flips its last printed digit. Under ``OTHER_ROUNDING`` (below) the numbers this README
+prints moved by 7.6e-8 relative at most (those printed in full: ``[job 0] completed
+val_loss=0.02680116705596447`` became ...891860962); with torch's scalar kernels the default
+run's val loss moved by 1.4e-7 in its unprinted digits.
+``FLOAT_RTOL`` = 1e-5 is 70 times that, and still catches a changed result: solving L-BFGS in
+float64 instead of float32 moved the README's numbers by 4.8e-5 (``val_loss=0.2078285574913025``
+became 0.20781857669353485) to 4e-4. Counts do not move across CPUs: L-BFGS, whose stopping
+tests sit below float32's resolution of the loss, solves in float64
+(`sweeplr.fitting.lbfgs_dtype`); in float32 it stopped at 45 iterations or 47 (cv=5, C=10).
+
+Masked on both sides: timestamps, the dated folder names Hydra and the lr finder make, absolute
+paths up to ``outputs/``/``multirun/``, durations (``in 0.04 s``), Optuna study hashes and the
+``wall_seconds`` column; runs of spaces count as one. A line ``...`` stands for any number of
+lines. A dated folder a command names (``sweeplr predict outputs/DATE/TIME``) is the one an
+earlier example's output showed under that name.
+
+Another CPU's rounding, here: the examples run a second time with ``OTHER_ROUNDING`` set,
+``ATEN_CPU_CAPABILITY=default`` (torch's scalar kernels instead of its AVX2 ones: other
+reduction orders and matrix-product paths) and ``MKL_CBWR=COMPATIBLE`` (MKL's matrix products
+in its compatible code path's order). Each alone changes the last bits of a float32 matrix
+product on this 2-core AMD EPYC; threads do not (``OMP_NUM_THREADS=1`` changed nothing). The
+test first checks that they change torch's float32 results on this machine
+(``OTHER_ROUNDING_PROBE``); where they change nothing (an ARM CPU has no MKL, and its torch may
+have no other kernel level) it skips, and fails in CI.
 """
 
 from __future__ import annotations
@@ -23,11 +49,12 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, missing
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +71,20 @@ MASKS = [
     (re.compile(r"\boptuna-[0-9a-f]{8}\b"), "optuna-<hash>"),
 ]
 UNSTABLE_COLUMNS = ("wall_seconds",)
+
+# A number on its own (not inside a word, a version or a path); group 1 is its text.
+NUMBER = re.compile(r"(?<![\w.])([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])")
+FLOAT_RTOL = Decimal("1e-5")  # see the module docstring
+
+OTHER_ROUNDING = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+# float32 results of torch's CPU kernels as bits: a matrix product and a sum of 60,000 values
+OTHER_ROUNDING_PROBE = (
+    "import torch\n"
+    "g = torch.Generator().manual_seed(0)\n"
+    "X, w = torch.randn(500, 30, generator=g), torch.randn(4, 30, generator=g)\n"
+    "print(torch.addmm(torch.zeros(4, 1), w, X.t()).numpy().tobytes().hex(), "
+    "X.repeat(4, 1).sum().item().hex())\n"
+)
 
 
 @dataclass
@@ -112,6 +153,36 @@ def normalise(lines: list[str]) -> list[str]:
     return out
 
 
+def rounding_unit(number: Decimal) -> Decimal:
+    """The unit a printed number was rounded to: its last digit, but no coarser than its third
+    significant one (every format here prints at least three; a shorter number dropped zeros)."""
+    last = number.as_tuple().exponent
+    assert isinstance(last, int), number  # not inf or nan: NUMBER matches digits only
+    return Decimal(1).scaleb(last if number == 0 else min(last, number.adjusted() - 2))
+
+
+def same_number(shown: str, now: str) -> bool:
+    """Integers equal; other numbers could be roundings of values ``FLOAT_RTOL`` apart."""
+    if not any(c in text for text in (shown, now) for c in ".eE"):
+        return int(shown) == int(now)
+    a, b = Decimal(shown), Decimal(now)
+    allowed = (rounding_unit(a) + rounding_unit(b)) / 2 + FLOAT_RTOL * max(abs(a), abs(b))
+    return abs(a - b) <= allowed
+
+
+def same_line(shown: str, now: str) -> bool:
+    """The same text around the same numbers (`same_number`)."""
+    if shown == now:
+        return True
+    shown_parts, now_parts = NUMBER.split(shown), NUMBER.split(now)
+    if len(shown_parts) != len(now_parts):
+        return False
+    return all(
+        (a == b) if i % 2 == 0 else same_number(a, b)  # odd parts are the numbers
+        for i, (a, b) in enumerate(zip(shown_parts, now_parts, strict=True))
+    )
+
+
 def match(expected: list[str], actual: list[str]) -> list[tuple[int, int]] | None:
     """Match ``expected`` (with ``...`` lines) to all of ``actual``; the matched line pairs."""
     memo: dict[tuple[int, int], list[tuple[int, int]] | None] = {}
@@ -127,7 +198,7 @@ def match(expected: list[str], actual: list[str]) -> list[tuple[int, int]] | Non
                 result = go(i + 1, k)
                 if result is not None:
                     break
-        elif j < len(actual) and expected[i] == actual[j]:
+        elif j < len(actual) and same_line(expected[i], actual[j]):
             rest = go(i + 1, j + 1)
             result = None if rest is None else [(i, j), *rest]
         else:
@@ -156,7 +227,21 @@ def run_example(cwd: Path, command: str, env: dict[str, str], last_rc: int):
     )
 
 
-def test_the_readme_examples_print_what_they_show(tmp_path):
+def rounding_of_this_machine(env: dict[str, str]) -> str:
+    """``OTHER_ROUNDING_PROBE``'s output: torch's float32 rounding under ``env``."""
+    done = subprocess.run(
+        [sys.executable, "-c", OTHER_ROUNDING_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize("rounding", [{}, OTHER_ROUNDING], ids=["this_cpu", "other_rounding"])
+def test_the_readme_examples_print_what_they_show(tmp_path, rounding):
     examples = readme_examples(README.read_text())
     assert len(examples) >= 10, "the README's examples were not found"
     (tmp_path / "train.py").symlink_to(ROOT / "train.py")
@@ -170,6 +255,13 @@ def test_the_readme_examples_print_what_they_show(tmp_path):
         "COLUMNS": "200",
     }
     env.pop("PYTEST_CURRENT_TEST", None)
+    if rounding:
+        if rounding_of_this_machine(env) == rounding_of_this_machine({**env, **rounding}):
+            missing(
+                "another float rounding of torch's CPU kernels",
+                f"{' '.join(f'{k}={v}' for k, v in rounding.items())} changes nothing here",
+            )
+        env.update(rounding)
     dated: dict[str, str] = {}  # a dated folder the README shows -> the one made here
     last_rc = 0
     failures = []
@@ -204,8 +296,12 @@ def test_masks_keep_the_numbers():
     shown = [header, row.format("0.0334", "2026-11-28/04-27-11-086564")]
     now = [header, row.format("12.5", "2026-11-29/01-02-03-000001")]
     assert match(normalise(shown), normalise(now)) is not None
+    assert (  # one unit in the last digit: another CPU's rounding
+        match(normalise(shown), normalise([header, now[1].replace("0.01246", "0.01247")]))
+        is not None
+    )
     assert (
-        match(normalise(shown), normalise([header, now[1].replace("0.01246", "0.01247")])) is None
+        match(normalise(shown), normalise([header, now[1].replace("0.01246", "0.01248")])) is None
     )
     assert match(normalise(shown), normalise([header, now[1].replace("  1 ", "  2 ")])) is None
     markdown = ["| job | wall_seconds |", "| ---: | ---: |", "| 1 | {} |"]
@@ -213,3 +309,22 @@ def test_masks_keep_the_numbers():
     assert match(normalise(["a", ELISION, "d"]), normalise(["a", "b", "c", "d"])) is not None
     assert match(normalise(["a", ELISION]), normalise(["b"])) is None
     assert match(normalise(["a"]), normalise(["a", "b"])) is None
+
+
+def test_numbers_compare_to_the_precision_another_cpu_keeps():
+    assert same_line("completed after 25 iterations", "completed after 25 iterations")
+    assert not same_line("completed after 25 iterations", "completed after 26 iterations")
+    assert not same_line("completed after 25 iterations", "completed after 25 epochs")
+    assert same_line("val_loss=0.2078285574913025 (lr=0.1)", "val_loss=0.2078295 (lr=0.1)")
+    assert not same_line("val_loss=0.2078285574913025", "val_loss=0.2078385574913025")
+    assert same_line("test 0.0997 1.0000", "test 0.0996 1.0000")  # a last digit that flipped
+    assert same_line("0.09219 0.08609", "0.09219 0.08608")  # cv=5 C=10's test loss, elsewhere
+    # L-BFGS in float32 on another CPU: 26 iterations instead of 25, a changed result
+    assert not same_line("val_loss = 0.100469", "val_loss = 0.100475")
+    assert not same_line("test 0.0997 1.0000", "test 0.0995 1.0000")
+    assert same_line("objective 0.14", "objective 0.1401")  # %g drops trailing zeros
+    assert not same_line("objective 0.14", "objective 0.1411")
+    assert same_line("lr 1e-05", "lr 1.00001e-05") and not same_line("lr 1e-05", "lr 2e-05")
+    assert not same_line("(536 train / 134 val)", "(535 train / 135 val)")
+    assert not same_line("sweeplr 0.1.0", "sweeplr 0.1.1")  # a version is text
+    assert not same_line("weights: 23 of 30", "weights: 23 of 30 exactly zero")

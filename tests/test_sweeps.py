@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeplr.studies import budget_used, open_storage
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, require_module, run_train
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,6 +64,7 @@ def test_optuna_sweep_trials_rows_and_best(tmp_path):
 def test_the_storage_a_sweep_prints_opens_in_optuna_dashboard_and_python(tmp_path):
     """optimization_results.yaml's `dashboard` command serves the study, as printed; its
     `load_study` line loads it; with a database, `storage` loads with optuna.load_study as is."""
+    require_module("optuna_dashboard", "dashboard")
     import shlex
     import socket
     import urllib.request

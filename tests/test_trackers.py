@@ -19,7 +19,7 @@ import pytest
 from sweeplr.config import run_spec
 from sweeplr.errors import SweeplrError
 from sweeplr.trackers import check, final_metrics, series
-from tests.conftest import ROOT, compose_config, run_train
+from tests.conftest import ROOT, compose_config, require_module, run_train
 
 HISTORY = {
     "epoch": [10, 20, 30],
@@ -80,6 +80,7 @@ def test_check_names_a_missing_package_and_its_extra(monkeypatch):
 def test_a_plain_run_imports_no_tracker(tmp_path):
     script = (
         "import runpy, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"  # as `python train.py` has its folder first
         f"sys.argv = ['train.py', 'epochs=5', 'plots=false', 'hydra.run.dir={tmp_path}/r']\n"
         f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tensorboard')"
@@ -113,7 +114,7 @@ def session_hparams(accumulator) -> dict:
 
 
 def test_tensorboard_scalars_per_epoch_and_hparams_with_final_metrics(tmp_path):
-    pytest.importorskip("tensorboard")
+    require_module("tensorboard", "tensorboard")
     from sweeplr.trackers.tensorboard_log import write_events
 
     write_events(tmp_path / "tb", fake_record(), HISTORY)
@@ -136,7 +137,7 @@ def test_tensorboard_scalars_per_epoch_and_hparams_with_final_metrics(tmp_path):
 
 
 def test_tracking_uri_defaults_to_sqlite_in_the_start_folder_and_refuses_a_folder(tmp_path):
-    pytest.importorskip("mlflow")
+    require_module("mlflow", "mlflow")
     from sweeplr.trackers.mlflow_log import tracking_uri
 
     assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
@@ -147,7 +148,7 @@ def test_tracking_uri_defaults_to_sqlite_in_the_start_folder_and_refuses_a_folde
 
 
 def test_check_refuses_a_store_that_cannot_be_written(tmp_path):
-    pytest.importorskip("mlflow")
+    require_module("mlflow", "mlflow")
     (tmp_path / "file").write_text("")
     uri = f"sqlite:///{tmp_path}/file/sub/mlflow.db"
     with pytest.raises(SweeplrError, match=rf"^logger.tracking_uri={uri} cannot be written"):
@@ -172,7 +173,7 @@ def search(tmp_path: Path):
 
 
 def test_mlflow_sweep_is_a_parent_with_a_child_per_job(tmp_path):
-    pytest.importorskip("mlflow")
+    require_module("mlflow", "mlflow")
     from mlflow import MlflowClient
 
     from sweeplr.trackers import finish_sweep, log_run
@@ -235,7 +236,7 @@ def run_ok(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_tensorboard_single_run_and_batched_grid(tmp_path):
-    pytest.importorskip("tensorboard")
+    require_module("tensorboard", "tensorboard")
     run_ok(tmp_path, "logger=tensorboard", "hydra.run.dir=one")
     assert [e.step for e in read_events(tmp_path / "one" / "tensorboard").Scalars("val_loss")] == [
         10,
@@ -251,7 +252,7 @@ def test_tensorboard_single_run_and_batched_grid(tmp_path):
 
 @pytest.mark.slow
 def test_tensorboard_optuna_trials_each_write_events(tmp_path):
-    pytest.importorskip("tensorboard")
+    require_module("tensorboard", "tensorboard")
     args = ["hydra.sweeper.n_trials=3", "hydra.sweeper.params.epochs=30", "hydra.sweep.dir=s"]
     run_ok(tmp_path, "--multirun", "sweep=optuna", "logger=tensorboard", *args)
     logged = sorted(p.parent.parent.name for p in (tmp_path / "s").glob("*/tensorboard/*"))
@@ -271,7 +272,7 @@ def sweep_runs(tmp_path: Path, sweep: str):
 
 @pytest.mark.slow
 def test_mlflow_single_run_then_batched_grid_in_one_store(tmp_path):
-    pytest.importorskip("mlflow")
+    require_module("mlflow", "mlflow")
     run_ok(tmp_path, "logger=mlflow", "plots=true", "hydra.run.dir=one")
     runs = search(tmp_path)
     assert len(runs) == 1 and runs["tags.sweeplr.kind"].iloc[0] == "run"
@@ -292,8 +293,8 @@ def test_mlflow_single_run_then_batched_grid_in_one_store(tmp_path):
 
 @pytest.mark.slow
 def test_mlflow_optuna_and_joblib_sweeps(tmp_path):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    require_module("mlflow", "mlflow")
+    require_module("hydra_plugins.hydra_joblib_launcher", "dev")
     args = ["hydra.sweeper.n_trials=3", "hydra.sweeper.params.epochs=30", "hydra.sweep.dir=s"]
     run_ok(tmp_path, "--multirun", "sweep=optuna", "logger=mlflow", *args)
     runs = sweep_runs(tmp_path, "s")

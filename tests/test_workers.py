@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from sweeplr.results import load_sweep
 from sweeplr.studies import budget_used, open_storage
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, missing, require_module, run_train
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,12 +97,14 @@ def run_identity(path):
 
 
 def postgres_url() -> str:
-    """The PostgreSQL server .ci/run starts; outside CI, a test without one is skipped."""
+    """The PostgreSQL server .ci/run starts, and the driver Optuna reaches it with."""
+    require_module("psycopg", "postgres")
     url = os.environ.get("SWEEPLR_TEST_POSTGRES")
     if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must start PostgreSQL and set SWEEPLR_TEST_POSTGRES (see .ci/run)")
-        pytest.skip("set SWEEPLR_TEST_POSTGRES=postgresql://... to run against PostgreSQL")
+        missing(
+            "a PostgreSQL server",
+            "set SWEEPLR_TEST_POSTGRES=postgresql://USER@HOST:PORT/DB (.ci/run starts one)",
+        )
     return url
 
 
@@ -219,11 +221,10 @@ def test_unreachable_storage_at_start_is_one_clear_error(tmp_path):
 @pytest.fixture
 def private_postgres():
     """A PostgreSQL server of this test's own, which it may stop (Debian's postgresql)."""
+    require_module("psycopg", "postgres")
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
     if not bins:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's postgresql must be installed (see .ci/run)")
-        pytest.skip("needs Debian's postgresql (apt-get install postgresql)")
+        missing("Debian's PostgreSQL server programs", "apt-get install -y postgresql")
     pg_ctl = bins[-1]
     data = Path(tempfile.mkdtemp(prefix="sweeplr-pg-"))  # /tmp: the postgres user can reach it
     shutil.chown(data, "postgres")
