@@ -93,8 +93,8 @@ def load_study_code(url: str, study_name: str) -> str:
 class BatchedJournalFile(JournalFileBackend):
     """Optuna's journal file, whose appends inside `one_fsync` share one fsync at its end.
 
-    Optuna fsyncs every append, and a trial takes about eight (its creation, each parameter,
-    the worker stamp, the run folder, the result): 2-4 ms each on this machine's disk, more
+    Optuna fsyncs every append, and a trial takes about eight (its creation with the worker
+    stamp, its start, each parameter, the run folder, the result): 2-4 ms each on this disk, more
     than the 500 epochs of a blobs trial. A sweep needs its study durable at two points only:
     before a trial's run folder is written (a folder always belongs to a stored trial) and once
     it has told a batch. Inside the block each append is still written and flushed whole,
@@ -291,8 +291,21 @@ def _worker_alive(identity: str) -> bool | None:
     return _process_started(int(pid)) == started
 
 
-def is_stale(trial: FrozenTrial, grace_period: float, now: float | None = None) -> bool:
-    """A RUNNING trial whose worker is gone (same host) or silent for ``grace_period`` seconds."""
+def is_stale(
+    trial: FrozenTrial,
+    grace_period: float,
+    now: float | None = None,
+    unmarked_before: float | None = None,
+) -> bool:
+    """A RUNNING trial whose worker is gone (same host) or silent for ``grace_period`` seconds.
+
+    A worker marks a trial under the study's lock (:func:`ask_marked`; before it, right after
+    asking, under the same lock), so a RUNNING trial that names no worker, seen under the lock,
+    is one whose worker was killed between asking and marking, or another Optuna client's. One
+    that started before ``unmarked_before`` (the repairing worker's own start) is stale at
+    once; a younger one, which only another client can have made, waits out ``grace_period``
+    from its start, as a silent remote trial does.
+    """
     if trial.state != TrialState.RUNNING:
         return False
     identity = trial.system_attrs.get(WORKER_ATTR)
@@ -300,21 +313,23 @@ def is_stale(trial: FrozenTrial, grace_period: float, now: float | None = None) 
         alive = _worker_alive(identity)
         if alive is not None:
             return not alive
-    last_beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-    if last_beat is None and trial.datetime_start is not None:
-        last_beat = trial.datetime_start.timestamp()
+    started = trial.datetime_start.timestamp() if trial.datetime_start is not None else None
+    if identity is None and started is not None and started < (unmarked_before or -math.inf):
+        return True
+    last_beat = trial.system_attrs.get(HEARTBEAT_ATTR, started)
     if last_beat is None:
         return False
     return (now or time.time()) - float(last_beat) > grace_period
 
 
 def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of failed trials that were re-queued (their retry stands in for them)."""
+    """Numbers of trials that were re-queued: their retry stands in for them (failed, or still
+    RUNNING if a kill came between queueing the retry and failing it; see :func:`requeue`)."""
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def budget_used(trials: list[FrozenTrial]) -> int:
-    """Trials that count towards ``n_trials``: every trial but the re-queued failures."""
+    """Trials that count towards ``n_trials``: every trial but the re-queued ones."""
     superseded = superseded_numbers(trials)
     return sum(1 for t in trials if t.number not in superseded)
 
@@ -330,25 +345,56 @@ def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
+def ask_marked(study: optuna.Study, storage: BaseStorage) -> optuna.Trial:
+    """``study.ask()``, its trial marked as this worker's before it is RUNNING.
+
+    ``ask`` takes the study's first WAITING trial, or creates one, and a mark set after it
+    would be a second write: a kill between the two left a RUNNING trial that names no worker,
+    which a resume cannot tell from one a live worker runs. So the trial ``ask`` is about to
+    take is marked first: the first WAITING trial, or a new one queued with the mark in the
+    write that creates it. A kill after the mark leaves a WAITING trial, which the next ask
+    takes and marks again. Call under :func:`study_lock`, so no worker takes a trial another
+    one marked.
+    """
+    identity = worker_identity()
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if waiting:
+        stored_id = trial_id(storage, study.study_name, waiting[0].number)
+        storage.set_trial_system_attr(stored_id, WORKER_ATTR, identity)
+    else:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING, system_attrs={WORKER_ATTR: identity}
+            )
+        )
+    return study.ask()
+
+
 def requeue(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial) -> None:
-    """Fail a RUNNING trial and queue its parameters again as a WAITING trial.
+    """Queue a RUNNING trial's parameters again as a WAITING trial, then fail it.
+
+    The retry is queued first and only once: a kill between the two writes leaves the trial
+    RUNNING beside its retry (which already stands in for it in :func:`budget_used`), and the
+    next repair only fails it. The other order would leave a failed trial without a retry,
+    its parameters lost and the failure counted towards ``n_trials``.
 
     The state is set through the storage, not ``study.tell``: a sampler's ``after_trial``
     (the grid sampler's stop, TPE's bookkeeping) has no business with a trial run again.
     """
     number = trial.number
-    storage.set_trial_state_values(trial_id(storage, study.study_name, number), TrialState.FAIL)
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            # What the failed attempt recorded about itself is not the retry's.
-            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS},
-            system_attrs={RETRY_ATTR: history[0], "retry_history": history},
+    if number not in superseded_numbers(study.get_trials(deepcopy=False)):
+        history = [*trial.system_attrs.get("retry_history", []), number]
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                # What the failed attempt recorded about itself is not the retry's.
+                user_attrs={k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS},
+                system_attrs={RETRY_ATTR: history[0], "retry_history": history},
+            )
         )
-    )
+    storage.set_trial_state_values(trial_id(storage, study.study_name, number), TrialState.FAIL)
 
 
 def requeue_stale_trials(
@@ -361,12 +407,14 @@ def requeue_stale_trials(
 
     ``settle(trial)`` comes first: it may tell a trial whose job did finish (its worker died
     before telling) and return True; that trial is not run again. Call under
-    :func:`study_lock` so two workers do not settle or re-queue the same trial twice.
+    :func:`study_lock` so two workers do not settle or re-queue the same trial twice, and so
+    that a trial naming no worker is none a worker is asking (see :func:`is_stale`).
     """
+    started = psutil.Process().create_time()
     stale = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if is_stale(t, grace_period)
+        if is_stale(t, grace_period, unmarked_before=started)
     ]
     requeued = []
     for trial in stale:
@@ -393,8 +441,8 @@ class Heartbeat:
         self._thread.start()
 
     def add(self, trial_id: int) -> None:
-        # The first beat is the trial's start time (is_stale reads it): one write fewer a trial.
-        self._storage.set_trial_system_attr(trial_id, WORKER_ATTR, worker_identity())
+        # No beat now: the trial's start time is its first (is_stale reads it), and its worker
+        # mark was written as it was asked (ask_marked).
         with self._lock:
             self._trial_ids.add(trial_id)
 

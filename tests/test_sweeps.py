@@ -179,6 +179,68 @@ def test_resume_after_kill_finishes_exactly_n_trials(tmp_path):
     assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)
 
 
+# train.py in a process that SIGKILLs itself right after its n-th journal write of one kind
+# (argv: the write's Optuna op code, n, train.py, its arguments): a kill at an exact point.
+KILLED_AFTER = """
+import os, runpy, signal, sys
+from sweeplr import studies
+op, n = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+append, seen = studies.BatchedJournalFile.append_logs, []
+def append_then_die(self, logs):
+    append(self, logs)
+    seen.extend(log for log in logs if log["op_code"] == op)
+    if len(seen) >= n:
+        os.kill(os.getpid(), signal.SIGKILL)
+studies.BatchedJournalFile.append_logs = append_then_die
+sys.argv.pop(0)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_resume_after_kills_in_each_window_of_a_trial(tmp_path):
+    """The timed kill above, at exact points: each run of the same command dies right after
+    one write of the study, leaving the state named beside it, and the next resumes it."""
+    from optuna.storages.journal._storage import JournalOperation as Op  # optuna 5, pinned
+
+    args = [
+        "--multirun",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=1",
+        "epochs=choice(30)",
+        "plots=false",
+    ]
+    C, R, W, F = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
+    kills = [
+        (Op.CREATE_TRIAL, 2, [C, W]),  # trial 1 queued with its worker's mark, not taken
+        (Op.SET_TRIAL_STATE_VALUES, 1, [C, R]),  # taken: RUNNING, no parameter yet
+        (Op.CREATE_TRIAL, 1, [C, R, W]),  # the repair queued its retry, did not fail it
+        (Op.SET_TRIAL_USER_ATTR, 1, [C, F, R]),  # the retry's job finished, not told
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    for op, n, states in kills:
+        killed = [sys.executable, "-c", KILLED_AFTER, str(int(op)), str(n)]
+        proc = subprocess.run(
+            [*killed, str(ROOT / "train.py"), *args],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        (sweep,) = tmp_path.glob("multirun/optuna/*")
+        assert [t.state for t in load_study(sweep).trials] == states, op.name
+    again = run_train(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trial 2 had finished before its worker stopped: told" in again.stdout
+    trials = load_study(sweep).trials
+    assert [t.state for t in trials] == [C, F, C, C, C]
+    assert budget_used(trials) == 4 and trials[2].system_attrs["retry_history"] == [1]
+    assert sorted(records(sweep)) == [0, 2, 3, 4]
+
+
 def test_pruner_stops_bad_trials_early(tmp_path):
     sweep = tmp_path / "s"
     proc = run_train(

@@ -322,6 +322,7 @@ class SweeplrOptunaSweeper(Sweeper):
         from sweeplr.studies import (
             STORAGE_ERRORS,
             Heartbeat,
+            ask_marked,
             budget_used,
             one_fsync,
             open_storage,
@@ -424,7 +425,7 @@ class SweeplrOptunaSweeper(Sweeper):
                         in_flight = []
                         for _ in range(batch):
                             study.sampler = samplers(len(trials) + len(in_flight))
-                            in_flight.append(study.ask())
+                            in_flight.append(ask_marked(study, storage))
                         for trial in in_flight:
                             ids[trial.number] = trial_id(storage, study_name, trial.number)
                             heartbeat.add(ids[trial.number])
