@@ -85,13 +85,18 @@ def small_cfg() -> Callable[..., DictConfig]:
 
 
 def run_train(
-    cwd: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    cwd: Path,
+    *args: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    python: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python train.py ARGS`` in ``cwd`` exactly as a user would (a separate process)."""
+    """Run ``python train.py ARGS`` in ``cwd`` exactly as a user would (a separate process);
+    ``python``: options of the interpreter before the script (``-c CODE ARG...``)."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
     full_env.pop("PYTEST_CURRENT_TEST", None)
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
+        [sys.executable, *python, str(ROOT / "train.py"), *args],
         cwd=cwd,
         check=False,
         capture_output=True,

@@ -217,18 +217,9 @@ def test_resume_after_kills_in_each_window_of_a_trial(tmp_path):
         (Op.CREATE_TRIAL, 1, [C, R, W]),  # the repair queued its retry, did not fail it
         (Op.SET_TRIAL_USER_ATTR, 1, [C, F, R]),  # the retry's job finished, not told
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
     for op, n, states in kills:
-        killed = [sys.executable, "-c", KILLED_AFTER, str(int(op)), str(n)]
-        proc = subprocess.run(
-            [*killed, str(ROOT / "train.py"), *args],
-            check=False,
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        killed = ("-c", KILLED_AFTER, str(int(op)), str(n))
+        proc = run_train(tmp_path, *args, env={"PYTHONPATH": str(ROOT)}, python=killed)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
         (sweep,) = tmp_path.glob("multirun/optuna/*")
         assert [t.state for t in load_study(sweep).trials] == states, op.name
