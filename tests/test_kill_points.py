@@ -7,12 +7,8 @@ trial may be left RUNNING or WAITING, and the study ends with exactly ``n_trials
 """
 
 import datetime
-import functools
 import itertools
 import json
-import socket
-import subprocess
-import sys
 
 import optuna
 import psutil
@@ -31,6 +27,7 @@ from sweeplr.studies import (
     superseded_numbers,
     worker_identity,
 )
+from tests.test_studies import dead_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,12 +39,10 @@ class Killed(BaseException):
     """The worker's process ended here: the write that raised it never happened."""
 
 
-@functools.cache
-def dead_worker() -> str:
-    """The identity of a process of this host that has ended."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return f"{socket.gethostname()}:{proc.pid}:1"
+@pytest.fixture(scope="module")
+def dead() -> str:
+    """The identity of a process of this host that has ended: the killed workers'."""
+    return dead_worker()
 
 
 def open_study(path) -> tuple[optuna.Study, JournalStorage]:
@@ -83,9 +78,9 @@ def worker(path) -> None:
         run_trial(study, storage)
 
 
-def killed_after(monkeypatch, writes: int, path) -> bool:
-    """Run :func:`worker` as a process that dies after its ``writes``-th journal write;
-    whether it died before it was done."""
+def killed_after(monkeypatch, dead: str, writes: int, path) -> bool:
+    """Run :func:`worker` as the process ``dead``, which dies after its ``writes``-th journal
+    write; whether it died before it was done."""
     count = itertools.count()
     append = BatchedJournalFile.append_logs
 
@@ -94,10 +89,9 @@ def killed_after(monkeypatch, writes: int, path) -> bool:
             raise Killed
         append(self, logs)
 
-    identity = dead_worker()  # the process is dead once the kill is over
     with monkeypatch.context() as patched:
         patched.setattr(BatchedJournalFile, "append_logs", append_or_die)
-        patched.setattr(studies, "worker_identity", lambda: identity)
+        patched.setattr(studies, "worker_identity", lambda: dead)
         try:
             worker(path)
         except Killed:
@@ -128,11 +122,11 @@ def assert_finished_exactly(path) -> None:
 @pytest.mark.parametrize("second", range(1 + 2 + 6))
 @pytest.mark.parametrize("first", range(1 + 2 * 6))
 def test_a_worker_killed_after_any_write_then_the_next_in_its_repair(
-    tmp_path, monkeypatch, first, second
+    tmp_path, monkeypatch, dead, first, second
 ):
     path = tmp_path / "optuna.journal"
-    assert killed_after(monkeypatch, first, path)
-    assert killed_after(monkeypatch, second, path)
+    assert killed_after(monkeypatch, dead, first, path)
+    assert killed_after(monkeypatch, dead, second, path)
     worker(path)  # a third worker, not killed
     assert_finished_exactly(path)
 
