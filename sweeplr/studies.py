@@ -345,7 +345,11 @@ def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
-def ask_marked(study: optuna.Study, storage: BaseStorage) -> optuna.Trial:
+def ask_marked(
+    study: optuna.Study,
+    storage: BaseStorage,
+    samplers: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+) -> optuna.Trial:
     """``study.ask()``, its trial marked as this worker's before it is RUNNING.
 
     ``ask`` takes the study's first WAITING trial, or creates one, and a mark set after it
@@ -355,18 +359,28 @@ def ask_marked(study: optuna.Study, storage: BaseStorage) -> optuna.Trial:
     write that creates it. A kill after the mark leaves a WAITING trial, which the next ask
     takes and marks again. Call under :func:`study_lock`, so no worker takes a trial another
     one marked.
+
+    ``samplers(number)``, when given, becomes the study's sampler before the trial numbered
+    ``number`` is asked: a seeded sampler proposes for a queued trial from its own number, as
+    for a new one, not from a number a new trial will take too.
     """
     identity = worker_identity()
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t.number for t in trials if t.state == TrialState.WAITING]  # in ask's order
     if waiting:
-        stored_id = trial_id(storage, study.study_name, waiting[0].number)
-        storage.set_trial_system_attr(stored_id, WORKER_ATTR, identity)
+        number = waiting[0]
+        storage.set_trial_system_attr(
+            trial_id(storage, study.study_name, number), WORKER_ATTR, identity
+        )
     else:
+        number = len(trials)  # the number of the trial queued next
         study.add_trial(
             optuna.trial.create_trial(
                 state=TrialState.WAITING, system_attrs={WORKER_ATTR: identity}
             )
         )
+    if samplers is not None:
+        study.sampler = samplers(number)
     return study.ask()
 
 

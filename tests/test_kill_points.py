@@ -53,10 +53,15 @@ def open_study(path) -> tuple[optuna.Study, JournalStorage]:
     return optuna.create_study(study_name=STUDY, storage=storage, load_if_exists=True), storage
 
 
+def seeded(number: int) -> optuna.samplers.BaseSampler:
+    """The sweeper's seeded sampler for the trial numbered ``number`` (seed 0)."""
+    return optuna.samplers.RandomSampler(seed=number)
+
+
 def run_trial(study: optuna.Study, storage: JournalStorage) -> None:
     """One trial's writes in the sweeper's order: asked (and marked), its parameters
     suggested, its run folder, its value told."""
-    trial = ask_marked(study, storage)
+    trial = ask_marked(study, storage, seeded)
     lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
     trial.suggest_categorical("optimizer", ["sgd", "adam"])
     trial.set_user_attr("run_dir", f"runs/{trial.number}")
@@ -104,7 +109,9 @@ def assert_finished_exactly(path) -> None:
     trials = study.trials
     assert [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)] == []
     assert budget_used(trials) == N_TRIALS
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == N_TRIALS
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == N_TRIALS
+    assert len({t.params["lr"] for t in complete}) == N_TRIALS  # no proposal made twice
     superseded = superseded_numbers(trials)
     for failed in (t for t in trials if t.state == TrialState.FAIL):
         assert failed.number in superseded  # every failure was re-queued, once

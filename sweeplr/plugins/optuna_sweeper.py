@@ -258,9 +258,10 @@ class SweeplrOptunaSweeper(Sweeper):
         """``number -> sampler``: the configured sampler, seeded with ``seed + number`` for the
         trial numbered ``number`` when it has a seed.
 
-        The number is the study's trial count when the trial is asked for, under the study's
-        lock, so two workers started together, or a resumed sweep, never replay one sequence
-        of proposals, and the same command proposes the same trials again.
+        The number is the trial's own, fixed under the study's lock as it is asked (a new
+        trial's is the study's trial count then; a queued one keeps its number), so two
+        workers started together, or a resumed sweep, never replay one sequence of proposals,
+        and the same command proposes the same trials again.
         """
         from hydra.utils import instantiate
 
@@ -424,8 +425,7 @@ class SweeplrOptunaSweeper(Sweeper):
                             break
                         in_flight = []
                         for _ in range(batch):
-                            study.sampler = samplers(len(trials) + len(in_flight))
-                            in_flight.append(ask_marked(study, storage))
+                            in_flight.append(ask_marked(study, storage, samplers))
                         for trial in in_flight:
                             ids[trial.number] = trial_id(storage, study_name, trial.number)
                             heartbeat.add(ids[trial.number])
