@@ -1474,14 +1474,17 @@ class _Run:
 
         With T torch threads, T workers take chunks in turn from one queue, whichever is free
         first (the calling thread, and T - 1 threads of `_worker_executor`; torch ops release
-        the GIL), each op on one thread: torch's thread count is 1 meanwhile, as with
-        `sweeplr.runner`'s small-data passes (so not for concurrent calls from several Python
-        threads).  Letting each op use all threads instead puts an OpenMP barrier in each of the
-        thousands of per-group ops; on the shared 2-core machine measured, a barrier waits
-        whenever another process holds one of the cores, and the epoch took 4-18x one ``X @ w``
-        instead of 1.2-2x.  Workers wait for each other once per step, and a worker whose core
-        another process holds takes fewer chunks.  Which worker runs a chunk changes no number:
-        each group and chunk writes its own partial sums, reduced in row order.
+        the GIL), or one worker where T did not get the cores (`_WorkerCount`).  Each op runs
+        on one thread: torch's thread count is 1 meanwhile, as with `sweeplr.runner`'s
+        small-data passes (so not for concurrent calls from several Python threads).  Letting
+        each op use all threads instead puts an OpenMP barrier in each of the thousands of
+        per-group ops; on the shared 2-core machine measured, a barrier waits whenever another
+        process holds one of the cores, and the epoch took 4-18x one ``X @ w`` instead of
+        1.2-2x.  Workers wait for each other once per step, and a worker whose core another
+        process holds takes fewer chunks (with one static share of the groups per thread, the
+        step waited for the slowed one: 2 threads took 1.9x the time of one).  Which worker runs
+        a chunk changes no number: each group and chunk writes its own partial sums, reduced in
+        row order.
         """
         chunks = ws.chunks
         threads = torch.get_num_threads()
