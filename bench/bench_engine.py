@@ -107,12 +107,18 @@ def config(k: int) -> OptimizerConfig:
     return OptimizerConfig("adam", lr=torch.logspace(-4, 0, k))
 
 
-def median_ms(timers: dict[str, Timer], rounds: int) -> dict[str, float]:
-    """Each timer once per round, interleaved; the median per timer."""
+def interleaved_ms(timers: dict[str, Timer], rounds: int) -> dict[str, list[float]]:
+    """Each timer once per round, interleaved; the times per timer."""
     samples: dict[str, list[float]] = {name: [] for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
             samples[name].append(timer())
+    return samples
+
+
+def median_ms(timers: dict[str, Timer], rounds: int) -> dict[str, float]:
+    """Each timer once per round, interleaved; the median per timer."""
+    samples = interleaved_ms(timers, rounds)
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
@@ -218,9 +224,9 @@ def big_case(
     thread_counts: list[int],
     rounds: int,
     engines: dict[str, ModuleType],
-) -> dict[tuple[str, int], float]:
-    """Median ms of ``X @ W``, ``X @ W`` then ``Z^T @ X``, and each engine's epoch, per thread
-    count, all interleaved round by round: ``{(name, threads): ms}``."""
+) -> dict[tuple[str, int], list[float]]:
+    """Times (ms) of ``X @ W``, ``X @ W`` then ``Z^T @ X``, and each engine's epoch, per
+    thread count, all interleaved round by round: ``{(name, threads): [ms per round]}``."""
     g = torch.Generator().manual_seed(k)
     W = torch.randn(X.shape[1], k, generator=g)
     out = torch.empty(X.shape[0], k)
@@ -238,14 +244,16 @@ def big_case(
         return (time.perf_counter() - start) * 1e3
 
     timers: dict[tuple[str, int], Timer] = {}
-    for threads in thread_counts:
+    for threads in thread_counts:  # each variant on every thread count in a row
         timers["matmul", threads] = on_threads(threads, lambda: matmul)
+    for threads in thread_counts:
         timers["two", threads] = on_threads(threads, lambda: two_products)
-        for label, engine in engines.items():
+    for label, engine in engines.items():
+        for threads in thread_counts:
             timers[label, threads] = on_threads(
                 threads, lambda engine=engine: epoch_timer(engine, X, y, k)
             )
-    return median_ms(timers, rounds)
+    return interleaved_ms(timers, rounds)
 
 
 def timed(ms: float, base: float, width: int) -> str:
@@ -261,11 +269,12 @@ def big_problem(
     y = (torch.rand(rows, generator=g) < 0.5).long()
     default = torch.get_num_threads()
     thread_counts = [default, 1] if default > 1 else [1]
+    threads_text = " and ".join(map(str, thread_counts))
     print(f"(d) {rows} x 100 float32, one full-batch epoch (binary) vs one X @ W, W: 100 x K;")
-    print(f"    median of {rounds} rounds, ms (ratio to X @ W on as many threads), on")
-    print(f"    {' and '.join(map(str, thread_counts))} threads interleaved; on the machine as")
-    print(f"    it is (burners 0), then with {load} process(es) spinning, one core each; T/1:")
-    print(f"    the epoch on {default} threads over the epoch on 1")
+    print(f"    median of {rounds} rounds, ms (ratio to X @ W on as many threads); {threads_text}")
+    print("    threads interleaved, on the machine as it is (burners 0), then with", load)
+    print("    process(es) spinning, one core each (another session's); T/1: the epoch on")
+    print(f"    {default} threads over the epoch on 1, the median of the rounds' ratios")
     widths = {label: max(15, len(label) + 6) for label in engines}
     header = f"  {'burners':7s} {'K':>3s} {'thr':>3s} {'X @ W':>8s} {'X @ W, Z^T @ X':>15s}"
     for label, width in widths.items():
@@ -274,15 +283,19 @@ def big_problem(
     for burners in [0, load] if load else [0]:
         with cpu_burners(burners):
             for k in ks:
-                ms = big_case(X, y, k, thread_counts, rounds, engines)
+                samples = big_case(X, y, k, thread_counts, rounds, engines)
+                ms = {key: statistics.median(times) for key, times in samples.items()}
                 for threads in thread_counts:
                     base = ms["matmul", threads]
                     line = f"  {burners:7d} {k:3d} {threads:3d} {base:8.2f}"
                     line += timed(ms["two", threads], base, 8)
                     for label, width in widths.items():
                         line += timed(ms[label, threads], base, width - 7)
-                        vs_one = ms[label, threads] / ms[label, 1]
-                        line += f" {vs_one:5.2f}" if threads != 1 else " " * 6
+                        if threads == 1:
+                            line += " " * 6
+                            continue
+                        pairs = zip(samples[label, threads], samples[label, 1], strict=True)
+                        line += f" {statistics.median(t / one for t, one in pairs):5.2f}"
                     print(line, flush=True)
 
 
