@@ -1,11 +1,10 @@
 """Per-epoch cost of `sweeplr.engine` against the tutorial's autograd loop and a bare matmul.
 
-Run ``python bench/bench_engine.py`` (about 70 s; ``--big-rows`` shrinks the large case,
-``--ks`` picks its configuration counts).  All variants are timed in the same process,
-interleaved round by round so that background load hits them alike, and the median over rounds
-is reported.  On a machine shared with other busy processes, multi-threaded ops stall on OpenMP
-barriers; ``--threads 1`` then gives more stable numbers.  ``--against DIR`` also times the
-engine of another checkout (e.g. a worktree of main) in the same rounds, side by side.
+Run ``python bench/bench_engine.py`` (a few minutes; ``--big-rows`` shrinks the large case,
+``--ks`` picks its configuration counts, ``--skip-small`` runs the large case alone).  All
+variants are timed in the same process, interleaved round by round so that background load hits
+them alike, and the median over rounds is reported.  ``--against DIR`` also times the engine of
+another checkout (e.g. a worktree of main) in the same rounds, side by side.
 
 (a) the tutorial loop: ``nn.Linear(2, 1)`` + ``torch.sigmoid`` + ``nn.BCELoss`` +
     ``torch.optim.SGD(lr=0.01)``, full batch on 670 rows of 2-D blobs;
@@ -16,17 +15,24 @@ engine of another checkout (e.g. a worktree of main) in the same rounds, side by
     columns (into a preallocated output): the time of reading X once, and of the logits alone.
     Also printed: ``X @ W`` then ``Z^T @ X`` with Z of K columns, the two products every epoch
     needs, run one after the other as an unfused epoch does.  The epoch is timed on a run whose
-    buffers exist already (``_Run._full_batch_epoch``), as every epoch but the first is.
+    buffers exist already (``_Run._full_batch_epoch``), as every epoch but the first is.  Each
+    is timed on torch's default thread count (what a user's command gets; ``--threads``
+    changes it) and on one thread, interleaved, first on the machine as it is, then with
+    ``--load`` processes (default 1) spinning, each pinned to one core, as another user's job
+    would: the column T/1 is the epoch's time on the default threads over its time on one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -101,12 +107,18 @@ def config(k: int) -> OptimizerConfig:
     return OptimizerConfig("adam", lr=torch.logspace(-4, 0, k))
 
 
-def median_ms(timers: dict[str, Timer], rounds: int) -> dict[str, float]:
-    """Each timer once per round, interleaved; the median per timer."""
+def interleaved_ms(timers: dict[str, Timer], rounds: int) -> dict[str, list[float]]:
+    """Each timer once per round, interleaved; the times per timer."""
     samples: dict[str, list[float]] = {name: [] for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
             samples[name].append(timer())
+    return samples
+
+
+def median_ms(timers: dict[str, Timer], rounds: int) -> dict[str, float]:
+    """Each timer once per round, interleaved; the median per timer."""
+    samples = interleaved_ms(timers, rounds)
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
@@ -138,7 +150,8 @@ def small_problem(rounds: int, engines: dict[str, ModuleType]) -> None:
 
 
 def epoch_timer(engine: ModuleType, X: torch.Tensor, y: torch.Tensor, k: int) -> Timer:
-    """One full-batch epoch of K configurations, on a run whose buffers exist."""
+    """One full-batch epoch of K configurations, on a run whose buffers exist (made under the
+    thread count in force: an engine may size its work by it)."""
     weight, bias = engine.linear_init(X.shape[1], 2, list(range(k)), dtype=X.dtype)
     cfg = engine.OptimizerConfig(**vars(config(k)))
     with torch.no_grad():
@@ -155,43 +168,135 @@ def epoch_timer(engine: ModuleType, X: torch.Tensor, y: torch.Tensor, k: int) ->
     return timer
 
 
-def big_problem(rows: int, ks: list[int], rounds: int, engines: dict[str, ModuleType]) -> None:
+def on_threads(threads: int, make: Callable[[], Timer]) -> Timer:
+    """``make()``'s timer, made and run with torch's thread count set to ``threads``."""
+    default = torch.get_num_threads()
+
+    def set_threads() -> None:
+        if threads != default:
+            torch.set_num_threads(threads)
+
+    set_threads()
+    try:
+        timer = make()
+    finally:
+        torch.set_num_threads(default)
+
+    def run() -> float:
+        set_threads()
+        try:
+            return timer()
+        finally:
+            torch.set_num_threads(default)
+
+    return run
+
+
+BURN = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+
+
+@contextlib.contextmanager
+def cpu_burners(count: int) -> Iterator[None]:
+    """``count`` processes spinning in Python, each pinned to one core, from the last core on,
+    each in a session of its own: another user's job holding cores while the bench measures
+    (Linux's autogroup scheduling shares the CPU between sessions, so a process of the bench's
+    own session would take its CPU from the bench's threads alone)."""
+    cores = sorted(os.sched_getaffinity(0))
+    burners = [
+        subprocess.Popen(
+            [sys.executable, "-c", BURN, str(cores[-1 - i % len(cores)])], start_new_session=True
+        )
+        for i in range(count)
+    ]
+    try:
+        time.sleep(0.5)  # spinning
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
+def big_case(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    thread_counts: list[int],
+    rounds: int,
+    engines: dict[str, ModuleType],
+) -> dict[tuple[str, int], list[float]]:
+    """Times (ms) of ``X @ W``, ``X @ W`` then ``Z^T @ X``, and each engine's epoch, per
+    thread count, all interleaved round by round: ``{(name, threads): [ms per round]}``."""
+    g = torch.Generator().manual_seed(k)
+    W = torch.randn(X.shape[1], k, generator=g)
+    out = torch.empty(X.shape[0], k)
+    grad = torch.empty(k, X.shape[1])
+
+    def matmul() -> float:
+        start = time.perf_counter()
+        torch.mm(X, W, out=out)
+        return (time.perf_counter() - start) * 1e3
+
+    def two_products() -> float:
+        start = time.perf_counter()
+        torch.mm(X, W, out=out)
+        torch.mm(out.t(), X, out=grad)
+        return (time.perf_counter() - start) * 1e3
+
+    timers: dict[tuple[str, int], Timer] = {}
+    for threads in thread_counts:  # each variant on every thread count in a row
+        timers["matmul", threads] = on_threads(threads, lambda: matmul)
+    for threads in thread_counts:
+        timers["two", threads] = on_threads(threads, lambda: two_products)
+    for label, engine in engines.items():
+        for threads in thread_counts:
+            timers[label, threads] = on_threads(
+                threads, lambda engine=engine: epoch_timer(engine, X, y, k)
+            )
+    return interleaved_ms(timers, rounds)
+
+
+def timed(ms: float, base: float, width: int) -> str:
+    """``ms`` and its ratio to ``base``, ``width`` characters before the ratio."""
+    return f" {ms:{width}.2f} ({ms / base:4.2f})"
+
+
+def big_problem(
+    rows: int, ks: list[int], rounds: int, engines: dict[str, ModuleType], load: int
+) -> None:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(rows, 100, generator=g)
     y = (torch.rand(rows, generator=g) < 0.5).long()
+    default = torch.get_num_threads()
+    thread_counts = [default, 1] if default > 1 else [1]
+    threads_text = " and ".join(map(str, thread_counts))
     print(f"(d) {rows} x 100 float32, one full-batch epoch (binary) vs one X @ W, W: 100 x K;")
-    print(f"    median of {rounds} rounds, ms (ratio to X @ W):")
-    header = f"  {'K':>3s} {'X @ W':>8s} {'X @ W, Z^T @ X':>17s}"
-    for label in engines:
-        header += f" {'engine' + label:>{max(16, len(label) + 16)}s}"
+    print(f"    median of {rounds} rounds, ms (ratio to X @ W on as many threads); {threads_text}")
+    print("    threads interleaved, on the machine as it is (burners 0), then with", load)
+    print("    process(es) spinning, one core each (another session's); T/1: the epoch on")
+    print(f"    {default} threads over the epoch on 1, the median of the rounds' ratios")
+    widths = {label: max(15, len(label) + 6) for label in engines}
+    header = f"  {'burners':7s} {'K':>3s} {'thr':>3s} {'X @ W':>8s} {'X @ W, Z^T @ X':>15s}"
+    for label, width in widths.items():
+        header += f" {'engine' + label:>{width}s} {'T/1':>5s}"
     print(header)
-    for k in ks:
-        W = torch.randn(100, k, generator=g)
-        out = torch.empty(rows, k)
-        grad = torch.empty(k, 100)
-
-        def matmul(W: torch.Tensor = W, out: torch.Tensor = out) -> float:
-            start = time.perf_counter()
-            torch.mm(X, W, out=out)
-            return (time.perf_counter() - start) * 1e3
-
-        def two_products(
-            W: torch.Tensor = W, out: torch.Tensor = out, grad: torch.Tensor = grad
-        ) -> float:
-            start = time.perf_counter()
-            torch.mm(X, W, out=out)
-            torch.mm(out.t(), X, out=grad)
-            return (time.perf_counter() - start) * 1e3
-
-        timers = {"matmul": matmul, "two": two_products}
-        timers.update({label: epoch_timer(e, X, y, k) for label, e in engines.items()})
-        ms = median_ms(timers, rounds)
-        base = ms["matmul"]
-        line = f"  {k:3d} {base:8.2f} {ms['two']:9.2f} ({ms['two'] / base:4.2f})"
-        for label in engines:
-            width = max(16, len(label) + 16) - 7
-            line += f" {ms[label]:{width}.2f} ({ms[label] / base:4.2f})"
-        print(line, flush=True)
+    for burners in [0, load] if load else [0]:
+        with cpu_burners(burners):
+            for k in ks:
+                samples = big_case(X, y, k, thread_counts, rounds, engines)
+                ms = {key: statistics.median(times) for key, times in samples.items()}
+                for threads in thread_counts:
+                    base = ms["matmul", threads]
+                    line = f"  {burners:7d} {k:3d} {threads:3d} {base:8.2f}"
+                    line += timed(ms["two", threads], base, 8)
+                    for label, width in widths.items():
+                        line += timed(ms[label, threads], base, width - 7)
+                        if threads == 1:
+                            line += " " * 6
+                            continue
+                        pairs = zip(samples[label, threads], samples[label, 1], strict=True)
+                        line += f" {statistics.median(t / one for t, one in pairs):5.2f}"
+                    print(line, flush=True)
 
 
 def main() -> None:
@@ -200,6 +305,10 @@ def main() -> None:
     parser.add_argument("--ks", default="8,64", help="(d): configuration counts besides K=1")
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--load", type=int, default=1, help="(d) also under this many CPU burners (0: not)"
+    )
+    parser.add_argument("--skip-small", action="store_true", help="only case (d)")
     parser.add_argument("--against", metavar="DIR", help="also time DIR's engine, side by side")
     args = parser.parse_args()
     if args.threads:
@@ -207,10 +316,14 @@ def main() -> None:
     engines = {"": this_engine}
     if args.against:
         engines[f" [{args.against}]"] = load_engine(args.against)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    small_problem(args.rounds, engines)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    if not args.skip_small:
+        small_problem(args.rounds, engines)
     ks = [1] + [int(k) for k in args.ks.split(",") if k and int(k) != 1]
-    big_problem(args.big_rows, ks, args.rounds, engines)
+    big_problem(args.big_rows, ks, args.rounds, engines, args.load)
 
 
 if __name__ == "__main__":

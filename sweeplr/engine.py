@@ -7,7 +7,7 @@ overhead.  This engine trains K configurations of the *same* data set in one pas
 * the K weight matrices are stacked, so the logits of every configuration come from one matmul
   ``W_all @ X^T`` and the weight gradients from one matmul ``dZ @ X`` -- X is read twice per
   step however large K is, and on large data once: there the step walks X in groups of rows
-  that stay in cache from the logits to the gradient, one lane of groups per thread;
+  that stay in cache from the logits to the gradient, on every thread at once;
 * the gradient of the mean (binary) cross-entropy is written in closed form, so no autograd
   graph is built;
 * the optimizer updates are the exact update rules of ``torch.optim.SGD`` / ``Adam`` / ``AdamW``
@@ -35,8 +35,10 @@ configurations onto it.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
+import time
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +68,12 @@ _CACHE_BYTES = 3 << 19
 _MAX_BLOCK_ROWS = 2048
 _FUSED_MIN_X_BYTES = 24 << 20
 _FUSED_MIN_GROUPS = 2
+_MAX_CHUNKS = 64
+_MAX_SLOT_BYTES = 32 << 20
+# Fused steps run on all threads while these get at least this many cores' worth of CPU time
+# between them, else on one, trying all again after _TRY_MIN to _TRY_MAX steps (_WorkerCount).
+_PARALLEL_CORES = 1.2
+_TRY_MIN, _TRY_MAX = 4, 256
 # Plain epochs of a binary full batch with at most this many values in X run with a sign-folded
 # copy of X (see _FoldedBinarySteps): 4 MiB in float32, and where an epoch is short enough for
 # its op count to matter.
@@ -77,7 +85,7 @@ _GRAPH_MAX_ELEMENTS = 1 << 22
 _GRAPH_CACHE = 4  # graphs kept per run: chunks of plain epochs mostly repeat one (start, length)
 # Tests run _GraphedEpochs' bookkeeping on the CPU, its graph bodies eagerly (no capture).
 _GRAPHS_ON_CPU = False
-_lane_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool): see _lane_executor
+_worker_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool): _worker_executor
 # The fused Triton step (`sweeplr.kernels`) runs where X is on CUDA; tests set this to run it
 # on the CPU through Triton's interpreter (TRITON_INTERPRET=1 before triton is imported).
 _TRITON_ON_CPU = False
@@ -126,6 +134,9 @@ def _fused_sizes(ko: int, n_features: int, itemsize: int, multiclass: bool) -> t
     thread: K=1 within 4% for 3854-6144 rows, 5-15% slower for 2048; K=8 Adam within 7% for
     1024-4096; K=64 Adam within 5% for 512-2048), and larger groups mean fewer ops.  K*out == 1
     splits a group into equal blocks of at most `_MAX_BLOCK_ROWS` rows, for batched products.
+    (The machine later reported 512 KiB of L2 per core; 1.5 MiB groups still took the least
+    CPU time on one thread, 1M x 100: 384 KiB / 768 KiB / 3 MiB took 1.24 / 1.03 / 1.03x at
+    K=1 and 1.39 / 1.08 / 1.11x at K=8 Adam.)
     """
     per_row = (n_features + (3 if multiclass else 2) * ko) * itemsize
     rows = max(1, _CACHE_BYTES // per_row)
@@ -151,14 +162,25 @@ def _fuses(nb: int, rows: int, n_features: int, ko: int, itemsize: int, multicla
     return big and nb >= _FUSED_MIN_GROUPS * rows
 
 
-def _lane_executor(workers: int) -> ThreadPoolExecutor:
-    """A pool of at least ``workers`` threads for the lanes of fused steps, kept for reuse."""
-    global _lane_pool
-    if _lane_pool is None or _lane_pool[0] < workers:
-        if _lane_pool is not None:
-            _lane_pool[1].shutdown(wait=False)
-        _lane_pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="sweeplr-lane"))
-    return _lane_pool[1]
+def _n_chunks(n_groups: int, slot_bytes: int) -> int:
+    """How many chunks of consecutive groups a fused step's ``n_groups`` groups are cut into,
+    each with a weight-gradient slot of ``slot_bytes`` (K*out > 1; see `_Workspace`).
+
+    It depends on the problem's sizes only, never on the thread count, so that every thread
+    count adds the same partial sums in the same order.  More chunks than threads let a thread
+    that runs slower (another process holds its core) take fewer of them; `_MAX_CHUNKS` keeps
+    the slots' reduction small, and `_MAX_SLOT_BYTES` their memory."""
+    return min(n_groups, _MAX_CHUNKS, max(1, _MAX_SLOT_BYTES // slot_bytes))
+
+
+def _worker_executor(workers: int) -> ThreadPoolExecutor:
+    """A pool of at least ``workers`` threads for the workers of fused steps, kept for reuse."""
+    global _worker_pool
+    if _worker_pool is None or _worker_pool[0] < workers:
+        if _worker_pool is not None:
+            _worker_pool[1].shutdown(wait=False)
+        _worker_pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="sweeplr-fused"))
+    return _worker_pool[1]
 
 
 def logged_epochs(epochs: int, log_every: int) -> list[int]:
@@ -771,13 +793,16 @@ class _Workspace:
     reads X from memory twice, so the step is *fused* instead: the rows are cut
     into groups (`_Group`, sized by `_fused_sizes` to stay in one core's L2 cache) and each
     group's logits, loss kernel and gradient run back to back, so X comes from memory once.
-    The groups are split into one contiguous *lane* (`_Lane`) per torch thread, and each lane
-    runs on its own core (see `_Run._fused_loss_and_grad`).  Each group writes its loss and
-    bias-gradient sums to its own row of ``sums`` (binary) or ``loss_parts``/``bias_parts``,
-    and, for K*out == 1, its weight gradient to its own rows of ``parts``; with K*out > 1 each
-    lane accumulates the weight gradient in its row of ``lane_gw``.  A few reductions per step
-    then give the loss and G; they add the same terms in the same order whatever the timing,
-    so runs stay bit-identical.
+    The groups are cut into *chunks* of consecutive groups, more than there are threads (see
+    `_n_chunks`), and each torch thread runs a *worker* (`_Worker`: its own buffers) that takes
+    the next chunk whenever it is free (see `_Run._fused_loss_and_grad`), so a thread slowed
+    down by another process takes fewer chunks instead of holding up the step.  Each group
+    writes its loss and bias-gradient sums to its own row of ``sums`` (binary) or
+    ``loss_parts``/``bias_parts``, and, for K*out == 1, its weight gradient to its own rows of
+    ``parts``; with K*out > 1 each chunk accumulates the weight gradient in its row of
+    ``chunk_gw``.  A few reductions per step then give the loss and G; they add the same terms
+    in the same order whatever the thread count and whichever worker ran which chunk, so runs
+    stay bit-identical.
 
     With K*out == 1 the products are matrix-vector products, which MKL runs well below memory
     bandwidth as one ``[1, F] @ [F, rows]`` call; as batched products over blocks the whole
@@ -805,7 +830,9 @@ class _Workspace:
         self.sw: Tensor | None = None
         if run.sw is not None:
             self.sw = run.sw if run.batch_size is None else like.new_empty(run.sw.shape[0], nb)
-        self.lanes: list[_Lane] = []
+        self.chunks: list[list[_Group]] = []  # fused steps: see the class docstring
+        self.workers: list[_Worker] = []
+        self.worker_count = _WorkerCount()
         self.nb = nb
         self.ls: Tensor | None = None
         # The fused Triton step (see _kernel_applies) needs none of the whole-batch buffers
@@ -827,26 +854,34 @@ class _Workspace:
             return
         starts = range(0, nb, rows)
         n_groups = len(starts)
-        n_lanes = min(torch.get_num_threads(), n_groups)
+        self.rows = rows
         self.inv_n_vec = like.new_full((n_groups,), self.inv_n)
         if self.multiclass:
             self.loss_parts = like.new_empty(n_groups, ka)
             self.bias_parts = like.new_empty(n_groups, ko)
         else:
             self.sums = like.new_empty(n_groups, 2 * ko)
+        n_chunks = _n_chunks(n_groups, ko * n_features * itemsize)
         if ko == 1:  # a row per full block and per group remainder, in row order
             self.parts = like.new_empty(n_groups * -(-rows // self.block), 1, n_features)
             self.n_parts = 0
         else:
-            self.lane_gw = like.new_empty(n_lanes, ko, n_features)
-        for index in range(n_lanes):  # n_groups // n_lanes or one more groups each
-            lane = _Lane(self, index, rows)
-            for g in range(index * n_groups // n_lanes, (index + 1) * n_groups // n_lanes):
-                lane.groups.append(_Group(self, lane, g, starts[g], min(starts[g] + rows, nb)))
-            self.lanes.append(lane)
+            self.chunk_gw = like.new_empty(n_chunks, ko, n_features)
+        for c in range(n_chunks):  # n_groups // n_chunks or one more groups each
+            chunk: list[_Group] = []
+            for g in range(c * n_groups // n_chunks, (c + 1) * n_groups // n_chunks):
+                stop = min(starts[g] + rows, nb)
+                chunk.append(_Group(self, g, starts[g], stop, c, first_in_chunk=not chunk))
+            self.chunks.append(chunk)
         if ko == 1:
             self.parts = self.parts[: self.n_parts]
             self.inv_n_parts = like.new_full((self.n_parts,), self.inv_n)
+
+    def worker(self, index: int) -> _Worker:
+        """The buffers of the ``index``-th thread running this workspace's chunks."""
+        while len(self.workers) <= index:
+            self.workers.append(_Worker(self, self.rows))
+        return self.workers[index]
 
     def plain_buffers(self) -> None:
         """The whole-batch buffers of unfused steps."""
@@ -912,7 +947,7 @@ class _FoldedBinarySteps:
         return (
             run.batch_size is None
             and not run.extended  # row weights and penalties are only in the plain step
-            and not ws.lanes  # a fused workspace has no whole-batch logit buffers
+            and not ws.chunks  # a fused workspace has no whole-batch logit buffers
             and ws.kernel is None  # nor has the Triton step's
             and ws.ls is None
             and x.is_contiguous()
@@ -1078,52 +1113,117 @@ def _adam_update(opt: _Adam, p: Tensor, g: Tensor, *, nss: Tensor, bc2: Tensor) 
     opt.update(p, g, nss, bc2)
 
 
-class _Lane:
-    """One thread's groups of a fused step and the buffers they share (one group at a time)."""
+class _WorkerCount:
+    """How many workers a workspace's fused steps run on: all of torch's T threads, or one.
 
-    def __init__(self, ws: _Workspace, index: int, rows: int) -> None:
+    On a quiet machine T workers get T cores and the step is faster.  When other processes
+    hold the cores, our threads share what is left: under Linux's autogroup scheduling
+    another session's job gets as much CPU as all our threads together, so T workers get
+    about one core between them, and only wait for each other on top.  So each step on T
+    workers measures the CPU time its workers got over its wall time (``cores``), and while
+    that is below `_PARALLEL_CORES` the steps run on one worker.  Then, now and then, one step
+    tries T workers again: if they get the cores, T it is; if not, the next try waits twice as
+    many steps (from `_TRY_MIN` up to `_TRY_MAX`).  On a quiet machine nothing is tried, and a
+    loaded machine is followed within a step and left within `_TRY_MAX` steps.  The numbers do
+    not depend on the count (see `_Run._fused_loss_and_grad`).
+    """
+
+    def __init__(self) -> None:
+        self.all_threads = True  # the count in use
+        self.interval = self.steps_left = _TRY_MIN  # on one worker: steps until the next try
+
+    def workers(self, threads: int) -> int:
+        """The next step's worker count with ``threads`` torch threads."""
+        return threads if self.all_threads or self.steps_left == 0 else 1
+
+    def measured(self, n_workers: int, cores: float) -> None:
+        """A step ran on ``n_workers`` workers, which got ``cores`` cores' worth of CPU time."""
+        if n_workers == 1:
+            self.steps_left -= 1
+            return
+        parallel = cores >= _PARALLEL_CORES
+        if parallel and not self.all_threads:  # a try that found the cores
+            self.interval = _TRY_MIN
+        elif not parallel:  # the first step on one worker, or a try that did not find them
+            self.interval = _TRY_MIN if self.all_threads else min(2 * self.interval, _TRY_MAX)
+            self.steps_left = self.interval
+        self.all_threads = parallel
+
+
+class _Worker:
+    """One thread's buffers for the groups of a fused step it runs, one group at a time (so they
+    stay in its core's cache), and their views for a group of ``m`` rows (`_Buffers`)."""
+
+    def __init__(self, ws: _Workspace, rows: int) -> None:
         like, ko, ka = ws.pw, ws.ko, ws.ka
-        self.groups: list[_Group] = []
+        self.ws = ws
         # binary: logits, then loss terms, and dz; multi-class: logits (ls_buf: log-softmax, dz)
         self.z_buf = like.new_empty((1 if ws.multiclass else 2) * ko * rows)
-        self.ones = like.new_ones(rows)
+        self.ones_buf = like.new_ones(rows)
         if ws.multiclass:
             self.ls_buf = like.new_empty(ko * rows)
             self.lp_buf = like.new_empty(ka * rows)
-        if ko > 1:
-            self.gw = ws.lane_gw[index]
+        self.views: dict[int, _Buffers] = {}  # by group length: all groups but the last share one
+
+    def buffers(self, m: int) -> _Buffers:
+        views = self.views.get(m)
+        if views is None:
+            views = self.views[m] = _Buffers(self, m)
+        return views
 
 
-class _Group:
-    """Views for the rows ``[start, stop)`` of a fused step, run by ``lane``.
+class _Buffers:
+    """Views of a worker's buffers for a group of ``m`` rows.
 
-    Buffer views start at offset 0 of the lane's buffers, so they are contiguous whatever the
-    group's length (the last group is usually shorter).
+    They start at offset 0 of the worker's buffers, so they are contiguous whatever the group's
+    length (the last group is usually shorter), and lie alike in every worker's buffers (torch
+    aligns every allocation to 64 bytes): a group's ops see the same shapes, strides and alignment
+    whichever thread runs them, and give the same bits.
     """
 
-    def __init__(self, ws: _Workspace, lane: _Lane, index: int, start: int, stop: int) -> None:
-        m, ko, ka = stop - start, ws.ko, ws.ka
-        self.x = ws.x[start:stop]
-        self.xt = self.x.t()
-        self.ones = lane.ones[:m]
-        self.z = lane.z_buf[: ko * m].view(ko, m)
+    def __init__(self, worker: _Worker, m: int) -> None:
+        ws = worker.ws
+        ko, ka = ws.ko, ws.ka
+        self.ones = worker.ones_buf[:m]
+        self.z = worker.z_buf[: ko * m].view(ko, m)
         self.dz: Tensor
         if ws.multiclass:
             self.z3 = self.z.view(ka, -1, m)
-            self.ls = lane.ls_buf[: ko * m].view(ka, -1, m)
+            self.ls = worker.ls_buf[: ko * m].view(ka, -1, m)
             self.dz = self.ls.view(ko, m)
-            self.label_log_prob = lane.lp_buf[: ka * m].view(ka, 1, m)
+            self.label_log_prob = worker.lp_buf[: ka * m].view(ka, 1, m)
+        else:
+            # [loss terms; dz] as one [2*ko, m] matrix: one mv sums both per configuration.
+            self.both = worker.z_buf[: 2 * ko * m].view(2 * ko, m)
+            self.z, self.dz = self.both[:ko], self.both[ko:]
+        if ko == 1:  # the batched matrix-vector blocks of `_Group`
+            blocks = m // ws.block
+            main = blocks * ws.block
+            self.z3_blocks = self.z[:, :main].view(blocks, 1, ws.block)
+            self.dz3_blocks = self.dz[:, :main].view(blocks, 1, ws.block)
+            self.z_rest, self.dz_rest = self.z[:, main:], self.dz[:, main:]
+
+
+class _Group:
+    """Views of X, the targets and the step's partial sums for the rows ``[start, stop)`` of a
+    fused step, the ``index``-th group, in chunk ``chunk``."""
+
+    def __init__(
+        self, ws: _Workspace, index: int, start: int, stop: int, chunk: int, first_in_chunk: bool
+    ) -> None:
+        self.m = m = stop - start
+        ka = ws.ka
+        self.x = ws.x[start:stop]
+        self.xt = self.x.t()
+        if ws.multiclass:
             self.label_index = ws.targets[0][start:stop].view(1, 1, m).expand(ka, 1, m)
             self.neg_onehot = ws.targets[1][:, start:stop]
             self.loss_row, self.bias_row = ws.loss_parts[index], ws.bias_parts[index]
         else:
-            # [loss terms; dz] as one [2*ko, m] matrix: one mv sums both per configuration.
-            self.both = lane.z_buf[: 2 * ko * m].view(2 * ko, m)
-            self.z, self.dz = self.both[:ko], self.both[ko:]
             self.sign = ws.targets[0][start:stop]
             self.sums_row = ws.sums[index]
-        if ko > 1:
-            self.gw, self.beta = lane.gw, 0 if not lane.groups else 1  # the lane's first: beta 0
+        if ws.ko > 1:  # the chunk's share of the weight gradient; its first group: beta 0
+            self.gw, self.beta = ws.chunk_gw[chunk], 0 if first_in_chunk else 1
             return
         block = ws.block
         self.blocks = blocks = m // block
@@ -1131,36 +1231,53 @@ class _Group:
         x3 = self.x[:main].view(blocks, block, self.x.shape[1])
         self.x3, self.x3t = x3, x3.transpose(1, 2)
         self.pw3, self.pb3 = ws.pw.unsqueeze(0).expand(blocks, 1, -1), ws.pb.unsqueeze(0)
-        self.z3_blocks = self.z[:, :main].view(blocks, 1, block)
-        self.dz3_blocks = self.dz[:, :main].view(blocks, 1, block)
         self.part_blocks = ws.parts[ws.n_parts : ws.n_parts + blocks]
         ws.n_parts += blocks
         self.rest = main < m
         self.x_rest, self.xt_rest = self.x[main:], self.xt[:, main:]
-        self.z_rest, self.dz_rest = self.z[:, main:], self.dz[:, main:]
         if self.rest:
             self.part_rest = ws.parts[ws.n_parts]
             ws.n_parts += 1
 
-    def forward(self, ws: _Workspace) -> None:
-        """Logits of the group's rows into ``z``."""
-        if ws.ko > 1:
-            torch.addmm(ws.pb, ws.pw, self.xt, out=self.z)
-            return
-        if self.blocks:
-            torch.baddbmm(self.pb3, self.pw3, self.x3t, out=self.z3_blocks)
-        if self.rest:
-            torch.addmm(ws.pb, ws.pw, self.xt_rest, out=self.z_rest)
+    def run(self, ws: _Workspace, buf: _Buffers, want_loss: bool) -> None:
+        """The loss kernels of `_Run._loss_and_grad` on the group's rows, in ``buf``."""
+        self.forward(ws, buf)
+        if ws.multiclass:
+            ls = torch.log_softmax(buf.z3, 1, out=buf.ls)
+            label_log_prob = torch.gather(ls, 1, self.label_index, out=buf.label_log_prob)
+            torch.mv(label_log_prob.view(ws.ka, -1), buf.ones, out=self.loss_row)
+            ls.exp_().add_(self.neg_onehot)
+            torch.mv(buf.dz, buf.ones, out=self.bias_row)
+        else:
+            u = buf.z.mul_(self.sign)
+            sigmoid_u = torch.sigmoid(u, out=buf.dz)
+            if want_loss:
+                torch.add(F.softplus(u), u - u, out=u)
+            else:
+                u.mul_(sigmoid_u)
+            sigmoid_u.mul_(self.sign)
+            torch.mv(buf.both, buf.ones, out=self.sums_row)  # loss terms and dz, summed
+        self.backward(ws, buf)
 
-    def backward(self, ws: _Workspace) -> None:
-        """The group's share of the weight gradient (from ``dz`` = n * dL/dz)."""
+    def forward(self, ws: _Workspace, buf: _Buffers) -> None:
+        """Logits of the group's rows into ``buf.z``."""
         if ws.ko > 1:
-            self.gw.addmm_(self.dz, self.x, beta=self.beta, alpha=ws.inv_n)
+            torch.addmm(ws.pb, ws.pw, self.xt, out=buf.z)
             return
         if self.blocks:
-            torch.bmm(self.dz3_blocks, self.x3, out=self.part_blocks)
+            torch.baddbmm(self.pb3, self.pw3, self.x3t, out=buf.z3_blocks)
         if self.rest:
-            torch.mm(self.dz_rest, self.x_rest, out=self.part_rest)
+            torch.addmm(ws.pb, ws.pw, self.xt_rest, out=buf.z_rest)
+
+    def backward(self, ws: _Workspace, buf: _Buffers) -> None:
+        """The group's share of the weight gradient (from ``buf.dz`` = n * dL/dz)."""
+        if ws.ko > 1:
+            self.gw.addmm_(buf.dz, self.x, beta=self.beta, alpha=ws.inv_n)
+            return
+        if self.blocks:
+            torch.bmm(buf.dz3_blocks, self.x3, out=self.part_blocks)
+        if self.rest:
+            torch.mm(buf.dz_rest, self.x_rest, out=self.part_rest)
 
 
 class _Run:
@@ -1277,7 +1394,7 @@ class _Run:
 
         Fused steps (see `_Workspace`) run the same kernels group by group.
         """
-        if ws.lanes:
+        if ws.chunks:
             self._fused_loss_and_grad(ws, loss_sum_out, want_loss)
             return
         if ws.kernel is not None:
@@ -1353,34 +1470,53 @@ class _Run:
 
     @staticmethod
     def _fused_loss_and_grad(ws: _Workspace, loss_sum_out: Tensor, want_loss: bool) -> None:
-        """`_loss_and_grad` of a fused step: each lane's groups, then the reductions.
+        """`_loss_and_grad` of a fused step: the chunks' groups, then the reductions.
 
-        With several lanes, the first runs here and the others on `_lane_executor`'s threads
-        (torch ops release the GIL), each op on one thread: torch's thread count is 1 meanwhile,
-        as with `sweeplr.runner`'s small-data passes (so not for concurrent calls from several
-        Python threads).  Letting each op use all threads instead puts an OpenMP barrier in each
-        of the thousands of per-group ops; on the shared 2-core machine measured, a barrier waits
-        whenever another process holds one of the cores, and the epoch took 4-18x one ``X @ w``
-        instead of 1.2-2x.  Lanes wait for each other once per step.
+        With T torch threads, T workers take chunks in turn from one queue, whichever is free
+        first (the calling thread, and T - 1 threads of `_worker_executor`; torch ops release
+        the GIL), or one worker where T did not get the cores (`_WorkerCount`).  Each op runs
+        on one thread: torch's thread count is 1 meanwhile, as with `sweeplr.runner`'s
+        small-data passes (so not for concurrent calls from several Python threads).  Letting
+        each op use all threads instead puts an OpenMP barrier in each of the thousands of
+        per-group ops; on the shared 2-core machine measured, a barrier waits whenever another
+        process holds one of the cores, and the epoch took 4-18x one ``X @ w`` instead of
+        1.2-2x.  Workers wait for each other once per step, and a worker whose core another
+        process holds takes fewer chunks (with one static share of the groups per thread, the
+        step waited for the slowed one: 2 threads took 1.9x the time of one).  Which worker runs
+        a chunk changes no number: each group and chunk writes its own partial sums, reduced in
+        row order.
         """
-        lanes = ws.lanes
-        if len(lanes) == 1:
-            _Run._run_lane(ws, lanes[0], want_loss)
-        else:
-            pool = _lane_executor(len(lanes) - 1)
-            threads = torch.get_num_threads()
+        chunks = ws.chunks
+        threads = torch.get_num_threads()
+        counted = threads > 1 and len(chunks) > 1
+        n_workers = min(ws.worker_count.workers(threads), len(chunks)) if counted else 1
+        queue = collections.deque(chunks)  # popleft is atomic: each chunk runs once
+        futures: list[Future[float]] = []
+        if threads > 1:
             torch.set_num_threads(1)
-            futures: list[Future[None]] = []
-            try:
-                for lane in lanes[1:]:
-                    futures.append(pool.submit(_Run._run_lane, ws, lane, want_loss))
-                _Run._run_lane(ws, lanes[0], want_loss)
-            finally:
-                for future in futures:  # all lanes are done before the thread count returns
-                    future.exception()
+        try:
+            start = time.perf_counter()
+            if n_workers > 1:
+                pool = _worker_executor(n_workers - 1)
+                for index in range(1, n_workers):
+                    futures.append(
+                        pool.submit(_Run._run_chunks, ws, ws.worker(index), queue, want_loss)
+                    )
+            cpu = _Run._run_chunks(ws, ws.worker(0), queue, want_loss)
+            cpu += sum(future.result() for future in futures)
+            if counted:
+                ws.worker_count.measured(n_workers, cpu / (time.perf_counter() - start))
+            _Run._reduce_fused(ws, loss_sum_out)
+        finally:
+            queue.clear()  # a failed step: the other workers stop after their current chunk
+            for future in futures:  # all workers are done before the thread count returns
+                future.exception()
+            if threads > 1:
                 torch.set_num_threads(threads)
-            for future in futures:
-                future.result()
+
+    @staticmethod
+    def _reduce_fused(ws: _Workspace, loss_sum_out: Tensor) -> None:
+        """The loss and G from the groups' and chunks' partial sums, in row order."""
         ko = ws.ko
         if ws.multiclass:
             torch.sum(ws.loss_parts, 0, out=loss_sum_out).neg_()
@@ -1391,30 +1527,24 @@ class _Run:
         if ko == 1:
             torch.mv(ws.parts.view(-1, ws.parts.shape[2]).t(), ws.inv_n_parts, out=ws.gw[0])
         else:
-            torch.sum(ws.lane_gw, 0, out=ws.gw)
+            torch.sum(ws.chunk_gw, 0, out=ws.gw)
 
     @staticmethod
-    def _run_lane(ws: _Workspace, lane: _Lane, want_loss: bool) -> None:
-        """The loss kernels of `_loss_and_grad` on each of the lane's groups, in row order."""
+    def _run_chunks(
+        ws: _Workspace, worker: _Worker, queue: collections.deque[list[_Group]], want_loss: bool
+    ) -> float:
+        """The loss kernels of `_loss_and_grad` on the groups of chunks taken from ``queue``
+        until it is empty, each chunk's in row order, in ``worker``'s buffers; returns the CPU
+        seconds the calling thread got meanwhile."""
+        start = time.thread_time()
         with torch.no_grad():  # thread-local: the pool's threads do not inherit train_batched's
-            for g in lane.groups:
-                g.forward(ws)
-                if ws.multiclass:
-                    ls = torch.log_softmax(g.z3, 1, out=g.ls)
-                    label_log_prob = torch.gather(ls, 1, g.label_index, out=g.label_log_prob)
-                    torch.mv(label_log_prob.view(ws.ka, -1), g.ones, out=g.loss_row)
-                    ls.exp_().add_(g.neg_onehot)
-                    torch.mv(g.dz, g.ones, out=g.bias_row)
-                else:
-                    u = g.z.mul_(g.sign)
-                    sigmoid_u = torch.sigmoid(u, out=g.dz)
-                    if want_loss:
-                        torch.add(F.softplus(u), u - u, out=u)
-                    else:
-                        u.mul_(sigmoid_u)
-                    sigmoid_u.mul_(g.sign)
-                    torch.mv(g.both, g.ones, out=g.sums_row)  # loss terms and dz, summed
-                g.backward(ws)
+            while True:
+                try:
+                    chunk = queue.popleft()
+                except IndexError:  # no chunk left
+                    return time.thread_time() - start
+                for g in chunk:
+                    g.run(ws, worker.buffers(g.m), want_loss)
 
     def _full_batch_epoch(self, loss_out: Tensor, want_loss: bool) -> None:
         """One step on all of X; ``loss_out`` gets the loss *sum* (see ``loss_divisor``)."""

@@ -6,8 +6,12 @@ checked against it, so a change in torch's optimizers or data loading shows up h
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -204,7 +208,12 @@ def tiny_fused_sizes(ko: int, *_: Any) -> tuple[int, int]:
     return (40 if ko == 1 else 24), 16
 
 
-FUSED_SIZES = {"_fused_sizes": tiny_fused_sizes, "_FUSED_MIN_X_BYTES": 0, "_FUSED_MIN_GROUPS": 2}
+FUSED_SIZES = {
+    "_fused_sizes": tiny_fused_sizes,
+    "_FUSED_MIN_X_BYTES": 0,
+    "_FUSED_MIN_GROUPS": 2,
+    "_MAX_CHUNKS": 3,  # chunks of several groups
+}
 UNFUSED_SIZES = {"_FUSED_MIN_GROUPS": 10**9}
 FUSED_BATCH = 96  # mini-batches of 96 rows are fused; the last one, 54 rows, too if K*out > 1
 
@@ -265,7 +274,7 @@ def one_step(
     ws = run._workspace(X.shape[0])
     loss = X.new_full((len(seeds),), math.nan)
     run._loss_and_grad(ws, loss, want_loss)
-    return loss, run.G.clone(), sum(len(lane.groups) for lane in ws.lanes)
+    return loss, run.G.clone(), sum(len(chunk) for chunk in ws.chunks)
 
 
 @pytest.mark.parametrize("want_loss", [True, False], ids=["loss", "surrogate"])
@@ -311,44 +320,226 @@ def test_fused_step_is_the_two_pass_step(
         torch.testing.assert_close(loss / n, losses.mean(1).detach().float())
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize(("n_classes", "k"), [(2, 1), (2, 3), (3, 2)])
-def test_fused_step_runs_one_lane_per_thread(
-    threads: int, n_classes: int, k: int, monkeypatch: pytest.MonkeyPatch
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)  # the module's setting (see single_thread)
+
+
+def fused_run(X: Tensor, y: Tensor, n_classes: int, k: int, epochs: int = 5) -> EngineResult:
+    """A whole fused run of Adam, every epoch logged."""
+    cfg = OptimizerConfig("adam", lr=[0.01 * (i + 1) for i in range(k)])
+    result, _, _ = run_engine(X, y, n_classes, list(range(k)), cfg, epochs=epochs, log_every=1)
+    return result
+
+
+def record_workers(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Per fused step, the thread that ran each group, in order of running."""
+    steps: list[list[int]] = []
+    fused_step, run_group = engine._Run._fused_loss_and_grad, engine._Group.run
+
+    def step(ws: Any, loss_sum_out: Tensor, want_loss: bool) -> None:
+        steps.append([])
+        fused_step(ws, loss_sum_out, want_loss)
+
+    def group(g: Any, ws: Any, buf: Any, want_loss: bool) -> None:
+        steps[-1].append(threading.get_ident())
+        run_group(g, ws, buf, want_loss)
+
+    monkeypatch.setattr(engine._Run, "_fused_loss_and_grad", staticmethod(step))
+    monkeypatch.setattr(engine._Group, "run", group)
+    return steps
+
+
+def assert_same_run(a: EngineResult, b: EngineResult) -> None:
+    """Bit for bit."""
+    for name in ("weight", "bias"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for name in ("train_loss", "val_loss", "val_accuracy"):  # NaN without validation data
+        x, y = getattr(a.history, name), getattr(b.history, name)
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+FUSED_CASES = [(2, 1), (2, 3), (3, 2)]  # (n_classes, K): K*out == 1, binary, multi-class
+
+
+@pytest.mark.parametrize(("n_classes", "k"), FUSED_CASES)
+def test_fused_runs_are_the_same_on_any_thread_count(
+    n_classes: int, k: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With T torch threads a fused step runs T lanes of whole groups, each on one thread; the
-    numbers are those of one lane, and the thread count is T again afterwards, even when a lane
-    fails."""
+    """With T torch threads, T workers take the chunks of groups, whichever is free; each
+    group's and chunk's partial sums have their own slot, so every thread count gives the same
+    bits, and the thread count is T again after each step."""
     X, y = make_data(n_classes, torch.float32, n=150)
     use_sizes(monkeypatch, FUSED_SIZES)
-    one_lane = one_step(X, y, n_classes, list(range(k)), True)
-    try:
-        torch.set_num_threads(threads)
-        loss, grad, n_groups = one_step(X, y, n_classes, list(range(k)), True)
-        assert torch.get_num_threads() == threads
-        weight, bias = linear_init(X.shape[1], n_classes, list(range(k)))
-        run = engine._Run(
-            X, y, n_classes, weight, bias, OptimizerConfig("sgd", lr=0.1), None, 0, None
-        )
-        ws = run._workspace(X.shape[0])
-        assert len(ws.lanes) == threads and all(lane.groups for lane in ws.lanes)
-        seen_in_lane = []
+    one = fused_run(X, y, n_classes, k)
+    steps = record_workers(monkeypatch)
+    monkeypatch.setattr(engine, "_PARALLEL_CORES", 0.0)  # every step on T workers
+    for threads in (2, 3):
+        with torch_threads(threads):
+            several = fused_run(X, y, n_classes, k)
+            assert torch.get_num_threads() == threads
+        assert_same_run(several, one)
+        assert len(steps) == 5 and all(1 <= len(set(ran)) <= threads for ran in steps)
+        steps.clear()
 
-        def failing_lane(ws: Any, lane: Any, want_loss: bool) -> None:
-            seen_in_lane.append(torch.get_num_threads())
-            if lane is not ws.lanes[0]:
-                raise RuntimeError("lane failed")
 
-        monkeypatch.setattr(engine._Run, "_run_lane", staticmethod(failing_lane))
-        with pytest.raises(RuntimeError, match="lane failed"):
+@pytest.mark.parametrize("stalled", ["caller", "pool", "mid-chunk"])
+@pytest.mark.parametrize(("n_classes", "k"), FUSED_CASES)
+def test_a_stalled_worker_changes_no_number(
+    n_classes: int, k: int, stalled: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker held up (as when another process holds its core) leaves the chunks to the
+    other, and the numbers are those of one thread, bit for bit.
+
+    On 2 threads, in every step one worker waits until the other has run out of chunks:
+    "caller", the thread that called the step, before its first chunk; "pool", the pool's
+    thread, before its first chunk; "mid-chunk", the pool's thread after the first group of its
+    first chunk (the caller waits until it has one)."""
+    X, y = make_data(n_classes, torch.float32, n=150)
+    use_sizes(monkeypatch, FUSED_SIZES)
+    one = fused_run(X, y, n_classes, k)
+    steps = record_workers(monkeypatch)
+    fused_step, run_chunks = engine._Run._fused_loss_and_grad, engine._Run._run_chunks
+    run_group = engine._Group.run
+    caller = threading.get_ident()
+    done = {"caller": threading.Event(), "pool": threading.Event()}
+    has_one = threading.Event()
+
+    def wait(event: threading.Event) -> None:
+        assert event.wait(timeout=60), "a worker waited in vain"
+
+    def chunks(ws: Any, worker: Any, queue: Any, want_loss: bool) -> float:
+        me = "caller" if threading.get_ident() == caller else "pool"
+        if me == "caller" and stalled == "mid-chunk":
+            wait(has_one)
+        elif me == stalled:
+            wait(done["pool" if me == "caller" else "caller"])
+        try:
+            return run_chunks(ws, worker, queue, want_loss)
+        finally:
+            done[me].set()
+
+    def group(g: Any, ws: Any, buf: Any, want_loss: bool) -> None:
+        run_group(g, ws, buf, want_loss)
+        if stalled == "mid-chunk" and threading.get_ident() != caller and not has_one.is_set():
+            has_one.set()
+            wait(done["caller"])
+
+    def step(ws: Any, loss_sum_out: Tensor, want_loss: bool) -> None:
+        for event in (*done.values(), has_one):
+            event.clear()
+        fused_step(ws, loss_sum_out, want_loss)
+
+    monkeypatch.setattr(engine._Run, "_run_chunks", staticmethod(chunks))
+    monkeypatch.setattr(engine._Group, "run", group)
+    monkeypatch.setattr(engine._Run, "_fused_loss_and_grad", staticmethod(step))
+    monkeypatch.setattr(engine, "_PARALLEL_CORES", 0.0)  # every step on 2 workers
+    with torch_threads(2):
+        result = fused_run(X, y, n_classes, k)
+    assert_same_run(result, one)
+    assert len(steps) == 5
+    for ran in steps:  # who ran the groups, in order: C the caller, P the pool's thread
+        order = "".join("C" if thread == caller else "P" for thread in ran)
+        pattern = {"caller": "P+", "pool": "C+", "mid-chunk": "PC+P*"}[stalled]
+        assert re.fullmatch(pattern, order), order
+
+
+def worker_counts(cores: Callable[[int], float], steps: int) -> list[int]:
+    """The worker counts `_WorkerCount` picks on 2 threads, step by step, when 2 workers at
+    step ``s`` get ``cores(s)`` cores' worth of CPU time."""
+    count = engine._WorkerCount()
+    used = []
+    for step in range(steps):
+        n = count.workers(2)
+        used.append(n)
+        count.measured(n, cores(step) if n == 2 else 1.0)
+    return used
+
+
+def test_worker_count_keeps_all_threads_that_get_the_cores() -> None:
+    """On a quiet machine nothing is tried; one step without the cores (a hiccup) moves to one
+    worker, and the try 4 steps later back."""
+    assert worker_counts(lambda step: 1.9, 600) == [2] * 600
+    used = worker_counts(lambda step: 0.9 if step == 50 else 1.25, 100)
+    assert used == [2] * 51 + [1] * 4 + [2] * 45
+
+
+def test_worker_count_follows_the_load() -> None:
+    """When 2 workers get less than `_PARALLEL_CORES` (steps 100-999: other processes hold
+    the cores) the steps run on one, trying 2 again after 4, 8, 16, ... 256 steps, until a try
+    gets the cores."""
+    used = worker_counts(lambda step: 0.9 if 100 <= step < 1000 else 1.9, 1300)
+    assert [step for step in range(100, 1129) if used[step] == 2] == [
+        100,
+        105,
+        114,
+        131,
+        164,
+        229,
+        358,
+        615,
+        872,
+    ]
+    assert used[:100] == [2] * 100
+    assert used[1129:] == [2] * (1300 - 1129)
+
+
+def test_fused_steps_leave_workers_that_get_no_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fused steps on 2 threads whose second worker is held up (as when another process holds
+    its core) get less than `_PARALLEL_CORES` cores: the next steps run on one worker, until
+    the try after 4 steps."""
+    X, y = make_data(2, torch.float32, n=150)
+    use_sizes(monkeypatch, FUSED_SIZES)
+    run_chunks, choose = engine._Run._run_chunks, engine._WorkerCount.workers
+    caller = threading.get_ident()
+    chosen = []
+
+    def held_up(ws: Any, worker: Any, queue: Any, want_loss: bool) -> float:
+        if threading.get_ident() != caller:
+            time.sleep(0.2)
+        return run_chunks(ws, worker, queue, want_loss)
+
+    def workers(count: Any, threads: int) -> int:
+        chosen.append(choose(count, threads))
+        return chosen[-1]
+
+    monkeypatch.setattr(engine._Run, "_run_chunks", staticmethod(held_up))
+    monkeypatch.setattr(engine._WorkerCount, "workers", workers)
+    with torch_threads(2):
+        fused_run(X, y, 2, 3, epochs=7)
+    assert chosen == [2, 1, 1, 1, 1, 2, 1]
+
+
+@pytest.mark.parametrize(("n_classes", "k"), FUSED_CASES)
+def test_fused_workers_run_one_thread_each(
+    n_classes: int, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker's ops run on one thread, and the thread count is back even when a worker
+    fails; the failure reaches the caller."""
+    X, y = make_data(n_classes, torch.float32, n=150)
+    use_sizes(monkeypatch, FUSED_SIZES)
+    weight, bias = linear_init(X.shape[1], n_classes, list(range(k)))
+    run = engine._Run(X, y, n_classes, weight, bias, OptimizerConfig("sgd", lr=0.1), None, 0, None)
+    ws = run._workspace(X.shape[0])
+    seen_in_worker = []
+    caller = threading.get_ident()
+
+    def failing(ws: Any, worker: Any, queue: Any, want_loss: bool) -> float:
+        seen_in_worker.append(torch.get_num_threads())
+        if threading.get_ident() != caller:
+            raise RuntimeError("worker failed")
+        return 0.0
+
+    monkeypatch.setattr(engine._Run, "_run_chunks", staticmethod(failing))
+    with torch_threads(3):
+        with pytest.raises(RuntimeError, match="worker failed"):
             run._loss_and_grad(ws, X.new_empty(k), True)
-        assert seen_in_lane == [1] * threads  # each lane's ops run on one thread
-        assert torch.get_num_threads() == threads
-    finally:
-        torch.set_num_threads(1)
-    assert n_groups == one_lane[2]
-    torch.testing.assert_close(loss, one_lane[0], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grad, one_lane[1], rtol=1e-6, atol=1e-7)
+        assert seen_in_worker == [1, 1, 1]
+        assert torch.get_num_threads() == 3
 
 
 def test_fused_runs_are_the_two_pass_runs(monkeypatch: pytest.MonkeyPatch) -> None:
