@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import io
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -31,6 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
 from sweeplr.errors import SweeplrError
+from sweeplr.importance import PendingImportances, importances
 from sweeplr.predict import TrainedModel, model_from_payload
 from sweeplr.records import HISTORY_FILE, atomic_write, load_model_payload, read_metrics
 from sweeplr.results import FIXED_COLUMNS, load_sweep, run_dirs
@@ -889,7 +889,10 @@ def optuna_importance_figure(importances: dict[str, float], name: str, n_trials:
 
 
 def plot_optuna_study(
-    study: optuna.Study, out_dir: str | Path, objective_name: str | None = None
+    study: optuna.Study,
+    out_dir: str | Path,
+    objective_name: str | None = None,
+    pending: PendingImportances | None = None,
 ) -> list[Path]:
     """``optuna_history.png``, ``optuna_parallel.png`` and ``optuna_importance.png``, drawn from
     the study's trials in sweeplr's style, each skipped when the study is too small for it to
@@ -897,6 +900,7 @@ def plot_optuna_study(
 
     The history needs a completed trial; parallel coordinates need >= 2 (one trial is one
     line); importances need >= 2 completed trials and >= 2 parameters that vary.
+    ``pending``: the importances, started beside this process (`sweeplr.importance`).
     """
     import optuna
 
@@ -923,12 +927,15 @@ def plot_optuna_study(
         fig = optuna_parallel_figure(trials, params, name, direction, log_params, categorical)
         written.append(save_figure(fig, out_dir / PARALLEL_PNG))
     if len(complete) >= 2 and len(varying) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # same picture twice
-            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-        fig = optuna_importance_figure(importances, name, len(complete))
+        found = (
+            pending.result()
+            if pending is not None
+            else importances(study.get_trials(deepcopy=False), direction)
+        )
+        fig = optuna_importance_figure(found, name, len(complete))
         written.append(save_figure(fig, out_dir / IMPORTANCE_PNG))
+    elif pending is not None:
+        pending.cancel()
     return written
 
 

@@ -25,6 +25,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sweeplr.errors import SweeplrError
+from sweeplr.importance import start_importances
 from sweeplr.plots import (
     plot_optuna_study,
     plot_run,
@@ -763,11 +764,20 @@ def draw_sweep(
     if study is None:
         node = job_hydra(sweep_dir)
         study = load_study(node) if node is not None and is_optuna(node) else None
-    written = plot_sweep(sweep_dir, table)
-    if study is not None:
-        written += plot_optuna_study(study, sweep_dir)
-    best = ranked_runs(table)
-    if not best.empty:  # the report shows the best run's own pictures
-        written += plot_run(resolve_run_dir(sweep_dir, best["run_dir"].iloc[0]))
+    # The importances are worked out beside this process while the other pictures are drawn,
+    # and collected last (see sweeplr.importance).
+    pending = start_importances(study) if study is not None else None
+    try:
+        written = plot_sweep(sweep_dir, table)
+        best = ranked_runs(table)
+        run_pictures = []
+        if not best.empty:  # the report shows the best run's own pictures
+            run_pictures = plot_run(resolve_run_dir(sweep_dir, best["run_dir"].iloc[0]))
+        if study is not None:
+            written += plot_optuna_study(study, sweep_dir, pending=pending)
+        written += run_pictures
+    finally:
+        if pending is not None:
+            pending.cancel()  # nothing to stop once collected
     written.append(write_report(sweep_dir, table, study))
     return written
