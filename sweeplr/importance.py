@@ -33,7 +33,7 @@ def importances(trials: Sequence[FrozenTrial], direction: str) -> dict[str, floa
     ``direction``s ("minimize"/"maximize") its one objective."""
     import optuna
 
-    study = optuna.create_study(direction=direction)
+    study = optuna.create_study(direction=optuna.study.StudyDirection[direction.upper()])
     study.add_trials(trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
