@@ -366,7 +366,7 @@ class StudySession:
         with study_lock(plan.url, plan.sweep_dir, plan.study_name):
             for trial in self._batch:
                 stored_id = self._beating.pop(trial.number, None)
-                if stored_id is None:  # its launch had ended: the heartbeat let it go
+                if stored_id is None:  # being told: the heartbeat let it go
                     stored_id = self._trial_id(trial.number)
                 self._heartbeat.discard(stored_id)
                 frozen = self.storage.get_trial(stored_id)

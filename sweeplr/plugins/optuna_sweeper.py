@@ -18,6 +18,7 @@ adds what the stock plugin lacks (see the README's Optuna section):
 The study's life (claiming the directory, repair, asking, telling, handing back) is
 ``sweeplr.study_session``, which knows no Hydra; this plugin turns Hydra's config into its plan,
 launches each batch through Hydra's launcher and turns the jobs' returns into outcomes.
+
 Imports nothing heavy at the top: Hydra imports every plugin when any Hydra app starts.
 """
 
