@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeplr.plugins.optuna_sweeper import checked_values, default_study_name
+from sweeplr.plugins.optuna_sweeper import default_study_name
 from sweeplr.studies import (
     HEARTBEAT_ATTR,
     STOPPED_ATTR,
@@ -25,6 +25,7 @@ from sweeplr.studies import (
     trial_id,
     worker_identity,
 )
+from sweeplr.study_session import batch_limit, checked_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -206,8 +207,6 @@ def test_journal_writes_in_one_fsync_are_read_at_once_and_synced_once(tmp_path, 
 
 
 def test_batch_limit_follows_what_the_sampler_learns_from():
-    from sweeplr.plugins.optuna_sweeper import batch_limit
-
     def trials(**counts: int) -> list:
         states = [s for name, n in counts.items() for s in [TrialState[name.upper()]] * n]
         return [
