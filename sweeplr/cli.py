@@ -11,12 +11,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeplr import __version__
 from sweeplr.errors import SweeplrError
 from sweeplr.records import METRICS_FILE, MODEL_FILE
 from sweeplr.schema import FORMATS
+
+if TYPE_CHECKING:
+    from sweeplr.predict import TrainedModel
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -31,17 +34,75 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    """A sweep's runs as one table (pandas is loaded here, not for every subcommand)."""
-    from sweeplr.results import cmd_summary as summary
+    """Print (or save) the table of one or more sweeps (pandas is loaded here, not for every
+    subcommand)."""
+    from sweeplr.records import atomic_write_text
+    from sweeplr.results import compact, format_table, group_runs, load_sweep, sort_runs
 
-    return summary(args)
+    df = load_sweep(args.dirs)
+    if args.group_by is not None:
+        df = group_runs(df, [c.strip() for c in args.group_by.split(",") if c.strip()])
+    if args.sort is not None or args.ascending is not None:
+        df = sort_runs(df, args.sort or "objective", args.ascending)
+    if args.format in ("table", "markdown") and not args.all_columns:
+        df = compact(df)
+    text = format_table(df, args.format, args.top)
+    if args.out is None:
+        print(text)
+        return 0
+    atomic_write_text(args.out, text + "\n")
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict with a run's model (torch is loaded here, not for every subcommand)."""
-    from sweeplr.predict import cmd_predict as predict
+    """Predict one point given on the command line, or every row of a CSV file, with a run's
+    model (torch is loaded here, not for every subcommand)."""
+    from sweeplr.predict import best_run_dir, load_run, parse_point
 
-    return predict(args)
+    run_dir = Path(args.run_dir)
+    values = [*args.values, *(args.best or [])]
+    if args.best is not None:
+        run_dir = best_run_dir(run_dir)
+        print(f"best run: {run_dir}")
+    elif not (run_dir / MODEL_FILE).exists() and any(run_dir.glob(f"*/{METRICS_FILE}")):
+        raise SweeplrError(f"{run_dir} is a sweep directory; add --best to use its best run")
+    trained = load_run(run_dir)
+    if args.csv is not None:
+        if values:
+            raise SweeplrError("give feature values or --csv, not both")
+        return _predict_csv(trained, args.csv, args.out)
+    if not values:
+        raise SweeplrError(
+            f"no input; allowed: {trained.n_features} feature values "
+            f"({', '.join(trained.feature_names)}) or --csv FILE"
+        )
+    if args.out is not None:
+        raise SweeplrError("--out needs --csv")
+    proba = trained.predict_proba(parse_point(values, trained))[0]
+    best = int(proba.argmax())
+    print(f"{trained.class_names[best]}  p={proba[best]:.4f}")
+    print(
+        "  " + "  ".join(f"p_{n}={p:.4f}" for n, p in zip(trained.class_names, proba, strict=True))
+    )
+    return 0
+
+
+def _predict_csv(trained: TrainedModel, csv: str, out: str | None) -> int:
+    """Predict every row of ``csv``; print the predictions, or write them to ``out``."""
+    from sweeplr.data import read_frame
+    from sweeplr.predict import predictions_frame
+    from sweeplr.records import atomic_write_text
+
+    if not Path(csv).is_file():
+        raise SweeplrError(f"--csv {csv} does not exist; allowed: a CSV or Parquet file")
+    frame = predictions_frame(trained, read_frame(csv), source=csv)
+    text = frame.to_csv(index=False)
+    if out is None:
+        print(text, end="")
+    else:
+        atomic_write_text(out, text)
+        print(f"wrote {len(frame)} predictions to {out}")
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -21,9 +21,10 @@ from sweeplr.schema import DATASETS
 if TYPE_CHECKING:
     import pandas as pd
 
-# scikit-learn and pandas are imported where they are needed: importing them costs 1.5 s, a
-# third of a run's start-up, and the tutorial's data and split need neither (see make_blobs and
-# shuffle_split, which reproduce scikit-learn's numbers exactly; tests compare them).
+# scikit-learn and pandas are imported where they are needed: importing them is a third of a
+# run's start-up (bench/README.md), and the tutorial's data and split need neither (see
+# make_blobs and shuffle_split, which reproduce scikit-learn's numbers exactly; tests compare
+# them).
 
 # The tutorial's two groups; red sits up-right so its example point (1, 1) is red.
 BLOB_CENTERS = np.array([[2.0, 2.0], [-2.0, -2.0]])
@@ -429,6 +430,10 @@ def class_weights(
         counts = np.bincount(y, minlength=n_classes).astype(np.float64)
         counts[counts == 0] = np.inf  # (a class absent from training gets weight 0, unused)
         return (len(y) / (n_classes * counts)).astype(np.float32)
+    if isinstance(weights, str):
+        raise SweeplrError(
+            f"class_weight={weights} is invalid; allowed: null, balanced, or {{class name: weight}}"
+        )
     unknown = [name for name in weights if name not in class_names]
     if unknown:
         raise SweeplrError(

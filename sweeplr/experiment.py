@@ -2,40 +2,36 @@
 
 It reads the job's place in Hydra's machinery (output directory, number, overrides, the Optuna
 trial it reports to), gets its configuration trained by the runner -- or picks up the outcome
-that an earlier job of the same launch trained together with it (``sweeplr.job_batch``) --
+that an earlier job of the same launch trained together with it (``sweeplr.siblings``) --
 writes the run record, prints, and returns the objective sweepers optimise.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplr import job_batch, trackers
-from sweeplr.config import RunSpec, config_values, plain_dicts, run_spec
+from sweeplr import trackers
+from sweeplr.config import config_values, plain_dicts, run_spec
 from sweeplr.console import (
     end_interrupted,
     end_with_error,
     format_report,
     job_line,
-    progress_printer,
     show,
 )
 from sweeplr.errors import SweeplrError
-from sweeplr.pruning import trial_link, trial_link_for
+from sweeplr.pruning import trial_link
 from sweeplr.records import write_run
-from sweeplr.runner import DeviceData, Outcome, batch_key, data_key, train_runs
-from sweeplr.schema import DIVERGED, PRUNABLE_OBJECTIVES
+from sweeplr.runner import Outcome, train_runs
+from sweeplr.schema import DIVERGED
+from sweeplr.siblings import on_log, published_spec, shared_outcome
 
 if TYPE_CHECKING:
     from sweeplr.studies import TrialLink
-
-LogCallback = Callable[[int, float, float, float], bool]
 
 
 def run(cfg: DictConfig) -> float:
@@ -47,22 +43,22 @@ def run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    hydra_cfg = HydraConfig.get()
+    hydra_cfg: Any = HydraConfig.get()  # read as the DictConfig it is
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     logger = cfg.get("logger")
     values = config_values(cfg)  # once: the spec, the comparison and the record read it
     try:
-        spec = _published_spec(hydra_cfg.job.get("num"), values) or run_spec(
-            values, OmegaConf.to_container(hydra_cfg.overrides.task)
+        spec = published_spec(hydra_cfg.job.get("num"), values) or run_spec(
+            values, _task_overrides(hydra_cfg)
         )
         if logger is not None and logger.name != "none":  # before training: a tracker that
             trackers.check(logger, _start_dir(hydra_cfg), run_dir)  # cannot log costs no run
         trial = trial_link(hydra_cfg)
         outcome = (
-            _shared_outcome(hydra_cfg.job.get("num"), spec)
+            shared_outcome(hydra_cfg.job.get("num"), spec)
             or train_runs(
-                [spec], [_on_log(spec, trial, progress=bool(cfg.progress) and not multirun)]
+                [spec], [on_log(spec, trial, progress=bool(cfg.progress) and not multirun)]
             )[0]
         )
     except SweeplrError as exc:
@@ -133,106 +129,19 @@ def _start_dir(hydra_cfg: Any) -> Path:
     return Path(OmegaConf.select(hydra_cfg, "runtime.cwd", default=None) or Path.cwd())
 
 
+def _task_overrides(hydra_cfg: Any) -> list[str]:
+    """The job's task overrides, as typed (Hydra's ``overrides.task``)."""
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task)
+    assert isinstance(overrides, list)  # Hydra keeps them as a list of strings
+    return overrides
+
+
 def job_fields(hydra_cfg: Any, trial: TrialLink | None = None) -> dict[str, Any]:
     """What a record says about its Hydra job: number, overrides, Optuna trial."""
     fields: dict[str, Any] = {
         "job": {"num": hydra_cfg.job.get("num")},
-        "overrides": OmegaConf.to_container(hydra_cfg.overrides.task),
+        "overrides": _task_overrides(hydra_cfg),
     }
     if trial is not None:
         fields["trial"] = {"number": trial.number, "study": trial.study_name}
     return fields
-
-
-def _on_log(spec: RunSpec, trial: TrialLink | None, *, progress: bool) -> LogCallback | None:
-    """What runs at each logged epoch: reports to the trial's pruner, a terminal's progress."""
-    callbacks: list[LogCallback] = []
-    if progress and sys.stderr.isatty():
-        callbacks.append(progress_printer(spec.epochs))
-    if trial is not None and trial.has_pruner:
-        if spec.objective not in PRUNABLE_OBJECTIVES:
-            raise SweeplrError(
-                f"objective={spec.objective} cannot be pruned on; allowed with a pruner: "
-                + ", ".join(PRUNABLE_OBJECTIVES)
-            )
-        column = ("train_loss", "val_loss", "val_accuracy").index(spec.objective)
-
-        def report(epoch: int, *values: float) -> bool:
-            return trial.report(epoch, values[column])
-
-        callbacks.append(report)
-    if not callbacks:
-        return None
-
-    def call_all(*args: Any) -> bool:
-        stops = [c(*args) for c in callbacks]  # not any(generator): each sees every epoch
-        return any(stops)
-
-    return call_all
-
-
-def _published_spec(num: int | None, values: Any) -> RunSpec | None:
-    """The spec worked out when this job was published, if its config still has the values it
-    had then (a task may change its config before calling ``run``); else None."""
-    launched = job_batch.current()
-    member = launched.members.get(num) if launched is not None else None
-    return member[0] if member is not None and member[2] == values else None
-
-
-def _shared_outcome(num: int | None, spec: RunSpec) -> Outcome | None:
-    """This job's outcome when it can train with its launch's other jobs, else None.
-
-    The first job of a group to get here trains the whole group; the others find their outcome
-    waiting. An outcome is only taken by a job whose spec is the one it was trained for (a task
-    may change its config before calling ``run``).
-    """
-    launched = job_batch.current()
-    if launched is None or num not in launched.jobs:
-        return None
-    if num not in launched.trained:
-        _train_with_siblings(launched, num, spec)
-    trained_spec, outcome = launched.trained.pop(num)
-    return outcome if trained_spec == spec else None
-
-
-def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSpec) -> None:
-    """Train ``spec`` with the launch's untrained jobs that share its batch key, in job order."""
-    key = batch_key(spec)
-    members: list[tuple[int, RunSpec, LogCallback | None]] = [
-        (num, spec, _on_log(spec, published_trial(launched.jobs[num]), progress=False))
-    ]
-    for other, job in launched.jobs.items():
-        if len(members) >= launched.max_batch:
-            break
-        if other != num and other not in launched.trained:
-            if other not in launched.members:
-                launched.members[other] = _published_member(job)
-            member = launched.members[other]
-            if member is not None and batch_key(member[0]) == key:
-                members.append((other, member[0], member[1]))
-    data = launched.data.get(data_key(spec))
-    if data is None:
-        launched.data.clear()  # one data set in memory at a time
-        # device=auto chooses from this pass's size; later passes on the same data share it.
-        data = launched.data[data_key(spec)] = DeviceData.load(spec, configs=len(members))
-    outcomes = train_runs([m[1] for m in members], [m[2] for m in members], data)
-    for (member, member_spec, _), outcome in zip(members, outcomes, strict=True):
-        launched.trained[member] = (member_spec, outcome)
-
-
-def _published_member(
-    job: job_batch.PublishedJob,
-) -> tuple[RunSpec, LogCallback | None, Any] | None:
-    """Spec, callback and config values of a published job, to train it with others; None if
-    it cannot."""
-    try:
-        values = config_values(job.config)
-        spec = run_spec(values)
-        return spec, _on_log(spec, published_trial(job), progress=False), values
-    except Exception:  # noqa: BLE001 - that job fails, or trains, in its own run
-        return None
-
-
-def published_trial(job: job_batch.PublishedJob) -> TrialLink | None:
-    """The Optuna trial a published job will run (its Hydra node will say which)."""
-    return trial_link_for(job.env_set, job.sweeper)

@@ -4,10 +4,10 @@ Hydra's job machinery runs a launch's jobs one at a time, each through its task 
 ``sweeplr_batch`` launcher composes a launch's jobs first and publishes them here, then
 hands each job to Hydra as the basic launcher does. When the first job's task calls
 ``sweeplr.experiment.run``, that run trains its configuration together with every published
-sibling that can share the training pass and leaves their outcomes here; each sibling's own
-``run`` then picks up its outcome (if its config still says what the published one said) instead of training
-again. What a job returns and writes stays its task function's doing: a task that never calls
-``run`` costs nothing here. Imports nothing heavy.
+sibling that can share the training pass (``sweeplr.siblings``) and leaves their outcomes
+here; each sibling's own ``run`` then picks up its outcome (if its config still says what the
+published one said) instead of training again. What a job returns and writes stays its task
+function's doing: a task that never calls ``run`` costs nothing here. Imports nothing heavy.
 """
 
 from __future__ import annotations

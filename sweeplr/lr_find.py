@@ -75,23 +75,26 @@ def find_lr(spec: RunSpec, lrs: list[float], epochs: int) -> LrFinding:
     has_val = outcomes[0].data.splits.y_val.size or spec.cv is not None
     metric = "val_loss" if has_val else "train_loss"
     split_name = metric.split("_")[0]
-    rows = []
+    rows: list[dict[str, float | int | str | None]] = []
+    finished: list[tuple[float, float]] = []  # (loss, lr) of the lrs that completed
     for lr, outcome in zip(lrs, outcomes, strict=True):
         metrics = outcome.metrics
+        loss = metrics[split_name]["loss"]
+        if outcome.status == COMPLETED and loss is not None:
+            finished.append((loss, lr))
         rows.append(
             {
                 "lr": lr,
                 "status": outcome.status,
-                "loss": metrics[split_name]["loss"],
+                "loss": loss,
                 "train_loss": metrics["train"]["loss"],
                 "val_loss": metrics["val"]["loss"],
                 "val_accuracy": metrics["val"]["accuracy"],
                 "diverged_epoch": outcome.diverged_epoch,
             }
         )
-    finished = [r for r in rows if r["status"] == COMPLETED and r["loss"] is not None]
-    best = min(finished, key=lambda r: r["loss"], default=None)  # the smaller lr on a tie
-    suggestion = None if best is None else float(best["lr"])
+    best = min(finished, key=lambda f: f[0], default=None)  # the smaller lr on a tie
+    suggestion = None if best is None else float(best[1])
     return LrFinding(rows, metric, epochs, suggestion)
 
 

@@ -1,8 +1,8 @@
 """Classification metrics of one split, computed from class probabilities.
 
 Written with numpy rather than scikit-learn's metric functions: these run for every split of
-every run of a sweep, and sklearn's input validation cost 11 ms a call, more than training a
-blobs run takes. ``tests/test_metrics.py`` checks them against scikit-learn.
+every run of a sweep, and sklearn's input validation costs more a call than training a blobs
+run takes (bench/README.md). ``tests/test_metrics.py`` checks them against scikit-learn.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def classification_metrics(
         out["f1"] = float(f1_scores(y, predicted, 2)[1])
     else:
         per_class = [binary_roc_auc(y == c, proba[:, c]) for c in range(n_classes)]
-        out["roc_auc"] = None if None in per_class else float(np.mean(per_class))
+        defined = [score for score in per_class if score is not None]
+        out["roc_auc"] = float(np.mean(defined)) if len(defined) == n_classes else None
         out["f1"] = float(f1_scores(y, predicted, n_classes).mean())
     return out
 

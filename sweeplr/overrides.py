@@ -99,8 +99,9 @@ def _check(overrides: Sequence[str], conf_dir: Path) -> None:
         group = override.key_or_group
         chosen[group] = _choices(override)
         _check_choices(group, chosen[group], conf_dir, override)
+    datasets: list[str | None]
     if "dataset" in chosen:  # dataset=glob(...) or null names none: unknown here
-        datasets = chosen["dataset"] or [None]
+        datasets = [*chosen["dataset"]] or [None]
     else:
         datasets = [_default_dataset(primary, chosen, conf_dir)]
     for override in keys:

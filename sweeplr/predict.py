@@ -4,14 +4,13 @@ A run's ``model.pt`` holds everything a prediction needs (weights, the training 
 class and feature names), so new data goes in as raw feature values, exactly as the data set
 holds them, and comes out as class names: the user never repeats the scaling by hand.
 
-torch and scikit-learn (through ``sweeplr.data``) are imported where they are used: the
-``sweeplr`` command imports this module for its parser, and ``sweeplr summary`` or ``--help``
-should not wait seconds for them.
+torch and scikit-learn (through ``sweeplr.data``) are imported where they are used:
+``sweeplr.plots`` imports this module, and a sweep's pictures and report should not wait
+seconds for them. ``sweeplr predict`` itself is `sweeplr.cli.cmd_predict`.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from sweeplr.errors import SweeplrError, first_line
-from sweeplr.records import MODEL_FILE, atomic_write_text, load_model_payload
-from sweeplr.results import METRICS_FILE, load_sweep
+from sweeplr.records import MODEL_FILE, load_model_payload
+from sweeplr.results import load_sweep
 from sweeplr.schema import COMPLETED, DIVERGED
 
 if TYPE_CHECKING:
@@ -199,7 +198,7 @@ def best_run_dir(sweep_dir: str | Path) -> Path:
     return Path(top["run_dir"])
 
 
-def _parse_point(values: Sequence[str], trained: TrainedModel) -> np.ndarray:
+def parse_point(values: Sequence[str], trained: TrainedModel) -> np.ndarray:
     expected = f"{trained.n_features} numbers ({', '.join(trained.feature_names)})"
     if len(values) != trained.n_features:
         raise SweeplrError(
@@ -225,44 +224,3 @@ def predictions_frame(
     for k, name in enumerate(trained.class_names):
         out[f"p_{name}"] = proba[:, k]
     return out
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict one point given on the command line, or every row of a CSV file."""
-    from sweeplr.data import read_frame
-
-    run_dir = Path(args.run_dir)
-    values = [*args.values, *(args.best or [])]
-    if args.best is not None:
-        run_dir = best_run_dir(run_dir)
-        print(f"best run: {run_dir}")
-    elif not (run_dir / MODEL_FILE).exists() and any(run_dir.glob(f"*/{METRICS_FILE}")):
-        raise SweeplrError(f"{run_dir} is a sweep directory; add --best to use its best run")
-    trained = load_run(run_dir)
-    if args.csv is not None:
-        if values:
-            raise SweeplrError("give feature values or --csv, not both")
-        if not Path(args.csv).is_file():
-            raise SweeplrError(f"--csv {args.csv} does not exist; allowed: a CSV or Parquet file")
-        out = predictions_frame(trained, read_frame(args.csv), source=args.csv)
-        text = out.to_csv(index=False)
-        if args.out is None:
-            print(text, end="")
-        else:
-            atomic_write_text(args.out, text)
-            print(f"wrote {len(out)} predictions to {args.out}")
-        return 0
-    if not values:
-        raise SweeplrError(
-            f"no input; allowed: {trained.n_features} feature values "
-            f"({', '.join(trained.feature_names)}) or --csv FILE"
-        )
-    if args.out is not None:
-        raise SweeplrError("--out needs --csv")
-    proba = trained.predict_proba(_parse_point(values, trained))[0]
-    best = int(proba.argmax())
-    print(f"{trained.class_names[best]}  p={proba[best]:.4f}")
-    print(
-        "  " + "  ".join(f"p_{n}={p:.4f}" for n, p in zip(trained.class_names, proba, strict=True))
-    )
-    return 0

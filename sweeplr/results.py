@@ -2,19 +2,16 @@
 
 Every run directory of a sweep becomes one row, including runs that never wrote
 ``metrics.json`` (status ``missing``) or wrote a damaged one (status ``corrupt``), so a crashed
-job shows up instead of silently shrinking the sweep. This module reads files only: it imports
+job shows up instead of silently shrinking the sweep (`sweeplr.run_rows` reads each). This module reads files only: it imports
 neither Hydra nor torch, so ``sweeplr summary`` and notebooks load it quickly.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import logging
 import math
 import os
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,59 +20,21 @@ import numpy as np
 import pandas as pd
 
 from sweeplr.errors import SweeplrError
-from sweeplr.records import (
-    METRICS_FILE,
-    SUPERSEDED_FILE,
-    atomic_write_text,
-    read_yaml,
-    record_problem,
+from sweeplr.records import METRICS_FILE, atomic_write_text
+from sweeplr.run_rows import (
+    RunDirectory,
+    is_run_dir,
+    job_number,
+    objective_attrs,
+    read_run,
+    table_rows,
 )
-from sweeplr.schema import (
-    COMPLETED,
-    CORRUPT,
-    DIVERGED,
-    FAILED,
-    FORMATS,
-    HYPERPARAMETERS,
-    METRIC_COLUMNS,
-    METRICS,
-    MISSING,
-    PRUNED,
-    SPLITS,
-    SUPERSEDED,
-)
+from sweeplr.schema import COMPLETED, FORMATS, HYPERPARAMETERS, METRIC_COLUMNS, PRUNED
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-# Columns a run always has; an override key that would collide with one is renamed.
-FIXED_COLUMNS = (
-    "job",
-    "status",
-    "error",
-    "objective",
-    *METRIC_COLUMNS,
-    *(f"val_{metric}_std" for metric in METRICS),
-    "epochs_run",
-    "best_epoch",
-    "wall_seconds",
-    "trial",
-    "trial_state",
-    "pareto",
-    "sweep_dir",
-    "run_dir",
-)
-# Override keys naming a record's hyperparameter under another name (``optimizer.X`` is X).
-OVERRIDE_ALIASES = {
-    "optimizer.name": "optimizer",
-    "dataset.name": "dataset",
-    "penalty.name": "penalty",
-    "objective": "objective_name",  # the metric's name; the ``objective`` column is its value
-}
 PATH_COLUMNS = ("run_dir", "sweep_dir")
-# The Optuna trial state a run's status is told as (sweeplr_optuna tells diverged as PRUNED).
-TRIAL_STATES = {COMPLETED: "COMPLETE", PRUNED: "PRUNED", DIVERGED: "PRUNED", FAILED: "FAIL"}
 
 
 def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
@@ -88,7 +47,7 @@ def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     if not paths:
         raise SweeplrError("no directory given; allowed: one or more sweep or run directories")
-    runs: list[_Run] = []
+    runs: list[RunDirectory] = []
     for sweep in paths:
         try:
             found = run_dirs(sweep)
@@ -98,17 +57,17 @@ def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
                 raise
             log.warning(f"{sweep} holds no runs; combining the other directories")
             continue
-        runs.extend(_read_run(run_dir, Path(sweep)) for run_dir in found)
+        runs.extend(read_run(run_dir, Path(sweep)) for run_dir in found)
     if not runs:
         raise SweeplrError(f"none of {', '.join(map(str, paths))} holds a run directory")
-    rows, swept = _rows(runs, with_sweep_dir=len(paths) > 1)
+    rows, swept = table_rows(runs, with_sweep_dir=len(paths) > 1)
     df = pd.DataFrame(rows)
     for column in df.columns:
         values = [row[column] for row in rows if row.get(column) is not None]
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             # Integers stay integers where a missing run leaves a hole (epochs_run, seed, job).
             df[column] = df[column].astype("Int64" if df[column].isna().any() else "int64")
-    df.attrs.update(_objective_attrs(runs))
+    df.attrs.update(objective_attrs(runs))
     df.attrs["swept"] = swept
     return sort_runs(df, "objective")
 
@@ -125,21 +84,21 @@ def run_dirs(path: str | os.PathLike[str]) -> list[Path]:
         raise SweeplrError(f"{root} does not exist; allowed: a sweep directory or a run directory")
     if not root.is_dir():
         raise SweeplrError(f"{root} is not a directory; allowed: a sweep or run directory")
-    if _is_run_dir(root):
+    if is_run_dir(root):
         return [root]
     found = [
         child
         for child in root.iterdir()
         if child.is_dir()
         and not child.name.startswith(".")
-        and (_job_number(child.name) is not None or _is_run_dir(child))
+        and (job_number(child.name) is not None or is_run_dir(child))
     ]
     if not found:
         raise SweeplrError(
             f"{root} holds no run directories (numbered job folders with {METRICS_FILE} or "
             ".hydra/); allowed: a sweep directory or a run directory"
         )
-    return sorted(found, key=lambda p: (_job_number(p.name) is None, _job_number(p.name), p.name))
+    return sorted(found, key=lambda p: (job_number(p.name) is None, job_number(p.name), p.name))
 
 
 def sort_runs(df: pd.DataFrame, column: str, ascending: bool | None = None) -> pd.DataFrame:
@@ -343,198 +302,6 @@ def write_summary(sweep_dir: str | os.PathLike[str], df: pd.DataFrame | None = N
     table = load_sweep(sweep_dir) if df is None else df
     path = Path(sweep_dir) / SUMMARY_FILE
     return atomic_write_text(path, table.to_csv(index=False))
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    """``sweeplr summary``: print (or save) the table of one or more sweeps."""
-    df = load_sweep(args.dirs)
-    if args.group_by is not None:
-        df = group_runs(df, [c.strip() for c in args.group_by.split(",") if c.strip()])
-    if args.sort is not None or args.ascending is not None:
-        df = sort_runs(df, args.sort or "objective", args.ascending)
-    if args.format in ("table", "markdown") and not args.all_columns:
-        df = compact(df)
-    text = format_table(df, args.format, args.top)
-    if args.out is None:
-        print(text)
-        return 0
-    atomic_write_text(args.out, text + "\n")
-    return 0
-
-
-class _Run:
-    """What one run directory says about its run, before it becomes a row."""
-
-    def __init__(self, path: Path, sweep: Path, status: str, record: dict[str, Any] | None) -> None:
-        self.path = path
-        self.sweep = sweep
-        self.status = status
-        self.record = record or {}
-        overrides = self.record.get("overrides")
-        if not isinstance(overrides, list):  # the run crashed first: Hydra's copy still exists
-            overrides = _read_overrides(path / OVERRIDES_FILE)
-        self.overrides = [str(o) for o in overrides]
-        number = _job_number(path.name)
-        if number is None:
-            num = (self.record.get("job") or {}).get("num")
-            number = num if isinstance(num, int) else None
-        self.job = number
-
-
-def _read_run(path: Path, sweep: Path) -> _Run:
-    if (path / SUPERSEDED_FILE).exists():  # a retry of its trial holds the result: no row's worth
-        return _Run(path, sweep, SUPERSEDED, None)
-    metrics = path / METRICS_FILE
-    try:
-        record = json.loads(metrics.read_text())
-    except FileNotFoundError:
-        return _Run(path, sweep, MISSING, None)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        log.warning("%s is unreadable (%s); listed with status %s", metrics, exc, CORRUPT)
-        return _Run(path, sweep, CORRUPT, None)
-    problem = record_problem(record)
-    if problem:
-        log.warning("%s is not a run record (%s); listed with status %s", metrics, problem, CORRUPT)
-        return _Run(path, sweep, CORRUPT, None)
-    return _Run(path, sweep, str(record["status"]), record)
-
-
-def _read_overrides(path: Path) -> list[Any]:
-    overrides = read_yaml(path)
-    return overrides if isinstance(overrides, list) else []
-
-
-def _rows(runs: Sequence[_Run], *, with_sweep_dir: bool) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows with their columns in the documented order, and the swept columns."""
-    hyper_names = dict.fromkeys(HYPERPARAMETERS)  # names known even if every run crashed
-    for run in runs:
-        hyper_names.update(dict.fromkeys(run.record.get("hyperparameters") or {}))
-    parsed = [_parse_overrides(run.overrides, hyper_names) for run in runs]
-    swept_names = list(dict.fromkeys(k for overrides in parsed for k in overrides))
-    has_trial = any("trial" in run.record for run in runs)
-    has_error = any(run.status == FAILED for run in runs)
-    has_best_epoch = any(run.record.get("best_epoch") is not None for run in runs)
-    has_cv = any(run.record.get("cv") for run in runs)
-    rows = []
-    for run, overrides in zip(runs, parsed, strict=True):
-        record = run.record
-        hyper = record.get("hyperparameters") or {}
-        metrics = record.get("metrics") or {}
-        objective = (record.get("objective") or {}).get("value")
-        row: dict[str, Any] = {"job": run.job}
-        for name in swept_names:
-            # The record's value is the one the run used; the override is all a crashed run has.
-            row[name] = hyper[name] if name in hyper else overrides.get(name)
-        row["status"] = run.status
-        if has_error:
-            row["error"] = record.get("error")
-        row["objective"] = math.nan if objective is None else float(objective)
-        for split in SPLITS:
-            values = metrics.get(split) or {}
-            for metric in METRICS:
-                value = values.get(metric)
-                row[f"{split}_{metric}"] = math.nan if value is None else float(value)
-        if has_cv:  # cross-validation: the spread over folds of each val metric (a mean)
-            spread = (record.get("cv") or {}).get("val_std") or {}
-            for metric in METRICS:
-                value = spread.get(metric)
-                row[f"val_{metric}_std"] = math.nan if value is None else float(value)
-        row["epochs_run"] = record.get("epochs_run")
-        if has_best_epoch:
-            row["best_epoch"] = record.get("best_epoch")
-        row["wall_seconds"] = record.get("wall_seconds")
-        for name in hyper_names:
-            if name not in row:
-                row[name] = hyper.get(name)
-        if has_trial:
-            row["trial"] = (record.get("trial") or {}).get("number")
-            row["trial_state"] = TRIAL_STATES.get(run.status)
-        if with_sweep_dir:
-            row["sweep_dir"] = str(run.sweep)
-        row["run_dir"] = str(run.path)
-        rows.append(row)
-    swept = _order_swept(swept_names, rows)
-    order = ["job", *swept, *(k for k in rows[0] if k != "job" and k not in swept)]
-    return [{k: row[k] for k in order} for row in rows], swept
-
-
-def _parse_overrides(overrides: Iterable[str], hyper_names: Mapping[str, None]) -> dict[str, Any]:
-    """``lr=0.1`` -> ``{"lr": 0.1}``, keyed by the record's column name for the same quantity."""
-    parsed = {}
-    for text in overrides:
-        key, sep, raw = text.partition("=")
-        key = key.lstrip("+")
-        if not sep or not key or key.startswith("~"):  # a deletion sets nothing to show
-            continue
-        parsed[_column_name(key, hyper_names)] = _parse_value(raw)
-    return parsed
-
-
-def _column_name(key: str, hyper_names: Mapping[str, None]) -> str:
-    group, _, leaf = key.partition(".")
-    if key in OVERRIDE_ALIASES:
-        return OVERRIDE_ALIASES[key]
-    if group in ("optimizer", "penalty") and leaf in hyper_names:
-        return leaf
-    if key in FIXED_COLUMNS:
-        return f"{key}_override"
-    return key
-
-
-def _parse_value(raw: str) -> Any:
-    """A Python literal where the text is one (``0.1``, ``2``, Hydra's ``null``), else the text."""
-    hydra_words = {"null": None, "true": True, "false": False}
-    if raw.lower() in hydra_words:
-        return hydra_words[raw.lower()]
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return raw
-    return tuple(value) if isinstance(value, list) else value  # hashable, for grouping
-
-
-def _order_swept(names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Swept columns whose values differ between runs first, then those set the same in all."""
-
-    def varies(name: str) -> bool:
-        return len({_hashable(row.get(name)) for row in rows}) > 1
-
-    return [n for n in names if varies(n)] + [n for n in names if not varies(n)]
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return repr(value) if isinstance(value, dict | list) else value
-
-
-def _objective_attrs(runs: Sequence[_Run]) -> dict[str, Any]:
-    """The sweep's objective name and direction: the most common, with a warning if they differ."""
-    seen = Counter(
-        (objective.get("name"), objective.get("direction"))
-        for objective in (run.record.get("objective") for run in runs)
-        if isinstance(objective, dict)
-    )
-    if not seen:
-        return {"objective_name": None, "direction": None}
-    (name, direction), _ = seen.most_common(1)[0]
-    if len(seen) > 1:
-        others = ", ".join(f"{n} ({d})" for n, d in seen if (n, d) != (name, direction))
-        log.warning(
-            "runs optimise different objectives; ranking by %s (%s), not %s",
-            name,
-            direction,
-            others,
-        )
-    return {"objective_name": name, "direction": direction}
-
-
-def _job_number(name: str) -> int | None:
-    return int(name) if name.isascii() and name.isdigit() else None
-
-
-def _is_run_dir(path: Path) -> bool:
-    return (path / METRICS_FILE).is_file() or (path / ".hydra").is_dir()
 
 
 def _check_column(df: pd.DataFrame, name: str) -> None:

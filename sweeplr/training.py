@@ -11,8 +11,9 @@ weights and L2/L1 penalties follow the engine's rules (see ``train``), so it is 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
 from sweeplr.schedules import step_scheduler, torch_scheduler
 from sweeplr.schema import COMPLETED, DIVERGED, PRUNED
 
-OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
+# The optimizers other than SGD: the same arguments (betas, eps, weight decay).
+ADAM_CLASSES: dict[str, type[torch.optim.Adam | torch.optim.AdamW]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
 }
@@ -44,7 +45,7 @@ class OptimizerSpec:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
-    def build(self, params: object) -> torch.optim.Optimizer:
+    def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         """The real ``torch.optim`` optimizer over ``params``."""
         if self.name == "sgd":
             return torch.optim.SGD(
@@ -54,7 +55,7 @@ class OptimizerSpec:
                 nesterov=self.nesterov,
                 weight_decay=self.weight_decay,
             )
-        cls = OPTIMIZER_CLASSES[self.name]
+        cls = ADAM_CLASSES[self.name]
         return cls(
             params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
         )
@@ -151,10 +152,7 @@ def train(
         torch_scheduler(opt, schedule, epochs, "min" if sign > 0 else "max") if schedule else None
     )
     plateau = schedule is not None and schedule.name == "plateau"
-    patience = early_stopping.patience if early_stopping is not None else None
-    best, best_epoch, best_state, wait = float("inf"), None, None, 0
-    n = len(y_train)
-    full_batch = batch_size is None or batch_size >= n
+    stopping = _EarlyStopping(early_stopping)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     epoch_losses = torch.zeros(epochs, dtype=X_train.dtype, device=X_train.device)
     history = History()
@@ -162,28 +160,9 @@ def train(
     last_checked = 0
     for epoch in range(1, epochs + 1):
         lr = opt.param_groups[0]["lr"]
-        if full_batch:
-            opt.zero_grad(set_to_none=True)
-            loss = loss_on_logits(model(X_train), y_train, sample_weight)
-            _penalised(model, loss, l2).backward()
-            opt.step()
-            _prox_l1(opt, model, l1)
-            epoch_losses[epoch - 1] = loss.detach()
-        else:
-            # DataLoader(shuffle=True)'s order, which the batched engine reproduces.
-            order = dataloader_permutation(generator, n).to(X_train.device)
-            total = torch.zeros((), dtype=X_train.dtype, device=X_train.device)
-            starts = range(0, n, batch_size)
-            for start in starts:
-                index = order[start : start + batch_size]
-                opt.zero_grad(set_to_none=True)
-                weight = None if sample_weight is None else sample_weight[index]
-                loss = loss_on_logits(model(X_train[index]), y_train[index], weight)
-                _penalised(model, loss, l2).backward()
-                opt.step()
-                _prox_l1(opt, model, l1)
-                total += loss.detach()
-            epoch_losses[epoch - 1] = total / len(starts)
+        epoch_losses[epoch - 1] = _run_epoch(
+            model, opt, X_train, y_train, sample_weight, (l2, l1), batch_size, generator
+        )
         if scheduler is not None and not plateau and epoch < epochs:
             step_scheduler(scheduler)
         if epoch not in logged:
@@ -194,29 +173,104 @@ def train(
             first_bad = last_checked + int((~finite).nonzero()[0, 0]) + 1
             return TrainResult(DIVERGED, first_bad, first_bad, history)
         last_checked = epoch
-        val_loss, val_accuracy = _val_scores(model, X_val, y_val)
         train_loss = float(epoch_losses[epoch - 1])
-        history.append(epoch, train_loss, val_loss, val_accuracy, lr)
+        val_loss, val_accuracy = _history_row(history, model, X_val, y_val, epoch, train_loss, lr)
         if epoch % log_every and epoch != epochs:
             continue  # an early row: recorded, not reported or watched (see logged_epochs)
         if on_log is not None and on_log(epoch, train_loss, val_loss, val_accuracy):
-            return TrainResult(PRUNED, epoch, None, history, best_epoch)
+            return TrainResult(PRUNED, epoch, None, history, stopping.best_epoch)
         watched = sign * (val_loss if watch == "val_loss" else val_accuracy)
-        if patience is not None:
-            assert early_stopping is not None
-            if watched < best - early_stopping.min_delta:
-                best, best_epoch, wait = watched, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                wait += 1
-                if wait >= patience:
-                    _restore(model, early_stopping, best_state)
-                    return TrainResult(COMPLETED, epoch, None, history, best_epoch)
+        if stopping.stops(watched, epoch, model):
+            return TrainResult(COMPLETED, epoch, None, history, stopping.best_epoch)
         if plateau:
             step_scheduler(scheduler, sign * watched)
-    if early_stopping is not None:
-        _restore(model, early_stopping, best_state)
-    return TrainResult(COMPLETED, epochs, None, history, best_epoch)
+    stopping.restore(model)
+    return TrainResult(COMPLETED, epochs, None, history, stopping.best_epoch)
+
+
+def _run_epoch(
+    model: LogisticRegression,
+    opt: torch.optim.Optimizer,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sample_weight: torch.Tensor | None,
+    penalties: tuple[float, float],
+    batch_size: int | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One epoch's updates, full batch or shuffled mini-batches; its train loss on the device
+    (full batch: the loss before the update; mini-batch: the mean of its batches' losses)."""
+    l2, l1 = penalties
+    n = len(y)
+    if batch_size is None or batch_size >= n:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_on_logits(model(X), y, sample_weight)
+        _penalised(model, loss, l2).backward()
+        opt.step()
+        _prox_l1(opt, model, l1)
+        return loss.detach()
+    # DataLoader(shuffle=True)'s order, which the batched engine reproduces.
+    order = dataloader_permutation(generator, n).to(X.device)
+    total = torch.zeros((), dtype=X.dtype, device=X.device)
+    starts = range(0, n, batch_size)
+    for start in starts:
+        index = order[start : start + batch_size]
+        opt.zero_grad(set_to_none=True)
+        weight = None if sample_weight is None else sample_weight[index]
+        loss = loss_on_logits(model(X[index]), y[index], weight)
+        _penalised(model, loss, l2).backward()
+        opt.step()
+        _prox_l1(opt, model, l1)
+        total += loss.detach()
+    return total / len(starts)
+
+
+def _history_row(
+    history: History,
+    model: LogisticRegression,
+    X_val: torch.Tensor,
+    y_val: torch.Tensor,
+    epoch: int,
+    train_loss: float,
+    lr: float,
+) -> tuple[float, float]:
+    """Append a logged epoch's row (its val scores computed now); the val loss and accuracy."""
+    val_loss, val_accuracy = _val_scores(model, X_val, y_val)
+    history.append(epoch, train_loss, val_loss, val_accuracy, lr)
+    return val_loss, val_accuracy
+
+
+class _EarlyStopping:
+    """Early stopping's watch over logged values (lower is better), the batched engine's rules:
+    stop after ``patience`` logged epochs without a gain of ``min_delta``."""
+
+    def __init__(self, config: EarlyStoppingConfig | None) -> None:
+        self.config = config
+        self.best = float("inf")
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, Any] | None = None
+        self.wait = 0
+
+    def stops(self, watched: float, epoch: int, model: LogisticRegression) -> bool:
+        """Take ``watched`` at ``epoch``; True, with the best weights restored when asked
+        for, when patience has run out."""
+        config = self.config
+        if config is None or config.patience is None:
+            return False
+        if watched < self.best - config.min_delta:
+            self.best, self.best_epoch, self.wait = watched, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.wait += 1
+        if self.wait < config.patience:
+            return False
+        self.restore(model)
+        return True
+
+    def restore(self, model: LogisticRegression) -> None:
+        """The best weights back into ``model``, when asked for and there are some."""
+        if self.config is not None and self.config.restore_best and self.best_state is not None:
+            model.load_state_dict(self.best_state)
 
 
 def _penalised(model: LogisticRegression, loss: torch.Tensor, l2: float) -> torch.Tensor:
@@ -239,24 +293,19 @@ def _prox_l1(opt: torch.optim.Optimizer, model: LogisticRegression, l1: float) -
         return
     weight = model.linear.weight
     group = opt.param_groups[0]
+    # sign(w) * max(|w| - t, 0), written as w - clamp(w, -t, t) so that |w| <= t gives exactly 0
     if isinstance(opt, torch.optim.SGD):
-        threshold: torch.Tensor | float = group["lr"] * l1
-    else:
-        state = opt.state[weight]
-        step = float(state["step"])
-        beta1, beta2 = group["betas"]
-        step_size = group["lr"] / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
-        threshold = step_size * l1 / denom
-    # sign(w) * max(|w| - t, 0), written so that |w| <= t gives exactly 0
-    weight.sub_(torch.clamp(weight, -threshold, threshold))
-
-
-def _restore(model: LogisticRegression, early: EarlyStoppingConfig, state: dict | None) -> None:
-    """Early stopping's best weights back into ``model``, when asked for and there are some."""
-    if early.restore_best and state is not None:
-        model.load_state_dict(state)
+        threshold = group["lr"] * l1
+        weight.sub_(torch.clamp(weight, -threshold, threshold))
+        return
+    state = opt.state[weight]
+    step = float(state["step"])
+    beta1, beta2 = group["betas"]
+    step_size = group["lr"] / (1 - beta1**step)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
+    thresholds = step_size * l1 / denom
+    weight.sub_(torch.clamp(weight, -thresholds, thresholds))
 
 
 @torch.no_grad()
@@ -347,48 +396,20 @@ def train_lbfgs_reference(
     ``diverged`` at that iteration (the start evaluation counts as iteration 1).
     """
     params = list(model.parameters())
-    weight = model.linear.weight
-    n = len(y_train)
-    max_eval = max_iter * 5 // 4
-
-    def objective() -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(X_train)
-        if logits.shape[-1] == 1:
-            losses = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits.squeeze(-1), y_train.to(logits.dtype), reduction="none"
-            )
-        else:
-            losses = torch.nn.functional.cross_entropy(logits, y_train, reduction="none")
-        data = (losses if sample_weight is None else losses * sample_weight).sum() / n
-        return data + 0.5 * l2 * (weight * weight).sum(), data
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss, _ = objective()
-        loss.backward()
-        finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
-        if not (bool(torch.isfinite(loss)) and finite):
-            raise _NonFinite
-        return loss.detach()  # (torch's step only takes float() of it)
-
-    opt = torch.optim.LBFGS(
-        params,
-        lr=lr,
-        max_iter=1,
-        history_size=history_size,
-        tolerance_grad=tolerance_grad,
-        tolerance_change=tolerance_change,
-        line_search_fn="strong_wolfe",
-    )
+    objective = _lbfgs_objective(model, X_train, y_train, sample_weight, l2)
+    opt = _one_iteration_lbfgs(params, lr, history_size, tolerance_grad, tolerance_change)
+    closure = _lbfgs_closure(opt, params, objective)
     history = History()
+    log = _IterationLog(history, model, X_val, y_val, lr, on_log)
     logged = set(logged_epochs(max_iter, log_every))
     try:
         closure()
     except _NonFinite:
         return TrainResult(DIVERGED, 1, 1, history)
-    if max_iter == 0 or max(float(p.grad.abs().max()) for p in params) <= tolerance_grad:
+    if max_iter == 0 or _grad_max(params) <= tolerance_grad:
         return TrainResult(COMPLETED, 0, None, history)
     state = opt.state[params[0]]
+    max_eval = max_iter * 5 // 4
     evals = 1  # what one call's current_evals would be
     for epoch in range(1, max_iter + 1):
         opt.param_groups[0]["max_eval"] = max_eval - evals + 1
@@ -401,37 +422,129 @@ def train_lbfgs_reference(
         if ls_evals == 0:  # torch's g.d > -tolerance_change exit: no step this iteration
             if log_every and epoch > 1 and (not history.epoch or history.epoch[-1] != epoch - 1):
                 # The previous iteration was this run's last: log it as such (unchanged model).
-                with torch.no_grad():
-                    train_loss = float(objective()[1])
-                val_loss, val_accuracy = _val_scores(model, X_val, y_val)
-                history.append(epoch - 1, train_loss, val_loss, val_accuracy, lr)
-                if on_log is not None:
-                    on_log(epoch - 1, train_loss, val_loss, val_accuracy)
+                log.row(epoch - 1, _data_loss(objective), report=True)
             return TrainResult(COMPLETED, epoch - 1, None, history)
         evals += ls_evals
         with torch.enable_grad():
             loss = float(closure())  # bitwise the line search's accepted point
-        with torch.no_grad():
-            train_loss = float(objective()[1])
-        gmax = max(float(p.grad.abs().max()) for p in params)
-        step = float((state["d"] * state["t"]).abs().max())
-        done = (
-            epoch == max_iter
-            or evals >= max_eval
-            or gmax <= tolerance_grad
-            or step <= tolerance_change
-            or abs(loss - state["prev_loss"]) < tolerance_change
-        )
+        train_loss = _data_loss(objective)
+        done = epoch == max_iter or evals >= max_eval
+        done = done or _torch_exits(state, loss, params, tolerance_grad, tolerance_change)
         if epoch in logged or (log_every and done):
-            val_loss, val_accuracy = _val_scores(model, X_val, y_val)
-            history.append(epoch, train_loss, val_loss, val_accuracy, lr)
-            if (
-                (epoch % log_every == 0 or done)  # an early row is not reported
-                and on_log is not None
-                and on_log(epoch, train_loss, val_loss, val_accuracy)
-                and not done
-            ):
+            # an early row is not reported; a stop asked for at the last row is no pruning
+            stop = log.row(epoch, train_loss, report=epoch % log_every == 0 or done)
+            if stop and not done:
                 return TrainResult(PRUNED, epoch, None, history)
         if done:
             return TrainResult(COMPLETED, epoch, None, history)
     return TrainResult(COMPLETED, max_iter, None, history)
+
+
+def _one_iteration_lbfgs(
+    params: Sequence[torch.Tensor],
+    lr: float,
+    history_size: int,
+    tolerance_grad: float,
+    tolerance_change: float,
+) -> torch.optim.LBFGS:
+    """``torch.optim.LBFGS`` with the strong-Wolfe search, one iteration per ``step`` call."""
+    return torch.optim.LBFGS(
+        params,
+        lr=lr,
+        max_iter=1,
+        history_size=history_size,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=tolerance_change,
+        line_search_fn="strong_wolfe",
+    )
+
+
+def _torch_exits(
+    state: dict[str, Any],
+    loss: float,
+    params: Sequence[torch.Tensor],
+    tolerance_grad: float,
+    tolerance_change: float,
+) -> bool:
+    """Whether one ``LBFGS.step`` with ``max_iter`` would end after this iteration: a small
+    gradient, a small step or a small change of the loss (torch's end-of-iteration exits)."""
+    step = float((state["d"] * state["t"]).abs().max())
+    return (
+        _grad_max(params) <= tolerance_grad
+        or step <= tolerance_change
+        or abs(loss - state["prev_loss"]) < tolerance_change
+    )
+
+
+@dataclass
+class _IterationLog:
+    """The L-BFGS reference's history rows, each with val scores computed when logged."""
+
+    history: History
+    model: LogisticRegression
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    lr: float
+    on_log: LogCallback | None
+
+    def row(self, epoch: int, train_loss: float, *, report: bool) -> bool:
+        """Log ``epoch``'s row; when ``report``, tell ``on_log``: True if it asks to stop."""
+        scores = _history_row(
+            self.history, self.model, self.X_val, self.y_val, epoch, train_loss, self.lr
+        )
+        return report and self.on_log is not None and self.on_log(epoch, train_loss, *scores)
+
+
+@torch.no_grad()
+def _data_loss(objective: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The L-BFGS reference's data loss (no penalty) at the model's weights now."""
+    return float(objective()[1])
+
+
+def _lbfgs_objective(
+    model: LogisticRegression,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sample_weight: torch.Tensor | None,
+    l2: float,
+) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """The L-BFGS reference's objective: (the penalised loss, the data loss alone)."""
+    weight = model.linear.weight
+    n = len(y)
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(X)
+        if logits.shape[-1] == 1:
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits.squeeze(-1), y.to(logits.dtype), reduction="none"
+            )
+        else:
+            losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        data = (losses if sample_weight is None else losses * sample_weight).sum() / n
+        return data + 0.5 * l2 * (weight * weight).sum(), data
+
+    return objective
+
+
+def _lbfgs_closure(
+    opt: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    objective: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+) -> Callable[[], torch.Tensor]:
+    """``LBFGS.step``'s closure: the loss, its gradients set; `_NonFinite` if either broke."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss, _ = objective()
+        loss.backward()
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+        if not (bool(torch.isfinite(loss)) and finite):
+            raise _NonFinite
+        return loss.detach()  # (torch's step only takes float() of it)
+
+    return closure
+
+
+def _grad_max(params: Sequence[torch.Tensor]) -> float:
+    """The largest absolute gradient entry of ``params`` (every one has a gradient)."""
+    return max(float(p.grad.abs().max()) for p in params if p.grad is not None)

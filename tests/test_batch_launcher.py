@@ -14,7 +14,7 @@ import pytest
 from hydra.core.utils import JobStatus
 from hydra.utils import execution_whitelist
 
-from sweeplr import experiment
+from sweeplr import experiment, siblings
 from sweeplr.experiment import run
 from tests.conftest import ROOT
 
@@ -31,7 +31,8 @@ def passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         sizes.append(len(specs))
         return train_runs(specs, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_runs", counting)
+    monkeypatch.setattr(experiment, "train_runs", counting)  # a job alone
+    monkeypatch.setattr(siblings, "train_runs", counting)  # a launch's jobs together
     return sizes
 
 

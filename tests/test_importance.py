@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from sweeplr.importance import PendingImportances, importances, start_importances
-from sweeplr.plots import IMPORTANCE_PNG, plot_optuna_study
+from sweeplr.study_plots import IMPORTANCE_PNG, plot_optuna_study
 
 
 @pytest.fixture(scope="module")

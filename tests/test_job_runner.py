@@ -21,7 +21,7 @@ from hydra.core.utils import JobStatus
 from hydra.utils import execution_whitelist
 from omegaconf import OmegaConf
 
-from sweeplr.plugins.job_runner import JobTemplate, dump_yaml, nested_block
+from sweeplr.plugins.job_template import JobTemplate, dump_yaml, nested_block
 from tests.apps.contract_app import EnvSweeper, task
 from tests.conftest import ROOT
 

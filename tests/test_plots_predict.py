@@ -35,20 +35,20 @@ from sweeplr.plots import (
     dataset_title,
     loss_figure,
     loss_name,
-    objective_vs_lr_figure,
-    optuna_history_figure,
-    optuna_parallel_figure,
-    plot_optuna_study,
     plot_run,
-    plot_sweep,
-    study_objective_name,
-    study_trials,
-    top_val_loss_figure,
 )
 from sweeplr.predict import best_run_dir, load_run
 from sweeplr.records import read_metrics
 from sweeplr.report import write_report
 from sweeplr.results import load_sweep
+from sweeplr.study_plots import (
+    optuna_history_figure,
+    optuna_parallel_figure,
+    plot_optuna_study,
+    study_objective_name,
+    study_trials,
+)
+from sweeplr.sweep_plots import objective_vs_lr_figure, plot_sweep, top_val_loss_figure
 from tests.conftest import compose_config, require_program, train_and_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -120,7 +120,10 @@ def three_class_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_command_line_does_not_import_torch_or_sklearn() -> None:
     """``sweeplr`` imports these modules for their parsers; ``--help`` must not wait for torch."""
-    code = "import sys, sweeplr.predict, sweeplr.plots, sweeplr.report; print(sorted(sys.modules))"
+    code = (
+        "import sys, sweeplr.predict, sweeplr.plots, sweeplr.sweep_plots, sweeplr.study_plots, "
+        "sweeplr.provenance, sweeplr.report; print(sorted(sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = {name.split(".")[0] for name in ast.literal_eval(done.stdout)}
     assert not loaded & {"torch", "sklearn", "hydra"}

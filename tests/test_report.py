@@ -15,20 +15,19 @@ import pytest
 import yaml
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-from sweeplr.records import write_command
-from sweeplr.report import (
+from sweeplr.provenance import (
     config_changes,
     default_config,
     grid_command_args,
     hydra_distribution,
     optuna_command_args,
-    repeat_groups,
     sampler_settings,
-    significant,
     sweep_command,
-    write_report,
     yaml_text,
 )
+from sweeplr.records import write_command
+from sweeplr.report import significant, write_report
+from sweeplr.sweep_plots import repeat_groups
 
 CONFIGURED = {
     "lr": "tag(log, interval(0.0001, 1.0))",
@@ -214,18 +213,18 @@ def test_configs_read_line_by_line_equal_configs_parsed_whole(monkeypatch):
     import yaml
     from omegaconf import OmegaConf
 
-    from sweeplr import report
-    from sweeplr.report import flat_configs, flatten
+    from sweeplr import provenance
+    from sweeplr.provenance import flat_configs, flatten
 
     parsed_whole: list[str] = []
-    parse = report._yaml_text_value
+    parse = provenance._yaml_text_value
 
     def counted(text: str) -> object:
         if "\n" in text.strip():
             parsed_whole.append(text)
         return parse(text)
 
-    monkeypatch.setattr(report, "_yaml_text_value", counted)
+    monkeypatch.setattr(provenance, "_yaml_text_value", counted)
     from tests.conftest import compose_config
 
     base = OmegaConf.to_yaml(compose_config())
@@ -264,8 +263,6 @@ def test_configs_read_line_by_line_equal_configs_parsed_whole(monkeypatch):
 @pytest.mark.parametrize("value", [0, 17, -3, 10**20, True, False, None, 0.5, "0", [0.9, 0.999]])
 def test_values_are_spelled_as_yaml_spells_them(value):
     import yaml
-
-    from sweeplr.report import yaml_text
 
     expected = yaml.safe_dump(value, default_flow_style=True, width=10**6)
     assert yaml_text(value) == expected.removesuffix("\n").removesuffix("\n...").strip()

@@ -37,14 +37,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.nodes import ValueNode
 
-from sweeplr.plugins.job_runner import (
-    JobLogs,
-    JobTemplate,
-    Op,
-    SharedJob,
-    interpolates,
-    run_shared_job,
-)
+from sweeplr.plugins.job_runner import JobLogs, SharedJob, interpolates, run_shared_job
+from sweeplr.plugins.job_template import JobTemplate, Op
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +52,7 @@ INTEGER = re.compile(r"^[-+]?\d+$")
 # sweeper must not change per job, and aliases are fixed by the primary config.
 CONTROLLER_KEYS = ("hydra.launcher", "hydra.sweeper", "hydra.aliases")
 ENV_SET = "hydra.job.env_set"
-TOP_KEY = re.compile(r"[^.\[]*")  # the top-level key of a config path (`a` of `a.b[0]`)
+TOP_KEY_END = re.compile(r"[.\[]")  # where a config path's top-level key ends (`a` of `a.b[0]`)
 JOB_RUNNERS = ("shared", "hydra")
 
 ValueOp = tuple[str, int | float] | Override  # a plain number's (key, value), or Hydra's parse
@@ -120,7 +114,9 @@ class JobComposer:
         self.loader = config_loader
         self.master = master
         self.groups = set(master.hydra.runtime.choices.keys())
-        self.master_hydra_overrides = list(OmegaConf.to_container(master.hydra.overrides.hydra))
+        hydra_overrides = OmegaConf.to_container(master.hydra.overrides.hydra)
+        assert isinstance(hydra_overrides, list)  # Hydra's overrides.hydra: a list of strings
+        self.master_hydra_overrides = hydra_overrides
         self.parser = OverridesParser.create()
         self.templates: dict[tuple[str, ...], JobTemplate] = {}
         self.parsed: dict[str, Override] = {}
@@ -137,9 +133,9 @@ class JobComposer:
         """How composition applies ``text`` to the finished config: ``(key, number)`` for a
         plain number, the parsed override for another value operation, None when it is
         structural."""
-        op = self.values.get(text, False)
-        if op is not False:
-            return op
+        if text in self.values:
+            return self.values[text]
+        op: ValueOp | None
         number = PLAIN_NUMBER.match(text)
         if number and number["key"] not in self.groups and not number["key"].startswith("hydra"):
             # The common case in sweeps (lr=0.0123) without the grammar: as Hydra reads it.
@@ -214,7 +210,10 @@ class JobComposer:
                 *(text for text in overrides if self._is_hydra(text)),
             ],
             touched={
-                TOP_KEY.match(op[0] if isinstance(op, tuple) else op.key_or_group)[0] for op in task
+                TOP_KEY_END.split(op[0] if isinstance(op, tuple) else op.key_or_group, maxsplit=1)[
+                    0
+                ]
+                for op in task
             },
             env={**template.base_env, **env_values},
             # env_set with interpolations (run_job resolves them in HydraConfig's copy only, not in

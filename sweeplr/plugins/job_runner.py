@@ -2,9 +2,9 @@
 
 ``hydra.core.utils.run_job`` makes every job self-contained by copying: two masked copies of the
 Hydra node (``HydraConfig.set_config``), a deep copy of the job's config and one of its Hydra
-node, three YAML files rendered from scratch, the job's logging configured anew. That is about
-45 ms a job on a 2-core machine (bench/README.md), more than training a small configuration, and
-nearly all of a large grid's time. :func:`run_shared_job` gives each job what ``run_job`` gives
+node, three YAML files rendered from scratch, the job's logging configured anew. That costs
+more than training a small configuration, and is nearly all of a large grid's time
+(bench/README.md, "Timings the code refers to"). :func:`run_shared_job` gives each job what ``run_job`` gives
 -- its own task config and ``JobReturn``, ``HydraConfig.get()`` with the job's own fields while
 it runs, the same ``.hydra/*.yaml`` bytes, its log file, ``hydra.job.chdir``, ``env_set``, the
 callbacks called in the same order with the same arguments -- and shares what does not change
@@ -34,13 +34,11 @@ import copy
 import logging
 import os
 import pickle
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
     JobReturn,
@@ -56,238 +54,10 @@ from hydra.core.utils import (
     env_override,
 )
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import (
-    Container,
-    DictConfig,
-    ListConfig,
-    OmegaConf,
-    flag_override,
-    open_dict,
-    read_write,
-)
-from omegaconf._utils import get_omega_conf_dumper
-from omegaconf.basecontainer import BaseContainer
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.nodes import IntegerNode, StringNode
 
-# The Hydra node's entries that differ between two jobs of one template, and within them the
-# fields that do; every other entry is the same object, and the same YAML, for every job.
-JOB_FIELDS = {"job": ("id", "num", "env_set"), "runtime": ("output_dir",), "overrides": None}
-# What a job's log configuration may interpolate for the set-up to be re-pointed, not redone.
-LOG_INTERPOLATION = re.compile(r"\$\{hydra\.(runtime\.output_dir|job\.name)\}")
-NODE_REFERENCE = re.compile(r"\$\{(hydra\.job\.[\w.]+)\}")  # a job field, as `${hydra.job.num}`
-NOW = re.compile(r"\$\{now:[^${}]*\}")  # Hydra's `now` resolver: cached, one value a run
-
-Op = Callable[[DictConfig], None]  # a value override, applied as composition applies it
-
-
-def dump_yaml(data: Any) -> str:
-    """``OmegaConf.to_yaml``'s YAML of plain data (its dumper and its options)."""
-    return yaml.dump(  # type: ignore[no-any-return]
-        data,
-        default_flow_style=False,
-        allow_unicode=True,
-        sort_keys=False,
-        Dumper=get_omega_conf_dumper(),
-    )
-
-
-def plain(node: Any) -> Any:
-    """A config node as ``OmegaConf.to_yaml`` sees it (interpolations kept as written)."""
-    return BaseContainer._to_content(
-        node, resolve=False, throw_on_missing=False, enum_to_str=True, encode_missing_literals=True
-    )
-
-
-def nested_block(path: Sequence[str], key: str, value: Any) -> str:
-    """The YAML lines of ``key: value`` inside the mappings ``path``, as a dump of the whole
-    tree emits them: dumped at that depth (line breaks depend on the column), header cut."""
-    tree: Any = {key: value}
-    for name in reversed(path):
-        tree = {name: tree}
-    text = dump_yaml(tree)
-    for _ in path:
-        text = text[text.index("\n") + 1 :]
-    return text
-
-
-def mapping_yaml(path: Sequence[str], items: Mapping[str, Any], blocks: Mapping[str, str]) -> str:
-    """The YAML of the mapping ``items`` at ``path``, its own header line included: the entries
-    in ``blocks`` as rendered there, the others rendered now."""
-    if not items:
-        return nested_block(path[:-1], path[-1], {})
-    header = f"{'  ' * (len(path) - 1)}{path[-1]}:\n"
-    return header + "".join(
-        blocks[key] if key in blocks else nested_block(path, key, value)
-        for key, value in items.items()
-    )
-
-
-class JobTemplate:
-    """What the jobs of one composition share: the composed config, one Hydra node, YAML.
-
-    ``composed`` is the config Hydra composed for the template's first job (before its job
-    fields are set); the template owns it from now on.
-    """
-
-    def __init__(self, composed: DictConfig) -> None:
-        self.snapshot_bytes = pickle.dumps(composed)  # for `JobReturn.hydra_cfg`, when read
-        hydra = composed.hydra
-        task = copy.deepcopy(composed)
-        with open_dict(task):
-            del task["hydra"]
-        self.task_bytes = pickle.dumps(task)
-        self.task_keys = tuple(task.keys())
-        self.task_blocks = {key: self._task_block(task, key) for key in self.task_keys}
-        # The job's whole config, but for a stand-in where the shared Hydra node goes.
-        with open_dict(composed), flag_override(composed, "readonly", False):
-            composed["hydra"] = {}
-        self.full_bytes = pickle.dumps(composed)
-        self.hydra = hydra
-        self.hydra_plain: dict[str, Any] = plain(hydra)
-        self.base_env: dict[str, Any] = self.hydra_plain["job"]["env_set"]
-        self.env_copy: list[str] = self.hydra_plain["job"]["env_copy"]
-        self.hydra_root = DictConfig({})  # HydraConfig's masked copy, sharing the node
-        with flag_override(self.hydra_root, "no_deepcopy_set_nodes", True):
-            self.hydra_root["hydra"] = hydra
-        self.hydra_blocks = {
-            key: nested_block(("hydra",), key, value)
-            for key, value in self.hydra_plain.items()
-            if key not in JOB_FIELDS
-        }
-        self.field_blocks: dict[str, dict[str, str]] = {
-            entry: {
-                key: nested_block(("hydra", entry), key, value)
-                for key, value in self.hydra_plain[entry].items()
-                if key not in fields
-            }
-            for entry, fields in JOB_FIELDS.items()
-            if fields is not None
-        }
-        # The job log configuration but for its files' names (Hydra resolves both per job), and
-        # those names as written; None when a job's configuration may differ in more than that.
-        self.log_parts: dict[str, Any] | None = None
-        self.log_files: dict[str, str] = {}
-        raw = self._log_config()
-        name = self.hydra_plain["job"].get("name")
-        if raw is not None and not self.hydra_plain.get("verbose") and "${" not in str(name):
-            rest = _without_files(raw)
-            if "${" not in repr(rest):
-                self.log_parts, self.log_files = rest, _file_handlers(raw)
-        self._constants: dict[str, Any] = {}
-        self.held: dict[str, Any] = {}  # the job fields the shared node holds now (set_fields)
-
-    @staticmethod
-    def _task_block(task: DictConfig, key: str) -> str:
-        """``key``'s lines in ``OmegaConf.to_yaml(task)`` (a top-level entry's own dump)."""
-        node = task._get_node(key)
-        if isinstance(node, Container):
-            return dump_yaml({key: plain(node)})
-        value = node._value()  # type: ignore[union-attr]
-        if value is None or type(value) in (str, int, float, bool):
-            return dump_yaml({key: value})
-        return OmegaConf.to_yaml(OmegaConf.masked_copy(task, [key]))  # an enum, say
-
-    def _log_config(self) -> dict[str, Any] | None:
-        """The job log configuration with its interpolations as written, when every one of
-        them is the log file's folder or the job's name; else None."""
-        raw = self.hydra_plain.get("job_logging")
-        if not isinstance(raw, dict) or raw.get("disable_existing_loggers", True):
-            return None
-        strings: list[str] = []
-
-        def walk(value: Any) -> None:
-            if isinstance(value, dict):
-                for item in value.values():
-                    walk(item)
-            elif isinstance(value, list):
-                for item in value:
-                    walk(item)
-            elif isinstance(value, str):
-                strings.append(value)
-
-        walk(raw)
-        if any("${" in LOG_INTERPOLATION.sub("", text) for text in strings):
-            return None
-        return raw
-
-    def select(self, config: DictConfig, key: str) -> Any:
-        """``OmegaConf.select(config, key)`` for the job whose fields the shared node holds.
-
-        OmegaConf parses an interpolation's grammar at every read, 0.3 ms and more a string: a
-        value whose only interpolations are ``${now:...}`` (cached for the whole run by the
-        resolver) is the same for every job of the template, read once; ``${hydra.job.num}``
-        and the like are read from the node they point to.
-        """
-        raw = self._raw(key)
-        if isinstance(raw, str) and (target := NODE_REFERENCE.fullmatch(raw)):
-            return OmegaConf.select(config, target[1])
-        if isinstance(raw, str) and not NOW.sub("", raw).count("${"):
-            if key not in self._constants:
-                self._constants[key] = OmegaConf.select(config, key)
-            return self._constants[key]
-        return OmegaConf.select(config, key)
-
-    def constant(self, path: str) -> Any:
-        """The Hydra node's value at ``path`` (below ``hydra.``), the same for every job of the
-        template: read once from the plain copy when written without interpolation."""
-        raw = self._raw(f"hydra.{path}")
-        if isinstance(raw, str) and "${" in raw:
-            return OmegaConf.select(self.hydra, path)
-        return raw
-
-    def _raw(self, key: str) -> Any:
-        """The Hydra node's value at ``key`` as written (interpolations unresolved), or None."""
-        head, _, path = key.partition(".")
-        value: Any = self.hydra_plain if head == "hydra" else None
-        for name in path.split("."):
-            value = value.get(name) if isinstance(value, dict) else None
-        return value
-
-    def task_config(self, ops: Sequence[Op]) -> DictConfig:
-        """A fresh copy of the composed task config with ``ops`` applied."""
-        cfg = pickle.loads(self.task_bytes)
-        for op in ops:
-            op(cfg)
-        return cfg
-
-    def full_config(self, ops: Sequence[Op]) -> DictConfig:
-        """A fresh copy of the job's whole config: task values with ``ops``, the shared node."""
-        cfg = pickle.loads(self.full_bytes)
-        for op in ops:
-            op(cfg)
-        # In the stand-in's place, without a copy (OmegaConf's own `no_deepcopy_set_nodes` way
-        # flips flags on the config, and every flag change re-reads the flags of all the
-        # hundreds of nodes below). Not re-reading the node's cached flags is sound: every
-        # job's config root is unpickled from the same bytes, so what the node inherits is the
-        # same.
-        cfg.__dict__["_content"]["hydra"] = self.hydra
-        self.hydra.__dict__["_parent"] = cfg
-        return cfg
-
-    def task_yaml(self, task_cfg: DictConfig, touched: set[str] | None) -> str:
-        """``config.yaml``: the template's blocks, but for the keys the job's values touched."""
-        if touched is None or tuple(task_cfg.keys()) != self.task_keys:
-            return OmegaConf.to_yaml(task_cfg)
-        if not self.task_keys:
-            return "{}\n"
-        return "".join(
-            self._task_block(task_cfg, key) if key in touched else self.task_blocks[key]
-            for key in self.task_keys
-        )
-
-    def hydra_yaml(self, fields: Mapping[str, Mapping[str, Any]]) -> str:
-        """``hydra.yaml`` of a job whose job fields are ``fields`` (entry -> plain values)."""
-        parts = ["hydra:\n"]
-        for key, value in self.hydra_plain.items():
-            if key not in JOB_FIELDS:
-                parts.append(self.hydra_blocks[key])
-            elif JOB_FIELDS[key] is None:  # every value the job's own
-                parts.append(nested_block(("hydra",), key, {k: fields[key][k] for k in value}))
-            else:
-                parts.append(
-                    mapping_yaml(("hydra", key), {**value, **fields[key]}, self.field_blocks[key])
-                )
-        return "".join(parts)
+from sweeplr.plugins.job_template import LOG_INTERPOLATION, JobTemplate, Op, dump_yaml, plain
 
 
 class SharedJob:
@@ -354,7 +124,7 @@ class SharedJob:
         """The job fields of the shared node written into its nodes, when that is all it takes:
         its env_set already holds the job's (the template's), and each field is a node of the
         value's own type, or a list of as many strings. OmegaConf's assignment checks flags,
-        types and keys at every level, 0.2-0.8 ms a field; here the values are the types the
+        types and keys at every level, slowly (bench/README.md); here the values are the types the
         nodes hold, and the node stays read-only for the task. False: nothing written."""
         if self.env_ops or held.get("env", False) is not None:
             return False
@@ -410,7 +180,7 @@ class _JobReturn(JobReturn):
         self.known = known or {}  # fields of hydra_cfg.hydra by path, known without making it
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def hydra_cfg(self) -> DictConfig | None:
         if self._make_hydra_cfg is not None:
             self.__dict__["_hydra_cfg"], self._make_hydra_cfg = self._make_hydra_cfg(), None
@@ -550,24 +320,6 @@ class JobLogs:
         )
 
 
-def _file_handlers(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        name: handler["filename"]
-        for name, handler in config.get("handlers", {}).items()
-        if isinstance(handler, dict) and "filename" in handler
-    }
-
-
-def _without_files(config: Mapping[str, Any]) -> dict[str, Any]:
-    handlers = {
-        name: {k: v for k, v in handler.items() if k != "filename"}
-        if isinstance(handler, dict)
-        else handler
-        for name, handler in config.get("handlers", {}).items()
-    }
-    return {**config, "handlers": handlers}
-
-
 @contextmanager
 def _whitelist(hydra_context: HydraContext) -> Iterator[None]:
     from hydra._internal.execution_policy import execution_whitelist
@@ -654,7 +406,7 @@ def _save_files(
     job: SharedJob, task_cfg: DictConfig, output_dir: str, env: dict[str, Any], folder: Path
 ) -> None:
     """``run_job``'s ``config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, byte for byte."""
-    fields = {
+    fields: dict[str, dict[str, Any]] = {
         "job": {"id": str(job.idx), "num": job.idx, "env_set": env},
         "runtime": {"output_dir": output_dir},
         "overrides": {"hydra": job.hydra_overrides, "task": job.task_overrides},
