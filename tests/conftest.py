@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -66,6 +66,23 @@ def path_without(*programs: str) -> str:
     folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
     kept = [f for f in folders if not any(shutil.which(p, path=f) for p in programs)]
     return os.pathsep.join(kept)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_thread() -> Iterator[None]:
+    """Run the tests' own training on one thread, as ``runner.train_runs`` does on small data.
+
+    Their tensors are tiny, so a second thread buys nothing, while OpenMP's barriers make a
+    test 5-15x slower whenever another process keeps the other core busy (measured: iris, 60
+    mini-batch epochs, 18.8 s on 2 threads against 1.3 s on one, with the load average at 10).
+    A test of thread counts sets its own; subprocesses (train.py) keep torch's default.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def compose_config(*overrides: str) -> DictConfig:
