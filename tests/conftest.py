@@ -7,10 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -68,6 +68,23 @@ def path_without(*programs: str) -> str:
     return os.pathsep.join(kept)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_thread() -> Iterator[None]:
+    """Run the tests' own training on one thread, as ``runner.train_runs`` does on small data.
+
+    Their tensors are tiny, so a second thread buys nothing, while OpenMP's barriers make a
+    test 5-15x slower whenever another process keeps the other core busy (measured: iris, 60
+    mini-batch epochs, 18.8 s on 2 threads against 1.3 s on one, with the load average at 10).
+    A test of thread counts sets its own; subprocesses (train.py) keep torch's default.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def compose_config(*overrides: str) -> DictConfig:
     """The config ``python train.py OVERRIDES`` would see (without Hydra's own node)."""
     with initialize_config_dir(config_dir=str(CONF_DIR)):
@@ -120,3 +137,47 @@ def train_and_record(cfg, run_dir: Path, on_log=None, extra=None):
     outcome = train_runs([run_spec(cfg)], [on_log])[0]
     record = write_run(run_dir, outcome, OmegaConf.to_container(cfg, resolve=True), extra or {})
     return outcome, record
+
+
+# An Optuna sweep of train.py, short: add hydra.sweeper.n_trials=N and a sweep dir.
+OPTUNA = ["--multirun", "sweep=optuna", "epochs=choice(20)", "plots=false"]
+
+
+def study_in(sweep_dir: Path) -> Any:
+    """The Optuna study in ``sweep_dir``'s journal (the default storage)."""
+    import optuna
+
+    from sweeplr.studies import open_storage
+
+    return optuna.load_study(
+        study_name=None, storage=open_storage(f"journal:{sweep_dir / 'optuna.journal'}")
+    )
+
+
+def record_files(sweep_dir: Path) -> dict[str, bytes]:
+    """Every record file under a sweep directory, by path: what no later sweep may change."""
+    return {
+        str(p.relative_to(sweep_dir)): p.read_bytes()
+        for p in sorted(sweep_dir.glob("*/*"))
+        if p.is_file()
+    }
+
+
+def as_hydra_job(monkeypatch: pytest.MonkeyPatch, run_dir: Path, *, num: int | None = None) -> Any:
+    """Make ``HydraConfig.get()`` answer as in the job ``num`` of a sweep (None: a single run)
+    whose output folder is ``run_dir``; returns the node, for a test to change."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create(
+        {
+            "mode": RunMode.RUN if num is None else RunMode.MULTIRUN,
+            "overrides": {"task": []},
+            "runtime": {"output_dir": str(run_dir)},
+            "job": {"num": num, "env_set": {}},
+            "sweeper": {},
+        }
+    )
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: node))
+    return node

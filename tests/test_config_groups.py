@@ -144,3 +144,20 @@ def test_free_mappings_and_lists_keep_their_own_keys():
             "class_weight={red: 2, blue: 1}", "optimizer=adam", "optimizer.betas=[0.8,0.9]"
         )
     )
+
+
+def test_an_option_the_optimizer_lacks_is_one_line():
+    for overrides, message in (
+        (
+            ("optimizer=adam", "optimizer.momentum=0.9"),
+            "optimizer.momentum=0.9 does not apply to optimizer=adam; allowed: its options weight_decay, betas, eps",
+        ),
+        (
+            ("optimizer=sgd", "optimizer.betas=[0.5,0.9]"),
+            "optimizer.betas=[0.5,0.9] does not apply to optimizer=sgd; allowed: its options weight_decay, momentum, nesterov",
+        ),
+    ):
+        with pytest.raises(SweeplrError) as error:
+            run_spec(compose_config(*overrides), overrides)
+        assert str(error.value) == message
+    run_spec(compose_config("optimizer=sgd", "optimizer.momentum=0.9"))  # its own option

@@ -48,6 +48,7 @@ class TestBatchLauncher(LauncherTestSuite):
         )
     ],
 )
+@mark.slow  # each test runs a Hydra app in a subprocess, as the copied Optuna plugin tests do
 class TestBatchLauncherIntegration(IntegrationTestSuite):
     pass
 

@@ -8,7 +8,6 @@ scikit-learn's objective.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,15 +33,6 @@ KINDS = {
 }
 # Per configuration (K = 4): none, l2, l1, elasticnet -- penalty kinds mixed in one batch.
 MIXED = {"l2": [0.0, 0.05, 0.0, 0.03], "l1": [0.0, 0.0, 0.02, 0.01]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny tensors: threads buy nothing and OpenMP barriers cost on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_data(n_classes: int, n: int = N_ROWS, seed: int = 0) -> tuple[Tensor, Tensor]:

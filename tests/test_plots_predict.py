@@ -38,7 +38,7 @@ from sweeplr.plots import (
     plot_run,
 )
 from sweeplr.predict import best_run_dir, load_run
-from sweeplr.records import read_metrics
+from sweeplr.records import MODEL_FILE, read_metrics
 from sweeplr.report import write_report
 from sweeplr.results import load_sweep
 from sweeplr.study_plots import (
@@ -783,3 +783,33 @@ def test_report_tables_fit_1400_px(
         assert count == tables, console
         assert right <= client_width <= 1400
         assert scroll_width <= client_width  # no horizontal scrolling
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda p: p.update(n_features=10**12), "n_features=1000000000000"),
+        (lambda p: p.update(n_classes="2"), "n_classes='2'"),
+        (lambda p: p["state_dict"].pop("linear.bias"), "its state_dict is not a linear layer's"),
+        (
+            lambda p: p["state_dict"].update({"linear.weight": torch.zeros(1, 7)}),
+            "linear.weight is not (1, 2)",
+        ),
+        (lambda p: p.update(scaler_mean=torch.zeros(3)), "scaler_mean is not (2,)"),
+        (lambda p: p.pop("class_names"), "no class_names"),
+    ],
+)
+def test_a_damaged_model_file_is_refused_before_anything_is_allocated(tmp_path, damage, why):
+    from tests.conftest import train_and_record
+
+    run = tmp_path / "run"
+    train_and_record(compose_config("epochs=5", "device=cpu", "progress=false"), run)
+    payload = torch.load(run / MODEL_FILE, weights_only=True)
+    damage(payload)
+    torch.save(payload, run / MODEL_FILE)
+    with pytest.raises(SweeplrError) as error:
+        load_run(run)
+    assert (
+        str(error.value)
+        == f"{run}/{MODEL_FILE} is not a sweeplr model ({why}); allowed: a run's model.pt"
+    )

@@ -20,6 +20,7 @@ from sweeplr.callbacks import SummaryCallback
 from sweeplr.cli import main
 from sweeplr.config import run_spec
 from sweeplr.errors import SweeplrError
+from sweeplr.predict import best_run_dir
 from sweeplr.records import write_failure, write_run
 from sweeplr.results import (
     format_table,
@@ -579,3 +580,54 @@ def test_every_command_has_a_description_and_an_example_in_plain_text(monkeypatc
         example = text.split("example")[1]
         assert "sweeplr " in example, name
         assert max(len(line) for line in text.splitlines()) <= 80, name
+
+
+def test_a_non_finite_objective_never_ranks_best(tmp_path):
+    sweep = make_sweep(
+        tmp_path / "s",
+        {"0": (0.3, ["lr=0.1"], {}), "1": (0.2, ["lr=0.2"], {}), "2": (0.4, ["lr=0.3"], {})},
+    )
+    for job, value in (("1", "-Infinity"), ("2", "NaN")):
+        text = (sweep / job / "metrics.json").read_text()
+        bad = json.loads(text)
+        bad["objective"]["value"] = None
+        (sweep / job / "metrics.json").write_text(
+            json.dumps(bad).replace('"value": null', f'"value": {value}')
+        )
+    table = load_sweep(sweep)
+    assert table["job"].iloc[0] == 0
+    assert not math.isfinite(table["objective"].iloc[1])
+    assert best_run_dir(sweep) == sweep / "0"
+
+
+def test_group_statistics_are_over_completed_runs_only(tmp_path):
+    sweep = make_sweep(
+        tmp_path / "s",
+        {
+            "0": (0.2, ["optimizer=sgd"], {}),
+            "1": (0.4, ["optimizer=sgd"], {}),
+            "2": (0.9, ["optimizer=sgd"], {"status": "pruned"}),  # a partial objective
+            "3": (0.1, ["optimizer=adam"], {"status": "pruned"}),
+        },
+    )
+    grouped = group_runs(load_sweep(sweep), ["optimizer"]).set_index("optimizer")
+    assert grouped.loc["sgd", "count"] == 3 and grouped.loc["sgd", "n_completed"] == 2
+    assert grouped.loc["sgd", "objective_mean"] == pytest.approx(0.3)
+    assert grouped.loc["adam", "n_completed"] == 0 and math.isnan(
+        grouped.loc["adam", "objective_mean"]
+    )
+    assert grouped.index[0] == "sgd"  # a group with nothing completed does not rank first
+
+
+def test_a_record_of_the_wrong_types_is_a_corrupt_row(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"0": (0.3, ["lr=0.1"], {}), "1": (0.2, ["lr=0.2"], {})})
+    bad = record(0.1, ["lr=0.3"])
+    bad["metrics"]["val"]["loss"] = "low"
+    bad["epochs_run"] = "many"
+    write_job(sweep, "2", bad, ["lr=0.3"])
+    write_job(sweep, "3", [1, 2, 3], ["lr=0.4"])  # valid JSON, no record
+    table = load_sweep(sweep).set_index("job")
+    assert table.loc[2, "status"] == table.loc[3, "status"] == "corrupt"
+    assert table.loc[1, "status"] == "completed"
+    assert "corrupt" in format_table(load_sweep(sweep))
+    assert main(["summary", str(sweep)]) == 0

@@ -1,5 +1,6 @@
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,8 @@ from sweeplr.config import run_spec, validate
 from sweeplr.data import load_dataset, split
 from sweeplr.errors import SweeplrError
 from sweeplr.records import load_model_payload, read_metrics
-from sweeplr.runner import DeviceData
-from tests.conftest import train_and_record
+from sweeplr.runner import DeviceData, train_runs
+from tests.conftest import compose_config, train_and_record
 
 
 def prepare_data(cfg):
@@ -264,3 +265,40 @@ def test_models_evaluated_together_equal_models_evaluated_alone(dataset):
         for name in ("accuracy", "roc_auc", "f1"):
             assert metrics[name] == pytest.approx(alone[name], abs=1e-12), name
     assert evaluate_models(models[:1], X, y) == [evaluate(models[0], X, y)]
+
+
+def test_wall_seconds_is_the_share_of_the_pass_without_data_loading(monkeypatch):
+    """A fake clock: loading the data takes 100 s, the pass 6 s, for three configurations."""
+    from sweeplr import runner
+
+    now = [0.0]
+    real_load = runner.DeviceData.load
+
+    def slow_load(spec, configs=1):
+        now[0] += 100.0
+        return real_load(spec, configs)
+
+    def train_members(members, data, callbacks, groups=None):
+        now[0] += 6.0
+        return real_train(members, data, callbacks, groups)
+
+    real_train = runner.train_members
+    monkeypatch.setattr(runner.DeviceData, "load", staticmethod(slow_load))
+    monkeypatch.setattr(runner, "train_members", train_members)
+    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    specs = [
+        run_spec(compose_config("epochs=5", f"lr={lr}", "device=cpu")) for lr in (0.1, 0.2, 0.3)
+    ]
+    outcomes = train_runs(specs)
+    assert [o.wall_seconds for o in outcomes] == [2.0, 2.0, 2.0]
+    assert {o.batch_wall_seconds for o in outcomes} == {6.0}
+
+
+def test_training_gives_back_the_thread_count():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        train_runs([run_spec(compose_config("epochs=5", "device=cpu"))])  # small data: 1 thread
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from sweeplr.config import run_spec
-from sweeplr.data import load_dataset, scale_splits, split, stratified_folds
+from sweeplr.data import load_dataset, scale_splits, split
 from sweeplr.errors import SweeplrError
-from sweeplr.fitting import penalty_strengths
 from sweeplr.runner import train_runs
 from tests.conftest import compose_config, run_train
 
@@ -65,116 +64,7 @@ def sklearn_lbfgs(X, y, C=1.0, **kwargs):
         return LogisticRegression(C=C, tol=1e-10, max_iter=10_000, **kwargs).fit(X, y)
 
 
-# --- folds ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("n", "folds", "classes"), [(381, 5, 2), (100, 3, 3), (57, 7, 4)])
-def test_folds_are_scikit_learns_stratified_k_fold(n, folds, classes):
-    from sklearn.model_selection import StratifiedKFold
-
-    y = np.random.RandomState(n).randint(0, classes, n)
-    y[:classes] = np.arange(classes)[::-1]  # classes first seen out of code order
-    fold_of_row = stratified_folds(y, folds)
-    for f, (_, held) in enumerate(StratifiedKFold(folds).split(np.zeros(n), y)):
-        assert np.array_equal(np.flatnonzero(fold_of_row == f), held)
-
-
-def test_more_folds_than_the_smallest_class_is_one_line():
-    y = np.array([0] * 20 + [1] * 3)
-    with pytest.raises(SweeplrError, match=r"^cv=4 is more folds .* \(3\); allowed: 2 <= cv <= 3$"):
-        stratified_folds(y, 4)
-
-
-# --- cross-validation in the batch ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dataset", ["breast_cancer", "iris"])
-def test_cv_objective_is_the_mean_of_folds_trained_alone(dataset):
-    """The batched pass equals each fold trained alone on its own rows (the reference path)."""
-    base = (*BC, f"dataset={dataset}", "cv=3", "epochs=60", "optimizer=adam", "lr=0.05")
-    specs = [spec_of(*base, f"lr={lr}") for lr in (0.05, 0.2)]
-    batched = train_runs(specs)
-    reference = train_runs([spec_of(*base, f"lr={lr}", "engine=reference") for lr in (0.05, 0.2)])
-    for ours, ref in zip(batched, reference, strict=True):
-        assert ours.cv["folds"] == 3
-        for metric in ("loss", "accuracy"):
-            assert ours.metrics["val"][metric] == pytest.approx(
-                ref.metrics["val"][metric], rel=1e-5
-            )
-            assert ours.cv["val_std"][metric] == pytest.approx(
-                ref.cv["val_std"][metric], rel=1e-4, abs=1e-7
-            )
-        assert ours.objective == pytest.approx(ours.metrics["val"]["loss"])
-        assert ours.metrics["test"]["loss"] == pytest.approx(ref.metrics["test"]["loss"], rel=1e-5)
-        assert ours.data.splits.X_val.shape[0] == 0  # the folds are the validation data
-
-
-def test_cv_refit_is_the_configuration_trained_on_the_whole_training_part():
-    folded = train_runs([spec_of(*BC, "cv=4", "epochs=40", "lr=0.1")])[0]
-    whole = train_runs([spec_of(*BC, "val_size=0", "objective=train_loss", "epochs=40", "lr=0.1")])[
-        0
-    ]
-    assert torch.equal(folded.model.linear.weight, whole.model.linear.weight)
-    assert folded.metrics["test"] == whole.metrics["test"]
-    assert folded.metrics["val"] != whole.metrics["val"]
-
-
-def test_cv_pruning_sees_fold_means_and_stops_every_fold():
-    seen: list[tuple[int, float]] = []
-
-    def on_log(epoch, train_loss, val_loss, val_accuracy):
-        seen.append((epoch, val_loss))
-        return epoch >= 20
-
-    spec = spec_of(*BC, "cv=3", "epochs=100", "lr=0.1")
-    pruned, kept = train_runs([spec, spec_of(*BC, "cv=3", "epochs=100", "lr=0.3")], [on_log, None])
-    assert pruned.status == "pruned" and pruned.epochs_run == 20
-    assert kept.status == "completed" and kept.epochs_run == 100
-    assert [epoch for epoch, _ in seen] == [10, 20]
-    assert pruned.metrics["test"]["loss"] is None  # nothing refit
-    assert seen[-1][1] == pytest.approx(pruned.history["val_loss"][-1])
-
-
-def test_a_diverged_fold_makes_the_configuration_diverged_and_spares_the_others():
-    base = (*BC, "cv=3", "epochs=20", "standardize=false")
-    diverged, fine = train_runs([spec_of(*base, "lr=1e39"), spec_of(*base, "lr=1e-6")])
-    assert diverged.status == "diverged" and diverged.objective == float("inf")
-    assert all(v is None for split in diverged.metrics.values() for v in split.values())
-    assert fine.status == "completed" and fine.metrics["test"]["loss"] is not None
-
-
-def test_cv_record_and_summary_carry_mean_and_std(tmp_path: Path):
-    proc = run_train(
-        tmp_path,
-        "--multirun",
-        "lr=0.1,0.3",
-        "cv=3",
-        "epochs=50",
-        *BC,
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    )
-    assert proc.returncode == 0, proc.stderr
-    record = json.loads((tmp_path / "sweep/0/metrics.json").read_text())
-    assert record["cv"]["folds"] == 3 and record["data"]["n_val"] == 0
-    assert record["objective"]["value"] == record["metrics"]["val"]["loss"]
-    import pandas as pd
-
-    table = pd.read_csv(tmp_path / "sweep/summary.csv")
-    assert {"val_loss_std", "val_accuracy_std", "cv"} <= set(table.columns)
-    assert (table["val_loss_std"] > 0).all()
-
-
 # --- penalties, class and row weights ---------------------------------------------------------
-
-
-def test_penalty_strengths_are_scikit_learns_objective_over_c_n():
-    assert penalty_strengths(spec_of("penalty=l2", "penalty.C=0.5"), 100) == (0.02, 0.0)
-    assert penalty_strengths(spec_of("penalty=l1", "penalty.C=2"), 50) == (0.0, 0.01)
-    l2, l1 = penalty_strengths(
-        spec_of("penalty=elasticnet", "penalty.C=1", "penalty.l1_ratio=0.25"), 10
-    )
-    assert (l2, l1) == pytest.approx((0.075, 0.025))
-    assert penalty_strengths(spec_of(), 10) == (0.0, 0.0)
 
 
 def test_lbfgs_l2_reaches_scikit_learns_objective_and_predictions():
@@ -410,19 +300,3 @@ def test_logistic_cv_preset_runs_an_optuna_search_over_c_with_folds_and_a_pruner
     best = table.iloc[0]
     record = json.loads((tmp_path / best["run_dir"] / "metrics.json").read_text())
     assert record["cv"]["folds"] == 5 and record["hyperparameters"]["penalty"] == "l2"
-
-
-def test_members_with_the_same_class_weights_share_one_weight_vector():
-    """A [K, n] matrix of equal rows would cost K times the memory (10M rows x 64: 2.5 GB)."""
-    from sweeplr import fitting
-
-    specs = [spec_of(*BC, "class_weight=balanced", f"lr={lr}") for lr in (0.1, 0.2, 0.3)]
-    data = fitting.DeviceData.load(specs[0])
-    n = len(data.train[1])
-    members = [fitting.Member(s) for s in specs]
-    shared = fitting._engine_weights(members, data, [n] * 3)
-    assert shared is not None and shared.shape == (n,)
-    mixed = [*members, fitting.Member(spec_of(*BC, "lr=0.4"))]
-    matrix = fitting._engine_weights(mixed, data, [n] * 4)
-    assert matrix is not None and matrix.shape == (4, n)
-    assert torch.equal(matrix[0], shared) and bool((matrix[3] == 1).all())

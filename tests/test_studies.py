@@ -5,12 +5,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from sweeplr.errors import SweeplrError
 from sweeplr.plugins.optuna_sweeper import default_study_name
 from sweeplr.studies import (
     HEARTBEAT_ATTR,
@@ -20,12 +22,14 @@ from sweeplr.studies import (
     budget_used,
     is_stale,
     open_storage,
+    repair_journal,
     requeue_stale_trials,
     storage_url,
     trial_id,
     worker_identity,
 )
 from sweeplr.study_session import batch_limit, checked_values
+from tests.conftest import ROOT
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -238,3 +242,87 @@ def test_a_study_is_named_as_other_tools_take_it(tmp_path):
     optuna.create_study(storage=db, study_name="db")
     assert public_storage(db) == db and 'storage="sqlite:///' in load_study_code(db, "db")
     assert optuna.load_study(study_name="db", storage=public_storage(db)).study_name == "db"
+
+
+def journal_study(tmp_path: Path, n_trials: int) -> tuple[str, Path]:
+    url = storage_url(None, tmp_path)
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n_trials)
+    return url, Path(url.removeprefix("journal:"))
+
+
+def test_a_torn_journal_is_cut_back_with_a_copy_kept(tmp_path):
+    url, path = journal_study(tmp_path, 3)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "tri')  # a write cut short
+
+    note = repair_journal(url)
+    assert note is not None and "torn line" in note and str(path) in note
+    (backup,) = tmp_path.glob("optuna.journal.torn-*")
+    assert backup.read_bytes() == whole + b'{"op_code": 5, "worker_id": "x", "tri'
+    assert path.read_bytes() == whole
+    assert repair_journal(url) is None  # whole again: nothing to do
+
+    # The resume Optuna would have ruined: append, then read back in a fresh process state.
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    code = (
+        "import optuna; from optuna.storages.journal import JournalFileBackend as B, "
+        f"JournalStorage as S; s = optuna.load_study(study_name='s', storage=S(B({str(path)!r})));"
+        "print(len(s.trials))"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True
+    )
+    assert fresh.stdout.strip() == "4", fresh.stderr
+
+
+@pytest.mark.parametrize("garbage", [b"not json at all\n", b"\xff\xfe\x00 binary\n"])
+def test_garbage_inside_a_journal_is_one_error_naming_the_line(tmp_path, garbage):
+    url, path = journal_study(tmp_path, 2)
+    lines = path.read_bytes().splitlines(keepends=True)
+    damaged = b"".join([lines[0], garbage, *lines[1:]])
+    path.write_bytes(damaged)
+    with pytest.raises(SweeplrError) as error:
+        repair_journal(url)
+    assert str(error.value).startswith(f"{path} line 2 is not an Optuna journal record (")
+    assert "\n" not in str(error.value)
+    assert path.read_bytes() == damaged  # left as it was for the user to restore
+    assert not list(tmp_path.glob("optuna.journal.torn-*"))
+
+
+def test_liveness_goes_through_psutil_alone(monkeypatch):
+    """Off Linux there is no /proc: a worker's start time comes from psutil, as it gives it on
+    macOS and Windows (faked here), so a live trial is never taken for a stale one."""
+    import psutil
+
+    from sweeplr import studies
+
+    class Process:  # what psutil answers on any platform
+        def __init__(self, pid: int) -> None:
+            if pid != os.getpid():
+                raise psutil.NoSuchProcess(pid)
+
+        def create_time(self) -> float:
+            return 1234.5
+
+    monkeypatch.setattr(studies.psutil, "Process", Process)
+    me = worker_identity()
+    assert me.endswith(f":{os.getpid()}:1234.500")
+
+    def running(worker: str) -> optuna.trial.FrozenTrial:
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING)
+        trial.system_attrs = {WORKER_ATTR: worker}
+        return trial
+
+    assert not is_stale(running(me), grace_period=0)
+    assert is_stale(running(dead_worker()), grace_period=3600)
+
+
+def test_no_private_optuna_api_reaches_a_study_or_trial():
+    """``study._storage`` and ``trial._trial_id`` have public counterparts (open_storage,
+    trial_id): sweeplr uses those, so an Optuna release may rename its internals."""
+    for path in (ROOT / "sweeplr").rglob("*.py"):
+        text = path.read_text()
+        for private in ("study._storage", "trial._trial_id", "._cached_frozen_trial"):
+            assert private not in text.replace(f"``{private}``", ""), (path, private)

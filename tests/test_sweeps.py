@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from sweeplr.records import SUPERSEDED_FILE
 from sweeplr.studies import budget_used, open_storage
-from tests.conftest import ROOT, require_module, run_train
+from tests.conftest import ROOT, record_files, require_module, run_train
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -423,3 +423,24 @@ def test_schedules_and_early_stopping_in_a_grid_and_an_optuna_sweep(tmp_path):
     assert len(study.trials) == 6 and all(t.state == TrialState.COMPLETE for t in study.trials)
     summary = pd.read_csv(optuna_dir / "summary.csv")
     assert len(summary) == 6 and summary["best_epoch"].notna().all()
+
+
+@pytest.mark.slow
+def test_a_grid_refuses_a_directory_that_holds_runs(tmp_path):
+    sweep = tmp_path / "S"
+    first = run_train(
+        tmp_path, "--multirun", "lr=0.1,0.01", "epochs=20", f"hydra.sweep.dir={sweep}"
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = record_files(sweep)
+    summary = (sweep / "summary.csv").read_bytes()
+
+    again = run_train(tmp_path, "--multirun", "lr=0.5", "epochs=20", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 1
+    assert again.stdout == ""  # not the old sweep's table either
+    assert again.stderr == (
+        f"error: hydra.sweep.dir={sweep} already holds another sweep's runs; allowed: "
+        "a new directory (by default every launch gets its own)\n"
+    )
+    assert record_files(sweep) == before
+    assert (sweep / "summary.csv").read_bytes() == summary

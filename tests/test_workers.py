@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from sweeplr.results import load_sweep
 from sweeplr.studies import budget_used, open_storage
-from tests.conftest import ROOT, missing, require_module, run_train
+from tests.conftest import OPTUNA, ROOT, missing, require_module, run_train, study_in
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -301,3 +301,30 @@ def test_storage_lost_during_a_sweep_keeps_records_and_says_so(tmp_path, private
     assert len(records) >= 2  # what finished before the outage is kept, whole
     for path in records:
         assert json.loads(path.read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_workers_started_together_never_propose_the_same_trial(tmp_path):
+    args = [*OPTUNA, "hydra.sweeper.n_trials=12", "hydra.sweep.dir=shared"]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    command = [sys.executable, str(ROOT / "train.py"), *args]
+    # Started in one go, each before any asks: the start that used to give two workers the
+    # same seed (both counted 0 trials).
+    workers = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-2000:]
+    trials = study_in(tmp_path / "shared").trials
+    assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
+    proposals = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(proposals) == 12

@@ -9,7 +9,6 @@ packages are extras, imported only when their tracker is selected. No Hydra here
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,11 +16,12 @@ from typing import Any
 
 from sweeplr.config import LOGGERS
 from sweeplr.errors import SweeplrError
+from sweeplr.trackers.logged import SERIES, final_metrics, series
+
+__all__ = ["SERIES", "check", "final_metrics", "finish_sweep", "log_run", "series"]
 
 # tracker -> the module it needs, which is also the name of the extra that installs it
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-# history columns sent as per-epoch metrics (``epoch`` is their step)
-SERIES = ("train_loss", "val_loss", "val_accuracy", "lr")
 
 
 def check(logger: Any, base_dir: str | Path, run_dir: str | Path | None = None) -> None:
@@ -101,30 +101,3 @@ def finish_sweep(logger: Any, sweep_dir: str | Path) -> None:
         from sweeplr.trackers.mlflow_log import finish_parent
 
         finish_parent(Path(sweep_dir))
-
-
-def final_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """``{"test_accuracy": 0.97, ...}``: the record's finite metrics of every split."""
-    values = {}
-    for split, metrics in record.get("metrics", {}).items():
-        for metric, value in metrics.items():
-            if is_number(value):
-                values[f"{split}_{metric}"] = float(value)
-    return values
-
-
-def series(history: Mapping[str, list[Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Each logged column's finite ``(epoch, value)`` pairs (a diverged epoch's NaN is left out)."""
-    epochs = [int(e) for e in history.get("epoch", [])]
-    out = {}
-    for column in SERIES:
-        values = history.get(column)
-        if values is not None:
-            out[column] = [
-                (e, float(v)) for e, v in zip(epochs, values, strict=True) if is_number(v)
-            ]
-    return out
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -26,7 +26,7 @@ from typing import Any
 
 from sweeplr.errors import SweeplrError
 from sweeplr.records import atomic_write_text
-from sweeplr.trackers import final_metrics, series
+from sweeplr.trackers.logged import final_metrics, series
 
 DEFAULT_DB = "mlflow.db"
 SWEEP_FILE = "mlflow_run.json"  # in a sweep's directory: its parent run's store and id

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sweeplr.trackers import final_metrics, series
+from sweeplr.trackers.logged import final_metrics, series
 
 FINAL_PREFIX = "final/"  # the hparams metrics: last values, apart from the per-epoch curves
 
