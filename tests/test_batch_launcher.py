@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 import pytest
 from hydra.core.utils import JobStatus
@@ -171,10 +172,15 @@ def test_a_launch_makes_its_records_durable_with_one_sync_before_its_trials_are_
     events: list[tuple[str, int]] = []
     fsync, sync = os.fsync, os.sync
 
+    finished = {s.value for s in optuna.trial.TrialState if s.is_finished()}
+
     def told() -> int:  # trials with a result in the journal so far
         path = next(journal.rglob("optuna.journal"), None)
-        text = path.read_text() if path else ""
-        return sum('"op_code":6' in line for line in text.splitlines())
+        lines = path.read_text().splitlines() if path else []
+        # op 6 sets a trial's state: RUNNING as a queued trial is asked, a result when told
+        return sum(
+            op["op_code"] == 6 and op["state"] in finished for op in map(json.loads, lines)
+        )
 
     def counting_fsync(fd: int) -> None:
         name = os.readlink(f"/proc/self/fd/{fd}")
