@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplr import job_batch, trackers
-from sweeplr.config import RunSpec, config_values, plain_dicts, run_spec
+from sweeplr.config import config_values, plain_dicts
 from sweeplr.console import (
     end_interrupted,
     end_with_error,
@@ -31,11 +30,11 @@ from sweeplr.pruning import trial_link, trial_link_for
 from sweeplr.records import write_run
 from sweeplr.runner import DeviceData, Outcome, batch_key, data_key, train_runs
 from sweeplr.schema import DIVERGED, PRUNABLE_OBJECTIVES
+from sweeplr.spec import RunSpec, run_spec
+from sweeplr.training import LogCallback
 
 if TYPE_CHECKING:
     from sweeplr.studies import TrialLink
-
-LogCallback = Callable[[int, float, float, float], bool]
 
 
 def run(cfg: DictConfig) -> float:

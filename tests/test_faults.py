@@ -28,13 +28,13 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeplr.cli import main
-from sweeplr.config import run_spec
 from sweeplr.errors import SweeplrError
 from sweeplr.plugins.optuna_sweeper import claim_sweep_dir, default_study_name
 from sweeplr.predict import best_run_dir, load_run
 from sweeplr.records import MODEL_FILE
 from sweeplr.results import format_table, group_runs, load_sweep
 from sweeplr.runner import train_runs
+from sweeplr.spec import run_spec
 from sweeplr.studies import (
     WORKER_ATTR,
     budget_used,
