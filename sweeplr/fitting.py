@@ -46,6 +46,7 @@ from sweeplr.training import (
     train,
     train_lbfgs_reference,
 )
+from sweeplr.validation import OPTIMIZER_OPTIONS
 
 # device=auto's crossover (provisional until bench/gpu_check.py measures it on a lent GPU):
 # CUDA only when a pass's work, rows x features x K x epochs, exceeds AUTO_CUDA_MIN_WORK and one
@@ -182,9 +183,8 @@ class Member:
 def torch_optimizer(spec: RunSpec) -> TorchOptimizer:
     """The ``torch.optim`` settings of a spec (the reference path's optimizer)."""
     opt = spec.optimizer
-    return TorchOptimizer(
-        opt.name, spec.lr, opt.weight_decay, opt.momentum, opt.nesterov, opt.betas, opt.eps
-    )
+    options = {name: getattr(opt, name) for name in OPTIMIZER_OPTIONS[opt.name]}
+    return TorchOptimizer(opt.name, spec.lr, **options)  # (the others are at their defaults)
 
 
 def row_weights(spec: RunSpec, data: DeviceData) -> np.ndarray | None:
@@ -281,22 +281,17 @@ def _engine_val(members: Sequence[Member], data: DeviceData) -> tuple[torch.Tens
 
 
 def _engine_optimizer(specs: Sequence[RunSpec]) -> OptimizerConfig:
-    """One engine optimizer with a value per configuration for every hyperparameter."""
+    """One engine optimizer with a value per configuration for each option of its kind (one
+    for all where the pass shares it: ``nesterov``; ``betas`` as a pair of lists)."""
     opts = [s.optimizer for s in specs]
     kind = cast(OptimizerKind, opts[0].name)  # (validated: one of the engine's, or lbfgs)
-    common: dict[str, Any] = {
-        "lr": [s.lr for s in specs],
-        "weight_decay": [o.weight_decay for o in opts],
-    }
-    if kind == "sgd":
-        momentum = [o.momentum for o in opts]
-        return OptimizerConfig(kind, momentum=momentum, nesterov=opts[0].nesterov, **common)
-    return OptimizerConfig(
-        kind,
-        betas=([o.betas[0] for o in opts], [o.betas[1] for o in opts]),
-        eps=[o.eps for o in opts],
-        **common,
-    )
+    values: dict[str, Any] = {"lr": [s.lr for s in specs]}
+    for name in OPTIMIZER_OPTIONS[kind]:
+        column = [getattr(opt, name) for opt in opts]
+        values[name] = column[0] if name == "nesterov" else column
+    if "betas" in values:
+        values["betas"] = tuple(list(beta) for beta in zip(*values["betas"], strict=True))
+    return OptimizerConfig(kind, **values)
 
 
 def _group_report(

@@ -91,9 +91,7 @@ class OptimizerSpec:
     weight_decay: float = setting(0.0, column="weight_decay")
     momentum: float = setting(0.0, column="momentum")  # sgd
     nesterov: bool = setting(False, shared=True, column="nesterov")  # sgd
-    betas: tuple[float, float] = setting(
-        (0.9, 0.999), column=("beta1", "beta2"), shown=lambda spec, value: tuple(value)
-    )  # adam, adamw
+    betas: tuple[float, float] = setting((0.9, 0.999), column=("beta1", "beta2"))  # adam, adamw
     eps: float = setting(1e-8, column="eps")  # adam, adamw
     # lbfgs (its lr is per configuration, like the others')
     history_size: int = setting(100, shared=True)

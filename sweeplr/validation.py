@@ -129,7 +129,7 @@ def _validate(cfg: Any) -> None:
     _require(
         cfg.objective in OBJECTIVES, "objective", cfg.objective, ", ".join(OBJECTIVES), "is unknown"
     )
-    _validatefolds(cfg)
+    _validate_folds(cfg)
     _check(
         not (cfg.objective.startswith("val_") and cfg.val_size == 0 and folds(cfg) is None),
         f"objective={_shown('objective', cfg.objective)} needs a validation split; "
@@ -176,7 +176,7 @@ def folds(cfg: Any) -> int | None:
     return getattr(cfg, "cv", None)
 
 
-def _validatefolds(cfg: Any) -> None:
+def _validate_folds(cfg: Any) -> None:
     cv = folds(cfg)
     if cv is None:
         return

@@ -20,17 +20,8 @@ from sweeplr.config import (
 from sweeplr.schema import HYPERPARAMETERS
 from sweeplr.spec import RunSpec, batch_key, data_key, run_spec
 from tests.conftest import CONF_DIR, compose_config
+from tests.test_config_groups import NEEDS, PLUGINS
 
-# What an option needs besides itself to compose and validate.
-NEEDS = {
-    "dataset/csv": ("dataset.path=d.csv", "dataset.target=y"),
-    "pruner": ("sweep=optuna",),
-}
-PLUGINS = {
-    "launcher/joblib": "hydra_plugins.hydra_joblib_launcher",
-    "launcher/slurm": "hydra_plugins.hydra_submitit_launcher",
-    "launcher/submitit_local": "hydra_plugins.hydra_submitit_launcher",
-}
 # conf/config.yaml alone, then every option of every group.
 OPTIONS = ["config", *sorted(f"{p.parent.name}/{p.stem}" for p in CONF_DIR.glob("*/*.yaml"))]
 # The spec's groups and the config node each is read from (None: the top level).
