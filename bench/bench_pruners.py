@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # this checkout's sweeplr, as its train.py imports it
-from sweeplr.config import run_spec
 from sweeplr.runner import train_runs
+from sweeplr.spec import run_spec
 
 STUDIES = ("blobs:20", "blobs:50", "breast_cancer:50")
 PRUNERS = ("median", "hyperband", "successive_halving")

@@ -316,8 +316,8 @@ def records(root: Path) -> list[dict]:
 def section_sweep(args: argparse.Namespace, device: torch.device) -> None:
     import tempfile
 
-    from sweeplr.config import run_spec
     from sweeplr.fitting import DeviceData
+    from sweeplr.spec import run_spec
     from tests.conftest import compose_config
 
     common = [

@@ -152,14 +152,14 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     """Train every lr of a range, suggest one, and write ``lr_find.csv`` and ``lr_find.png``."""
     from datetime import datetime
 
-    from sweeplr.config import run_spec
     from sweeplr.lr_find import find_lr, lr_range, write_finding
+    from sweeplr.spec import run_spec
 
     lrs = lr_range(args.min_lr, args.max_lr, args.num)
     spec = run_spec(compose_app_config(args.config_dir, args.overrides), args.overrides)
     finding = find_lr(spec, lrs, args.epochs)
     out = Path(args.out or f"lr_find/{datetime.now():%Y-%m-%d/%H-%M-%S-%f}")
-    title = f"lr finder: {spec.dataset['name']}, {spec.optimizer}, {len(lrs)} lrs"
+    title = f"lr finder: {spec.data.dataset['name']}, {spec.optimizer.name}, {len(lrs)} lrs"
     table, picture = write_finding(finding, out, title)
     if finding.suggestion is None:
         print(f"sweeplr: every lr diverged within {args.epochs} epochs; try a lower --max-lr")

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sweeplr.config import RunSpec
 from sweeplr.data import stratified_folds
-from sweeplr.fitting import DeviceData, Member, Trained, train_members
+from sweeplr.fitting import DeviceData, Member, train_members
 from sweeplr.schema import COMPLETED, DIVERGED, METRICS, PRUNED
-from sweeplr.training import LogCallback, evaluate
+from sweeplr.spec import RunSpec
+from sweeplr.training import HISTORY_COLUMNS, LogCallback, Trained, evaluate
 
 
 @dataclass
@@ -83,11 +83,12 @@ def _mean_and_std(
     std: dict[str, float | None] = {}
     for metric in METRICS:
         values = [s[metric] for s in scores]
-        if any(v is None for v in values):  # e.g. ROC AUC of a fold holding one class
+        numbers = [v for v in values if v is not None]
+        if len(numbers) < len(values):  # e.g. ROC AUC of a fold holding one class
             mean[metric] = std[metric] = None
             continue
-        mean[metric] = float(np.mean(values))
-        std[metric] = float(np.std(values))
+        mean[metric] = float(np.mean(numbers))
+        std[metric] = float(np.std(numbers))
     return mean, std
 
 
@@ -99,7 +100,7 @@ def _fold_mean(runs: Sequence[Trained], first: Trained, status: str) -> Trained:
     """
     length = min(len(run.history["epoch"]) for run in runs)
     history = {"epoch": first.history["epoch"][:length]}
-    for column in ("train_loss", "val_loss", "val_accuracy", "lr"):
+    for column in HISTORY_COLUMNS[1:]:
         history[column] = [
             float(np.mean([run.history[column][t] for run in runs])) for t in range(length)
         ]

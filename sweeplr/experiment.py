@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplr import trackers
-from sweeplr.config import config_values, plain_dicts, run_spec
+from sweeplr.config import config_values, plain_dicts
 from sweeplr.console import (
     end_interrupted,
     end_with_error,
@@ -29,6 +29,7 @@ from sweeplr.records import write_run
 from sweeplr.runner import Outcome, train_runs
 from sweeplr.schema import DIVERGED
 from sweeplr.siblings import on_log, published_spec, shared_outcome
+from sweeplr.spec import run_spec
 
 if TYPE_CHECKING:
     from sweeplr.studies import TrialLink

@@ -1,6 +1,6 @@
 """One training pass: *members* that share a batch key, trained together. No Hydra.
 
-A member is a configuration (a :class:`~sweeplr.config.RunSpec`) and the training rows it
+A member is a configuration (a :class:`~sweeplr.spec.RunSpec`) and the training rows it
 learns from: all of them, or, in k-fold cross-validation, all but its held-out fold. Every
 member's loss is scikit-learn's objective on the mean scale,
 
@@ -18,17 +18,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from sweeplr.config import RunSpec, class_weight_text
 from sweeplr.data import Splits, Standardizer, class_weights, load_dataset, scale_splits, split
 from sweeplr.engine import (
     EarlyStopping,
     EngineResult,
     OptimizerConfig,
+    OptimizerKind,
     Penalty,
     ReportCallback,
     linear_init,
@@ -38,7 +38,15 @@ from sweeplr.errors import SweeplrError
 from sweeplr.lbfgs import train_lbfgs
 from sweeplr.model import LogisticRegression
 from sweeplr.schedules import BatchSchedule, is_constant
-from sweeplr.training import LogCallback, OptimizerSpec, train, train_lbfgs_reference
+from sweeplr.spec import RunSpec, class_weight_text
+from sweeplr.training import (
+    LogCallback,
+    TorchOptimizer,
+    Trained,
+    train,
+    train_lbfgs_reference,
+)
+from sweeplr.validation import OPTIMIZER_OPTIONS
 
 # device=auto's crossover (provisional until bench/gpu_check.py measures it on a lent GPU):
 # CUDA only when a pass's work, rows x features x K x epochs, exceeds AUTO_CUDA_MIN_WORK and one
@@ -128,9 +136,10 @@ class DeviceData:
         device=auto chooses it from the training rows and features, ``configs`` (the pass's
         configurations) and the spec's epochs.  The spec keeps ``auto``; ``device`` is the
         choice (what records show)."""
-        table = load_dataset(spec.dataset)
-        splits = split(table, spec.test_size, spec.val_size, spec.random_state, spec.stratify)
-        splits, scaler = scale_splits(splits, spec.standardize)
+        data = spec.data
+        table = load_dataset(data.dataset)
+        splits = split(table, data.test_size, data.val_size, data.random_state, data.stratify)
+        splits, scaler = scale_splits(splits, data.standardize)
         rows, features = splits.X_train.shape
         folds = spec.cv or 1  # k-fold members train in the same pass
         device = resolve_device(spec.device, Workload(rows, features, configs * folds, spec.epochs))
@@ -171,29 +180,11 @@ class Member:
         return None if self.rows is None else ~self.rows
 
 
-@dataclass
-class Trained:
-    """A member after training: its model, how training ended, its logged history."""
-
-    model: LogisticRegression
-    status: str
-    epochs_run: int
-    diverged_epoch: int | None
-    history: dict[str, list[Any]]
-    best_epoch: int | None
-
-
-def optimizer_spec(spec: RunSpec) -> OptimizerSpec:
+def torch_optimizer(spec: RunSpec) -> TorchOptimizer:
     """The ``torch.optim`` settings of a spec (the reference path's optimizer)."""
-    return OptimizerSpec(
-        name=spec.optimizer,
-        lr=spec.lr,
-        weight_decay=spec.weight_decay,
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        betas=spec.betas,
-        eps=spec.eps,
-    )
+    opt = spec.optimizer
+    options = {name: getattr(opt, name) for name in OPTIMIZER_OPTIONS[opt.name]}
+    return TorchOptimizer(opt.name, spec.lr, **options)  # (the others are at their defaults)
 
 
 def row_weights(spec: RunSpec, data: DeviceData) -> np.ndarray | None:
@@ -210,10 +201,11 @@ def row_weights(spec: RunSpec, data: DeviceData) -> np.ndarray | None:
 
 def penalty_strengths(spec: RunSpec, n_rows: int) -> tuple[float, float]:
     """``(l2, l1)`` on the mean-loss scale: scikit-learn's ``penalty / C`` divided by ``n_k``."""
-    if spec.penalty == "none":
+    penalty = spec.penalty
+    if penalty.name == "none":
         return 0.0, 0.0
-    scale = 1.0 / (spec.C * n_rows)
-    return (1.0 - spec.l1_ratio) * scale, spec.l1_ratio * scale
+    scale = 1.0 / (penalty.C * n_rows)
+    return (1.0 - penalty.l1_ratio) * scale, penalty.l1_ratio * scale
 
 
 def train_members(
@@ -284,27 +276,22 @@ def _engine_val(members: Sequence[Member], data: DeviceData) -> tuple[torch.Tens
     if members[0].rows is None:
         return data.val if len(data.val[1]) > 0 else None
     X, y = data.train
-    held = np.stack([m.held_out for m in members]).astype(np.float64)
+    held = np.stack([cast(np.ndarray, m.held_out) for m in members]).astype(np.float64)
     return X, y, torch.from_numpy(held).to(dtype=X.dtype, device=X.device)
 
 
 def _engine_optimizer(specs: Sequence[RunSpec]) -> OptimizerConfig:
-    """One engine optimizer with a value per configuration for every hyperparameter."""
-    kind = specs[0].optimizer
-    common: dict[str, Any] = {
-        "lr": [s.lr for s in specs],
-        "weight_decay": [s.weight_decay for s in specs],
-    }
-    if kind == "sgd":
-        return OptimizerConfig(
-            kind, momentum=[s.momentum for s in specs], nesterov=specs[0].nesterov, **common
-        )
-    return OptimizerConfig(
-        kind,
-        betas=([s.betas[0] for s in specs], [s.betas[1] for s in specs]),
-        eps=[s.eps for s in specs],
-        **common,
-    )
+    """One engine optimizer with a value per configuration for each option of its kind (one
+    for all where the pass shares it: ``nesterov``; ``betas`` as a pair of lists)."""
+    opts = [s.optimizer for s in specs]
+    kind = cast(OptimizerKind, opts[0].name)  # (validated: one of the engine's, or lbfgs)
+    values: dict[str, Any] = {"lr": [s.lr for s in specs]}
+    for name in OPTIMIZER_OPTIONS[kind]:
+        column = [getattr(opt, name) for opt in opts]
+        values[name] = column[0] if name == "nesterov" else column
+    if "betas" in values:
+        values["betas"] = tuple(list(beta) for beta in zip(*values["betas"], strict=True))
+    return OptimizerConfig(kind, **values)
 
 
 def _group_report(
@@ -351,7 +338,7 @@ def _train_batched(
         dtype=data.train[0].dtype,
         device=data.device,
     )
-    if base.optimizer == "lbfgs":  # the same initial weights, solved in float64
+    if base.optimizer.name == "lbfgs":  # the same initial weights, solved in float64
         data = data.to_dtype(lbfgs_dtype(data.device))
         weight, bias = weight.to(data.train[0].dtype), bias.to(data.train[0].dtype)
     X_train, y_train = data.train
@@ -368,7 +355,7 @@ def _train_batched(
         ),
         "report_every": base.log_every,
     }
-    if base.optimizer == "lbfgs":
+    if base.optimizer.name == "lbfgs":
         result = train_lbfgs(
             X_train,
             y_train,
@@ -377,9 +364,9 @@ def _train_batched(
             bias,
             lr=[s.lr for s in specs],
             max_iter=base.epochs,
-            history_size=base.history_size,
-            tolerance_grad=base.tolerance_grad,
-            tolerance_change=base.tolerance_change,
+            history_size=base.optimizer.history_size,
+            tolerance_grad=base.optimizer.tolerance_grad,
+            tolerance_change=base.optimizer.tolerance_change,
             **common,
         )
     else:
@@ -398,32 +385,32 @@ def _train_batched(
             early_stopping=_early_stopping(specs),
             **common,
         )
-    trained = []
-    for k in range(len(specs)):
-        model = LogisticRegression(splits.n_features, splits.n_classes).to(data.device)
-        with torch.no_grad():
-            model.linear.weight.copy_(result.weight[k])
-            model.linear.bias.copy_(result.bias[k])
-        trained.append(
-            Trained(
-                model,
-                result.status[k],
-                result.epochs_run[k],
-                result.diverged_epoch[k],
-                _history_of(result, k),
-                result.best_epoch[k],
-            )
-        )
-    return trained
+    return [_member_of(result, k, splits, data.device) for k in range(len(specs))]
+
+
+def _member_of(result: EngineResult, k: int, splits: Splits, device: torch.device) -> Trained:
+    """Configuration k of an engine result, as a model of its own."""
+    model = LogisticRegression(splits.n_features, splits.n_classes).to(device)
+    with torch.no_grad():
+        model.linear.weight.copy_(result.weight[k])
+        model.linear.bias.copy_(result.bias[k])
+    return Trained(
+        model,
+        result.status[k],
+        result.epochs_run[k],
+        result.diverged_epoch[k],
+        _history_of(result, k),
+        result.best_epoch[k],
+    )
 
 
 def _batch_schedule(specs: Sequence[RunSpec]) -> BatchSchedule | None:
     """Each configuration's lr per epoch from its schedule; None when every lr is constant."""
-    if all(is_constant(s.scheduler) for s in specs):
+    if all(is_constant(s.schedule) for s in specs):
         return None
     return BatchSchedule(
         [s.lr for s in specs],
-        [s.scheduler for s in specs],
+        [s.schedule for s in specs],
         specs[0].epochs,
         ["max" if s.watched == "val_accuracy" else "min" for s in specs],
         [s.watched for s in specs],
@@ -468,7 +455,7 @@ def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | Non
     """``engine=reference``: torch.optim and autograd on the member's own rows."""
     spec = member.spec
     features = data.train[0].dtype
-    if spec.optimizer == "lbfgs":
+    if spec.optimizer.name == "lbfgs":
         data = data.to_dtype(lbfgs_dtype(data.device))
     X, y = data.train
     weights = row_weights(spec, data)
@@ -485,7 +472,7 @@ def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | Non
     splits = data.splits
     # initialised in float32 as the batched engine's weights are, then cast to X's dtype
     model = LogisticRegression(splits.n_features, splits.n_classes).to(data.device, X.dtype)
-    if spec.optimizer == "lbfgs":
+    if spec.optimizer.name == "lbfgs":
         result = train_lbfgs_reference(
             model,
             X,
@@ -494,9 +481,9 @@ def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | Non
             y_val,
             lr=spec.lr,
             max_iter=spec.epochs,
-            history_size=spec.history_size,
-            tolerance_grad=spec.tolerance_grad,
-            tolerance_change=spec.tolerance_change,
+            history_size=spec.optimizer.history_size,
+            tolerance_grad=spec.optimizer.tolerance_grad,
+            tolerance_change=spec.optimizer.tolerance_change,
             sample_weight=sample_weight,
             l2=l2,
             log_every=spec.log_every,
@@ -509,13 +496,13 @@ def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | Non
             y,
             X_val,
             y_val,
-            optimizer_spec(spec),
+            torch_optimizer(spec),
             epochs=spec.epochs,
             batch_size=spec.batch_size,
             seed=spec.seed,
             log_every=spec.log_every,
             on_log=on_log,
-            schedule=None if is_constant(spec.scheduler) else spec.scheduler,
+            schedule=None if is_constant(spec.schedule) else spec.schedule,
             early_stopping=spec.early_stopping
             if spec.early_stopping.patience is not None
             else None,
@@ -524,18 +511,5 @@ def _train_reference(member: Member, data: DeviceData, on_log: LogCallback | Non
             l2=l2,
             l1=l1,
         )
-    history = result.history
-    return Trained(
-        model.to(features),
-        result.status,
-        result.epochs_run,
-        result.diverged_epoch,
-        {
-            "epoch": history.epoch,
-            "train_loss": history.train_loss,
-            "val_loss": history.val_loss,
-            "val_accuracy": history.val_accuracy,
-            "lr": history.lr,
-        },
-        result.best_epoch,
-    )
+    model.to(features)  # (in place) in the features' dtype, as the batched path's models are
+    return result

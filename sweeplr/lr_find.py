@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeplr.config import EarlyStoppingConfig, RunSpec
 from sweeplr.errors import SweeplrError
 from sweeplr.records import atomic_write_text
 from sweeplr.schema import COMPLETED, DIVERGED
+from sweeplr.spec import EarlyStoppingSpec, RunSpec
 
 CSV_FILE = "lr_find.csv"
 PICTURE_FILE = "lr_find.png"
@@ -63,12 +63,12 @@ def find_lr(spec: RunSpec, lrs: list[float], epochs: int) -> LrFinding:
 
     if epochs < 1:
         raise SweeplrError(f"--epochs={epochs} is invalid; allowed: an integer >= 1")
-    if spec.optimizer == "lbfgs":
+    if spec.optimizer.name == "lbfgs":
         raise SweeplrError(
             "sweeplr lr-find does not apply to optimizer=lbfgs: its line search chooses every "
             "step (lr only scales the first); allowed: optimizer=sgd, adam or adamw"
         )
-    no_stopping = EarlyStoppingConfig()
+    no_stopping = EarlyStoppingSpec()
     specs = [replace(spec, lr=lr, epochs=epochs, early_stopping=no_stopping) for lr in lrs]
     outcomes = train_runs(specs)
     # with cv the folds' mean validation loss (there is no fixed validation part)

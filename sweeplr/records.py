@@ -277,7 +277,7 @@ def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
             "wall_seconds": round(outcome.batch_wall_seconds, 4),
         },
         **({"cv": outcome.cv} if outcome.cv is not None else {}),
-        **({"weights": _sparsity(outcome)} if spec.l1_ratio > 0 else {}),
+        **({"weights": _sparsity(outcome)} if spec.penalty.l1_ratio > 0 else {}),
         **extra,
     }
 

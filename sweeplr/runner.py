@@ -1,6 +1,6 @@
 """Train many configurations of one data set and evaluate them: specs in, outcomes out. No Hydra.
 
-:func:`train_runs` takes :class:`~sweeplr.config.RunSpec` values that share a :func:`batch_key`
+:func:`train_runs` takes :class:`~sweeplr.spec.RunSpec` values that share a :func:`batch_key`
 and trains them in one pass (``sweeplr.fitting``: the batched engine, batched L-BFGS, or
 ``torch.optim`` one after another for ``engine=reference``) -- with ``cv``, on their folds and
 then refit (``sweeplr.crossval``) -- then evaluates every model on every split. Writing records and talking to Hydra or Optuna happen
@@ -9,7 +9,6 @@ above this module; a callback per configuration is the only way in while trainin
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -18,58 +17,16 @@ from typing import Any
 
 import torch
 
-from sweeplr.config import RunSpec
 from sweeplr.crossval import CrossValidated, cross_validate
-from sweeplr.fitting import DeviceData, Member, Trained, resolve_device, train_members
+from sweeplr.fitting import DeviceData, Member, resolve_device, train_members
 from sweeplr.model import LogisticRegression
 from sweeplr.schema import COMPLETED, DIVERGED, SPLITS
-from sweeplr.training import LogCallback, evaluate_models
+from sweeplr.spec import RunSpec, batch_key, data_key
+from sweeplr.training import LogCallback, Trained, evaluate_models
 
 __all__ = ["DeviceData", "Outcome", "batch_key", "data_key", "resolve_device", "train_runs"]
 
 SMALL_DATA_ELEMENTS = 1 << 20  # below this many training values, one CPU thread is fastest
-
-
-def data_key(spec: RunSpec) -> str:
-    """Specs with equal keys train and evaluate on the same tensors."""
-    return json.dumps(
-        [
-            spec.dataset,
-            spec.test_size,
-            spec.val_size,
-            spec.random_state,
-            spec.stratify,
-            spec.standardize,
-            spec.device,
-        ],
-        sort_keys=True,
-        default=str,
-    )
-
-
-def batch_key(spec: RunSpec) -> str:
-    """Specs with equal keys can share one batched training pass.
-
-    Learning rate and the optimizer's coefficients are per configuration in the engine. The
-    seed only sets the initial weights when training is full batch (each configuration gets its
-    own), but it also orders the mini-batches, which a batch must share.
-    """
-    shared = [
-        data_key(spec),
-        spec.optimizer,
-        spec.nesterov,
-        spec.epochs,
-        spec.batch_size,
-        spec.log_every,
-        spec.engine,
-        None if spec.batch_size is None else spec.seed,
-        spec.cv,
-        # L-BFGS's own options (its lr is per configuration, like the others')
-        spec.history_size,
-        spec.tolerance_grad,
-        spec.tolerance_change,
-    ]
-    return json.dumps(shared, default=str)
 
 
 @dataclass
@@ -163,10 +120,10 @@ def _evaluated(
     fine = [i for i, result in enumerate(results) if result.status != DIVERGED]
     metrics: list[dict[str, Any]] = [{} for _ in results]
     for name, (X, y) in zip(SPLITS, (data.train, data.val, data.test), strict=True):
-        for i, split_metrics in zip(
+        for i, scores in zip(
             fine, evaluate_models([results[i].model for i in fine], X, y), strict=True
         ):
-            metrics[i][name] = split_metrics
+            metrics[i][name] = scores
     outcomes = []
     for spec, result, split_metrics in zip(specs, results, metrics, strict=True):
         if result.status == DIVERGED:

@@ -1,6 +1,6 @@
 """Learning-rate schedules: ``torch.optim.lr_scheduler``'s, per configuration of a batch. No Hydra.
 
-:func:`torch_scheduler` is the one place a :class:`~sweeplr.config.SchedulerConfig` becomes a
+:func:`torch_scheduler` is the one place a :class:`~sweeplr.spec.ScheduleSpec` becomes a
 torch scheduler. The reference path steps it on its real optimizer; :class:`BatchSchedule` steps
 it on a stand-in optimizer holding one parameter group per configuration, and hands the batched
 engine each configuration's lr for each epoch. Both therefore follow torch's own arithmetic,
@@ -19,18 +19,18 @@ import numpy as np
 import torch
 from torch.optim import lr_scheduler
 
-from sweeplr.config import SchedulerConfig
+from sweeplr.spec import ScheduleSpec
 
 Scheduler = Any  # lr_scheduler.LRScheduler or lr_scheduler.ReduceLROnPlateau
 
 
-def is_constant(schedule: SchedulerConfig) -> bool:
+def is_constant(schedule: ScheduleSpec) -> bool:
     """A schedule that never changes the lr."""
     return schedule.name == "constant" and schedule.warmup_epochs == 0
 
 
 def torch_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: SchedulerConfig, epochs: int, mode: str = "min"
+    optimizer: torch.optim.Optimizer, schedule: ScheduleSpec, epochs: int, mode: str = "min"
 ) -> Scheduler | None:
     """The ``torch.optim.lr_scheduler`` for ``schedule`` over ``epochs`` epochs, or None.
 
@@ -117,7 +117,7 @@ class BatchSchedule:
     def __init__(
         self,
         lrs: Sequence[float],
-        schedules: Sequence[SchedulerConfig],
+        schedules: Sequence[ScheduleSpec],
         epochs: int,
         modes: Sequence[str],
         watch: Sequence[str | None],

@@ -14,12 +14,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from sweeplr import job_batch
-from sweeplr.config import RunSpec, config_values, run_spec
+from sweeplr.config import config_values
 from sweeplr.console import progress_printer
 from sweeplr.errors import SweeplrError
 from sweeplr.pruning import trial_link_for
 from sweeplr.runner import DeviceData, Outcome, batch_key, data_key, train_runs
 from sweeplr.schema import PRUNABLE_OBJECTIVES
+from sweeplr.spec import RunSpec, run_spec
 from sweeplr.training import LogCallback
 
 if TYPE_CHECKING:

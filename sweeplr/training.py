@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from sweeplr.config import EarlyStoppingConfig, SchedulerConfig
 from sweeplr.engine import dataloader_permutation, logged_epochs
 from sweeplr.metrics import classification_metrics, classification_metrics_rows
 from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
 from sweeplr.schedules import step_scheduler, torch_scheduler
 from sweeplr.schema import COMPLETED, DIVERGED, PRUNED
+from sweeplr.spec import EarlyStoppingSpec, ScheduleSpec
 
 # The optimizers other than SGD: the same arguments (betas, eps, weight decay).
 ADAM_CLASSES: dict[str, type[torch.optim.Adam | torch.optim.AdamW]] = {
@@ -34,7 +34,7 @@ ADAM_CLASSES: dict[str, type[torch.optim.Adam | torch.optim.AdamW]] = {
 
 
 @dataclass(frozen=True)
-class OptimizerSpec:
+class TorchOptimizer:
     """Which ``torch.optim`` class to use and its hyperparameters."""
 
     name: str = "sgd"
@@ -61,37 +61,33 @@ class OptimizerSpec:
         )
 
 
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+
+
 @dataclass
-class History:
-    """One row per logged epoch: train loss, val loss and accuracy, and the epoch's lr.
+class Trained:
+    """A model after training: how training ended and its logged history, one row per logged
+    epoch (``HISTORY_COLUMNS``: the epoch, train loss, val loss and accuracy, the epoch's lr).
 
     The train loss is the engine's: full batch, the loss before the epoch's update; mini-batch,
     the mean of the epoch's batch losses (each a mean over its batch), as Lightning logs it.
     """
 
-    epoch: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-
-    def append(
-        self, epoch: int, train_loss: float, val_loss: float, val_accuracy: float, lr: float
-    ) -> None:
-        self.epoch.append(epoch)
-        self.train_loss.append(train_loss)
-        self.val_loss.append(val_loss)
-        self.val_accuracy.append(val_accuracy)
-        self.lr.append(lr)
-
-
-@dataclass
-class TrainResult:
+    model: LogisticRegression
     status: str  # completed | diverged | pruned
     epochs_run: int
     diverged_epoch: int | None
-    history: History
+    history: dict[str, list[Any]]
     best_epoch: int | None = None  # early stopping's best logged epoch
+
+
+def _new_history() -> dict[str, list[Any]]:
+    return {column: [] for column in HISTORY_COLUMNS}
+
+
+def _log_row(history: dict[str, list[Any]], *row: float) -> None:
+    for column, value in zip(HISTORY_COLUMNS, row, strict=True):
+        history[column].append(value)
 
 
 # on_log(epoch, train_loss, val_loss, val_accuracy) -> True to stop now (pruning).
@@ -114,19 +110,19 @@ def train(
     y_train: torch.Tensor,
     X_val: torch.Tensor,
     y_val: torch.Tensor,
-    optimizer: OptimizerSpec,
+    optimizer: TorchOptimizer,
     epochs: int,
     batch_size: int | None = None,
     seed: int = 0,
     log_every: int = 10,
     on_log: LogCallback | None = None,
-    schedule: SchedulerConfig | None = None,
-    early_stopping: EarlyStoppingConfig | None = None,
+    schedule: ScheduleSpec | None = None,
+    early_stopping: EarlyStoppingSpec | None = None,
     watch: str | None = None,
     sample_weight: torch.Tensor | None = None,
     l2: float = 0.0,
     l1: float = 0.0,
-) -> TrainResult:
+) -> Trained:
     """Fit ``model`` in place; full batch when ``batch_size`` is None, else shuffled mini-batches.
 
     Every ``log_every`` epochs (and at the last one) a history row is recorded and ``on_log``
@@ -155,7 +151,7 @@ def train(
     stopping = _EarlyStopping(early_stopping)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     epoch_losses = torch.zeros(epochs, dtype=X_train.dtype, device=X_train.device)
-    history = History()
+    history = _new_history()
     logged = set(logged_epochs(epochs, log_every))
     last_checked = 0
     for epoch in range(1, epochs + 1):
@@ -171,21 +167,21 @@ def train(
         finite = torch.isfinite(window)
         if not bool(finite.all()):
             first_bad = last_checked + int((~finite).nonzero()[0, 0]) + 1
-            return TrainResult(DIVERGED, first_bad, first_bad, history)
+            return Trained(model, DIVERGED, first_bad, first_bad, history)
         last_checked = epoch
         train_loss = float(epoch_losses[epoch - 1])
         val_loss, val_accuracy = _history_row(history, model, X_val, y_val, epoch, train_loss, lr)
         if epoch % log_every and epoch != epochs:
             continue  # an early row: recorded, not reported or watched (see logged_epochs)
         if on_log is not None and on_log(epoch, train_loss, val_loss, val_accuracy):
-            return TrainResult(PRUNED, epoch, None, history, stopping.best_epoch)
+            return Trained(model, PRUNED, epoch, None, history, stopping.best_epoch)
         watched = sign * (val_loss if watch == "val_loss" else val_accuracy)
         if stopping.stops(watched, epoch, model):
-            return TrainResult(COMPLETED, epoch, None, history, stopping.best_epoch)
+            return Trained(model, COMPLETED, epoch, None, history, stopping.best_epoch)
         if plateau:
             step_scheduler(scheduler, sign * watched)
     stopping.restore(model)
-    return TrainResult(COMPLETED, epochs, None, history, stopping.best_epoch)
+    return Trained(model, COMPLETED, epochs, None, history, stopping.best_epoch)
 
 
 def _run_epoch(
@@ -226,7 +222,7 @@ def _run_epoch(
 
 
 def _history_row(
-    history: History,
+    history: dict[str, list[Any]],
     model: LogisticRegression,
     X_val: torch.Tensor,
     y_val: torch.Tensor,
@@ -236,7 +232,7 @@ def _history_row(
 ) -> tuple[float, float]:
     """Append a logged epoch's row (its val scores computed now); the val loss and accuracy."""
     val_loss, val_accuracy = _val_scores(model, X_val, y_val)
-    history.append(epoch, train_loss, val_loss, val_accuracy, lr)
+    _log_row(history, epoch, train_loss, val_loss, val_accuracy, lr)
     return val_loss, val_accuracy
 
 
@@ -244,7 +240,7 @@ class _EarlyStopping:
     """Early stopping's watch over logged values (lower is better), the batched engine's rules:
     stop after ``patience`` logged epochs without a gain of ``min_delta``."""
 
-    def __init__(self, config: EarlyStoppingConfig | None) -> None:
+    def __init__(self, config: EarlyStoppingSpec | None) -> None:
         self.config = config
         self.best = float("inf")
         self.best_epoch: int | None = None
@@ -381,7 +377,7 @@ def train_lbfgs_reference(
     l2: float = 0.0,
     log_every: int = 10,
     on_log: LogCallback | None = None,
-) -> TrainResult:
+) -> Trained:
     """``torch.optim.LBFGS(line_search_fn="strong_wolfe")`` with autograd, what
     `sweeplr.lbfgs.train_lbfgs` is checked against, one iteration per ``step`` call.
 
@@ -399,15 +395,15 @@ def train_lbfgs_reference(
     objective = _lbfgs_objective(model, X_train, y_train, sample_weight, l2)
     opt = _one_iteration_lbfgs(params, lr, history_size, tolerance_grad, tolerance_change)
     closure = _lbfgs_closure(opt, params, objective)
-    history = History()
+    history = _new_history()
     log = _IterationLog(history, model, X_val, y_val, lr, on_log)
     logged = set(logged_epochs(max_iter, log_every))
     try:
         closure()
     except _NonFinite:
-        return TrainResult(DIVERGED, 1, 1, history)
+        return Trained(model, DIVERGED, 1, 1, history)
     if max_iter == 0 or _grad_max(params) <= tolerance_grad:
-        return TrainResult(COMPLETED, 0, None, history)
+        return Trained(model, COMPLETED, 0, None, history)
     state = opt.state[params[0]]
     max_eval = max_iter * 5 // 4
     evals = 1  # what one call's current_evals would be
@@ -417,13 +413,17 @@ def train_lbfgs_reference(
         try:
             opt.step(closure)
         except _NonFinite:
-            return TrainResult(DIVERGED, epoch, epoch, history)
+            return Trained(model, DIVERGED, epoch, epoch, history)
         ls_evals = state["func_evals"] - before - 1  # minus the call's own start evaluation
         if ls_evals == 0:  # torch's g.d > -tolerance_change exit: no step this iteration
-            if log_every and epoch > 1 and (not history.epoch or history.epoch[-1] != epoch - 1):
+            if (
+                log_every
+                and epoch > 1
+                and (not history["epoch"] or history["epoch"][-1] != epoch - 1)
+            ):
                 # The previous iteration was this run's last: log it as such (unchanged model).
                 log.row(epoch - 1, _data_loss(objective), report=True)
-            return TrainResult(COMPLETED, epoch - 1, None, history)
+            return Trained(model, COMPLETED, epoch - 1, None, history)
         evals += ls_evals
         with torch.enable_grad():
             loss = float(closure())  # bitwise the line search's accepted point
@@ -434,10 +434,10 @@ def train_lbfgs_reference(
             # an early row is not reported; a stop asked for at the last row is no pruning
             stop = log.row(epoch, train_loss, report=epoch % log_every == 0 or done)
             if stop and not done:
-                return TrainResult(PRUNED, epoch, None, history)
+                return Trained(model, PRUNED, epoch, None, history)
         if done:
-            return TrainResult(COMPLETED, epoch, None, history)
-    return TrainResult(COMPLETED, max_iter, None, history)
+            return Trained(model, COMPLETED, epoch, None, history)
+    return Trained(model, COMPLETED, max_iter, None, history)
 
 
 def _one_iteration_lbfgs(
@@ -480,7 +480,7 @@ def _torch_exits(
 class _IterationLog:
     """The L-BFGS reference's history rows, each with val scores computed when logged."""
 
-    history: History
+    history: dict[str, list[Any]]
     model: LogisticRegression
     X_val: torch.Tensor
     y_val: torch.Tensor

@@ -130,9 +130,9 @@ def train_and_record(cfg, run_dir: Path, on_log=None, extra=None):
     """
     from omegaconf import OmegaConf
 
-    from sweeplr.config import run_spec
     from sweeplr.records import write_run
     from sweeplr.runner import train_runs
+    from sweeplr.spec import run_spec
 
     outcome = train_runs([run_spec(cfg)], [on_log])[0]
     record = write_run(run_dir, outcome, OmegaConf.to_container(cfg, resolve=True), extra or {})

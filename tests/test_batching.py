@@ -8,8 +8,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from sweeplr.config import run_spec
 from sweeplr.runner import batch_key, train_runs
+from sweeplr.spec import run_spec
 from tests.conftest import CONF_DIR, compose_config
 
 BASE = ("epochs=60", "device=cpu", "progress=false")

@@ -10,8 +10,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from sweeplr.config import DATASET_SCHEMAS, Config, field_types, node_schema, run_spec
+from sweeplr.config import DATASET_SCHEMAS, Config, field_types, node_schema
 from sweeplr.errors import SweeplrError
+from sweeplr.spec import run_spec
 from tests.conftest import CONF_DIR, compose_config
 
 # What an option needs besides itself to compose and validate.
@@ -39,7 +40,7 @@ def test_every_option_composes_typed_and_validates(option):
     spec = run_spec(cfg, overrides)  # every key the schema's, every value in range
     assert OmegaConf.get_type(cfg) is Config
     for node in field_types(Config):
-        schema = node_schema(node, spec.dataset["name"])
+        schema = node_schema(node, spec.data.dataset["name"])
         if schema is not None:  # a group's node is typed by its schema, not a plain dict
             assert OmegaConf.get_type(cfg[node]) is schema, node
 

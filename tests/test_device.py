@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from sweeplr import engine, fitting
-from sweeplr.config import run_spec
 from sweeplr.engine import OptimizerConfig, linear_init, train_batched
 from sweeplr.fitting import (
     AUTO_CUDA_MIN_EPOCH_WORK,
@@ -16,6 +15,7 @@ from sweeplr.fitting import (
     auto_device,
     resolve_device,
 )
+from sweeplr.spec import run_spec
 from tests.conftest import compose_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

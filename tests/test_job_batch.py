@@ -8,9 +8,9 @@ import json
 import pytest
 
 from sweeplr import experiment, job_batch
-from sweeplr.config import run_spec
 from sweeplr.job_batch import PublishedJob, published
 from sweeplr.runner import train_runs
+from sweeplr.spec import run_spec
 from tests.conftest import as_hydra_job, compose_config
 
 BASE = ("epochs=10", "device=cpu", "progress=false", "plots=false")

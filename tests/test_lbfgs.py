@@ -19,7 +19,7 @@ from sweeplr.engine import EngineResult, linear_init
 from sweeplr.lbfgs import train_lbfgs
 from sweeplr.model import LogisticRegression
 from sweeplr.schema import COMPLETED, DIVERGED, PRUNED
-from sweeplr.training import TrainResult, train_lbfgs_reference
+from sweeplr.training import Trained, train_lbfgs_reference
 
 N_ROWS, N_FEATURES = 120, 4
 
@@ -52,7 +52,7 @@ def _reference(
     l2: float,
     sample_weight: Tensor | None,
     **kwargs: object,
-) -> tuple[TrainResult, LogisticRegression]:
+) -> tuple[Trained, LogisticRegression]:
     model = LogisticRegression(X.shape[1], n_classes).to(X.dtype)
     with torch.no_grad():
         model.linear.weight.copy_(weight)
@@ -104,16 +104,16 @@ def _check_against_reference(
         torch.testing.assert_close(result.weight[kk], model.linear.weight, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(result.bias[kk], model.linear.bias, rtol=1e-8, atol=1e-10)
         hist = result.history
-        rows = [hist.epochs.index(e) for e in ref.history.epoch]
+        rows = [hist.epochs.index(e) for e in ref.history["epoch"]]
         torch.testing.assert_close(
-            hist.train_loss[rows, kk], torch.tensor(ref.history.train_loss, dtype=X.dtype)
+            hist.train_loss[rows, kk], torch.tensor(ref.history["train_loss"], dtype=X.dtype)
         )
         assert hist.val_loss is not None and hist.val_accuracy is not None
         torch.testing.assert_close(
-            hist.val_loss[rows, kk], torch.tensor(ref.history.val_loss, dtype=X.dtype)
+            hist.val_loss[rows, kk], torch.tensor(ref.history["val_loss"], dtype=X.dtype)
         )
         torch.testing.assert_close(
-            hist.val_accuracy[rows, kk], torch.tensor(ref.history.val_accuracy, dtype=X.dtype)
+            hist.val_accuracy[rows, kk], torch.tensor(ref.history["val_accuracy"], dtype=X.dtype)
         )
         # Rows the reference did not log belong to other configurations' last iterations, or
         # come after this one stopped (NaN).

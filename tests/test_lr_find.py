@@ -9,9 +9,9 @@ import pytest
 
 from sweeplr import runner
 from sweeplr.cli import main
-from sweeplr.config import run_spec
 from sweeplr.errors import SweeplrError
 from sweeplr.lr_find import find_lr, lr_range
+from sweeplr.spec import run_spec
 from tests.conftest import CONF_DIR, compose_config
 from tests.test_plots_predict import assert_picture
 

@@ -7,7 +7,7 @@ from sklearn.metrics import log_loss
 
 from sweeplr.data import load_iris, make_blobs, scale_splits, split
 from sweeplr.model import LogisticRegression, loss_on_logits
-from sweeplr.training import OptimizerSpec, evaluate, train
+from sweeplr.training import TorchOptimizer, evaluate, train
 
 
 def blob_tensors():
@@ -44,19 +44,19 @@ def test_training_separates_blobs():
     _, Xt, yt, Xv, yv = blob_tensors()
     torch.manual_seed(0)
     model = LogisticRegression(2, 2)
-    result = train(model, Xt, yt, Xv, yv, OptimizerSpec("sgd", lr=0.5), epochs=200)
+    result = train(model, Xt, yt, Xv, yv, TorchOptimizer("sgd", lr=0.5), epochs=200)
     assert result.status == "completed" and result.epochs_run == 200
-    assert result.history.epoch == [1, 2, 5, *range(10, 201, 10)]  # early rows, then every 10
-    assert result.history.train_loss[-1] < result.history.train_loss[0]
+    assert result.history["epoch"] == [1, 2, 5, *range(10, 201, 10)]  # early rows, then every 10
+    assert result.history["train_loss"][-1] < result.history["train_loss"][0]
     assert evaluate(model, Xv, yv)["accuracy"] > 0.97
 
 
 @pytest.mark.parametrize(
     "spec",
     [
-        OptimizerSpec("sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-        OptimizerSpec("adam", lr=0.05, betas=(0.8, 0.99)),
-        OptimizerSpec("adamw", lr=0.05, weight_decay=0.01),
+        TorchOptimizer("sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        TorchOptimizer("adam", lr=0.05, betas=(0.8, 0.99)),
+        TorchOptimizer("adamw", lr=0.05, weight_decay=0.01),
     ],
 )
 def test_every_optimizer_trains_multiclass_minibatch(spec):
@@ -85,7 +85,7 @@ def test_same_seed_same_numbers_bit_for_bit():
         torch.manual_seed(3)
         model = LogisticRegression(2, 2)
         train(
-            model, Xt, yt, Xv, yv, OptimizerSpec("adam", lr=0.01), epochs=30, batch_size=64, seed=3
+            model, Xt, yt, Xv, yv, TorchOptimizer("adam", lr=0.01), epochs=30, batch_size=64, seed=3
         )
         weights.append(model.linear.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
@@ -96,7 +96,7 @@ def test_divergence_is_a_status_with_the_first_bad_epoch():
     t = torch.from_numpy
     torch.manual_seed(0)
     model = LogisticRegression(2, 2)
-    spec = OptimizerSpec("sgd", lr=1e38)
+    spec = TorchOptimizer("sgd", lr=1e38)
     result = train(
         model,
         t(splits.X_train),
@@ -133,6 +133,6 @@ def test_on_log_can_stop_a_run():
         return epoch >= 30
 
     result = train(
-        LogisticRegression(2, 2), Xt, yt, Xv, yv, OptimizerSpec(), epochs=100, on_log=stop_at_30
+        LogisticRegression(2, 2), Xt, yt, Xv, yv, TorchOptimizer(), epochs=100, on_log=stop_at_30
     )
     assert result.status == "pruned" and result.epochs_run == 30 and seen == [10, 20, 30]

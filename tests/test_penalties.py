@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from sweeplr import engine
-from sweeplr.config import SchedulerConfig
 from sweeplr.engine import EngineResult, OptimizerConfig, Penalty, linear_init, train_batched
 from sweeplr.model import LogisticRegression, loss_on_logits
 from sweeplr.schedules import BatchSchedule
-from sweeplr.training import OptimizerSpec, TrainResult, train
+from sweeplr.spec import ScheduleSpec
+from sweeplr.training import TorchOptimizer, Trained, train
 
 N_ROWS, N_FEATURES, EPOCHS, BATCH = 150, 4, 40, 32
 TOL = {"rtol": 1e-9, "atol": 1e-12}  # float64 agreement is ~1e-16 in practice
@@ -72,7 +72,7 @@ def run_both(
     log_every: int = 1,
     lrs: list[float] | None = None,
     **engine_kwargs: Any,
-) -> tuple[EngineResult, list[tuple[LogisticRegression, TrainResult]]]:
+) -> tuple[EngineResult, list[tuple[LogisticRegression, Trained]]]:
     """The engine on K configurations, and the reference on each of them alone."""
     name, options, kind_lrs = KINDS[kind]
     lrs = (kind_lrs if lrs is None else lrs)[:k]
@@ -107,7 +107,7 @@ def run_both(
         sw = None
         if sample_weight is not None:
             sw = sample_weight if sample_weight.ndim == 1 else sample_weight[i]
-        spec = OptimizerSpec(name, lr=lrs[i], **options)
+        spec = TorchOptimizer(name, lr=lrs[i], **options)
         ref = train(
             model,
             X,
@@ -141,7 +141,7 @@ def assert_matches(result: EngineResult, references: list, positions: range | No
         epochs = result.epochs_run[i]
         torch.testing.assert_close(
             result.history.train_loss[:epochs, i],
-            torch.tensor(ref.history.train_loss, dtype=torch.float64),
+            torch.tensor(ref.history["train_loss"], dtype=torch.float64),
             **TOL,
         )
 
@@ -220,9 +220,9 @@ def test_k_fold_members_train_and_validate_on_their_rows(n_classes: int) -> None
     history = result.history
     assert history.val_loss is not None and history.val_accuracy is not None
     for k, (_, ref) in enumerate(refs):
-        expected = torch.tensor(ref.history.val_loss, dtype=torch.float64)
+        expected = torch.tensor(ref.history["val_loss"], dtype=torch.float64)
         torch.testing.assert_close(history.val_loss[:, k], expected, **TOL)
-        accuracy = torch.tensor(ref.history.val_accuracy, dtype=torch.float64)
+        accuracy = torch.tensor(ref.history["val_accuracy"], dtype=torch.float64)
         torch.testing.assert_close(history.val_accuracy[:, k], accuracy, rtol=1e-6, atol=1e-6)
 
 
@@ -263,7 +263,7 @@ def test_strong_l1_gives_exact_zeros(kind: str) -> None:
 def test_l1_thresholds_with_the_scheduled_lr() -> None:
     """SGD's proximal step uses the lr the step used, which a schedule changes every epoch."""
     X, y = make_data(2)
-    schedule = SchedulerConfig("cosine", min_lr=0.001, warmup_epochs=5)
+    schedule = ScheduleSpec("cosine", min_lr=0.001, warmup_epochs=5)
     lrs, l1s = [0.2, 0.5], [0.02, 0.05]
     w0, b0 = linear_init(N_FEATURES, 2, [1, 2], dtype=X.dtype)
     result = train_batched(
@@ -283,14 +283,14 @@ def test_l1_thresholds_with_the_scheduled_lr() -> None:
         with torch.no_grad():
             model.linear.weight.copy_(w0[k])
             model.linear.bias.copy_(b0[k])
-        spec = OptimizerSpec("sgd", lr=lrs[k])
+        spec = TorchOptimizer("sgd", lr=lrs[k])
         ref = train(
             model, X, y, X[:0], y[:0], spec, EPOCHS, log_every=1, schedule=schedule, l1=l1s[k]
         )
         torch.testing.assert_close(result.weight[k], model.linear.weight.detach(), **TOL)
-        expected_lr = torch.tensor(ref.history.lr, dtype=torch.float64)
+        expected_lr = torch.tensor(ref.history["lr"], dtype=torch.float64)
         torch.testing.assert_close(result.history.lr[:, k], expected_lr)
-        assert len(set(ref.history.lr)) > 10  # the lr changed from epoch to epoch
+        assert len(set(ref.history["lr"])) > 10  # the lr changed from epoch to epoch
 
 
 def test_stopped_configurations_take_their_weights_and_penalties_along() -> None:
@@ -323,7 +323,7 @@ def test_stopped_configurations_take_their_weights_and_penalties_along() -> None
     assert_matches(result, refs, positions=range(2, 4))
     assert result.history.val_loss is not None
     for k in (2, 3):
-        expected = torch.tensor(refs[k][1].history.val_loss, dtype=torch.float64)
+        expected = torch.tensor(refs[k][1].history["val_loss"], dtype=torch.float64)
         torch.testing.assert_close(result.history.val_loss[:, k], expected, **TOL)
 
 

@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 
 from sweeplr.callbacks import SummaryCallback
 from sweeplr.cli import main
-from sweeplr.config import run_spec
 from sweeplr.errors import SweeplrError
 from sweeplr.predict import best_run_dir
 from sweeplr.records import write_failure, write_run
@@ -30,6 +29,7 @@ from sweeplr.results import (
     write_summary,
 )
 from sweeplr.runner import train_runs
+from sweeplr.spec import run_spec
 from tests.conftest import compose_config, run_train
 
 METRIC_COLUMNS = [

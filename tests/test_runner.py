@@ -8,11 +8,12 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 
-from sweeplr.config import run_spec, validate
 from sweeplr.data import load_dataset, split
 from sweeplr.errors import SweeplrError
 from sweeplr.records import load_model_payload, read_metrics
 from sweeplr.runner import DeviceData, train_runs
+from sweeplr.spec import run_spec
+from sweeplr.validation import validate
 from tests.conftest import compose_config, train_and_record
 
 

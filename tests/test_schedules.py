@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from sweeplr.config import SchedulerConfig, run_spec
 from sweeplr.errors import SweeplrError
 from sweeplr.runner import train_runs
 from sweeplr.schedules import BatchSchedule, step_scheduler, torch_scheduler
+from sweeplr.spec import ScheduleSpec, run_spec
 from tests.conftest import compose_config, train_and_record
 
 BASE = ("device=cpu", "progress=false", "log_every=1")
@@ -41,15 +41,15 @@ def torch_lrs(make, lr: float, epochs: int) -> list[float]:
 EPOCHS = 40
 SCHEDULES = {
     "constant+warmup": (
-        SchedulerConfig("constant", warmup_epochs=5, warmup_start_factor=0.2),
+        ScheduleSpec("constant", warmup_epochs=5, warmup_start_factor=0.2),
         lambda o: lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=5),
     ),
     "step": (
-        SchedulerConfig("step", step_size=7, gamma=0.5),
+        ScheduleSpec("step", step_size=7, gamma=0.5),
         lambda o: lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
     ),
     "step+warmup": (
-        SchedulerConfig("step", step_size=7, gamma=0.5, warmup_epochs=4),
+        ScheduleSpec("step", step_size=7, gamma=0.5, warmup_epochs=4),
         lambda o: lr_scheduler.SequentialLR(
             o,
             [
@@ -60,7 +60,7 @@ SCHEDULES = {
         ),
     ),
     "cosine+warmup": (
-        SchedulerConfig("cosine", min_lr=0.001, warmup_epochs=6),
+        ScheduleSpec("cosine", min_lr=0.001, warmup_epochs=6),
         lambda o: lr_scheduler.SequentialLR(
             o,
             [
@@ -71,7 +71,7 @@ SCHEDULES = {
         ),
     ),
     "onecycle": (
-        SchedulerConfig("onecycle", pct_start=0.25),
+        ScheduleSpec("onecycle", pct_start=0.25),
         lambda o: lr_scheduler.OneCycleLR(
             o, max_lr=0.3, total_steps=EPOCHS, pct_start=0.25, cycle_momentum=False
         ),
@@ -236,7 +236,7 @@ def test_a_schedule_or_patience_that_cannot_apply_is_one_line(overrides, message
 
 def test_step_scheduler_feeds_the_plateau_its_metric():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    plateau = torch_scheduler(optimizer, SchedulerConfig("plateau", patience=0, gamma=0.5), 10)
+    plateau = torch_scheduler(optimizer, ScheduleSpec("plateau", patience=0, gamma=0.5), 10)
     for value in (1.0, 1.0, 1.0):
         step_scheduler(plateau, value)
     assert optimizer.param_groups[0]["lr"] == 0.25

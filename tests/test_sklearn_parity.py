@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweeplr.config import run_spec
 from sweeplr.data import load_dataset, scale_splits, split
 from sweeplr.errors import SweeplrError
 from sweeplr.runner import train_runs
+from sweeplr.spec import run_spec
 from tests.conftest import compose_config, run_train
 
 BC = ("dataset=breast_cancer", "device=cpu", "progress=false", "plots=false")
@@ -32,7 +32,9 @@ def sklearn_split(standardize: bool = True):
     """breast_cancer's tutorial split, scaled as sweeplr scales it (float32)."""
     spec = spec_of(*BC, "val_size=0", "objective=train_loss")
     splits, _ = scale_splits(
-        split(load_dataset(spec.dataset), spec.test_size, 0.0, spec.random_state, False),
+        split(
+            load_dataset(spec.data.dataset), spec.data.test_size, 0.0, spec.data.random_state, False
+        ),
         standardize,
     )
     return splits
