@@ -23,9 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweeplr.config import RunSpec, class_weight_text
-from sweeplr.data import Splits, Standardizer, class_weights, load_dataset, scale_splits, split
-from sweeplr.engine import (
+from sweeplr.batched import (
     EarlyStopping,
     EngineResult,
     OptimizerConfig,
@@ -33,9 +31,11 @@ from sweeplr.engine import (
     ReportCallback,
     linear_init,
     train_batched,
+    train_lbfgs,
 )
+from sweeplr.config import RunSpec, class_weight_text
+from sweeplr.data import Splits, Standardizer, class_weights, load_dataset, scale_splits, split
 from sweeplr.errors import SweeplrError
-from sweeplr.lbfgs import train_lbfgs
 from sweeplr.model import LogisticRegression
 from sweeplr.schedules import BatchSchedule, is_constant
 from sweeplr.training import LogCallback, OptimizerSpec, train, train_lbfgs_reference

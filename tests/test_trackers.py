@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from sweeplr.batched import logged_epochs
 from sweeplr.config import run_spec
-from sweeplr.engine import logged_epochs
 from sweeplr.errors import SweeplrError
 from sweeplr.trackers import check, final_metrics, series
 from tests.conftest import ROOT, compose_config, require_module, run_train
