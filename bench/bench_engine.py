@@ -16,7 +16,7 @@ another checkout (e.g. a worktree of main; its ``sweeplr/batched`` package, or t
     columns (into a preallocated output): the time of reading X once, and of the logits alone.
     Also printed: ``X @ W`` then ``Z^T @ X`` with Z of K columns, the two products every epoch
     needs, run one after the other as an unfused epoch does.  The epoch is timed on a run whose
-    buffers exist already (``FirstOrderRun.full_batch_epoch``), as every epoch but the first is.  Each
+    buffers exist already (``FirstOrderRun.full_batch_epoch``), as every epoch but the first.  Each
     is timed on torch's default thread count (what a user's command gets; ``--threads``
     changes it) and on one thread, interleaved, first on the machine as it is, then with
     ``--load`` processes (default 1) spinning, each pinned to one core, as another user's job

@@ -201,7 +201,7 @@ class BinaryStep:
     """The kernel's launch and its buffers for one workspace: X ``[n, F]``, K configurations.
 
     ``__call__(pw, pb, sign, loss_sum_out, gw, gb, want_loss)``: ``loss_sum_out[k] = sum_i
-    loss_ki``, ``gw``/``gb`` = the mean gradient, as its reference `sweeplr.batched.loss.loss_gradient`.
+    loss_ki``, ``gw``/``gb`` = the mean gradient, as `sweeplr.batched.loss.loss_gradient`.
     ``pw`` is ``[K, F]`` with unit column stride, ``pb`` ``[K, 1]`` a column of the same
     parameter matrix (row stride shared).  ``block_f`` overrides the feature tile (tests).
     """

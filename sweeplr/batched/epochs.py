@@ -55,8 +55,8 @@ class FoldedBinarySteps:
       when some u is (inf * 1, -inf * 0 and NaN products) or the sum overflows, as before; the
       two roundings could only disagree on a sum within rounding error of the float maximum;
     * the loop runs under ``torch.inference_mode``, which skips autograd's dispatch in every
-      call (bench/README.md: a sizeable share of this loop).  Every op writes into tensors made outside it, so
-      no inference tensor reaches the rest of the run (`SGD` preallocates its momentum buffer
+      call (a sizeable share of this loop: bench/README.md).  Every op writes into tensors made
+      outside it, so no inference tensor reaches the rest of the run (`SGD` preallocates its momentum buffer
       for this; `Adam`'s bias-correction tables made here are only ever read).
 
     It costs a copy of X, hence small data only (`_FOLD_MAX_ELEMENTS`).
@@ -125,7 +125,11 @@ class GraphedEpochs:
         self.P, self.ring = run.P, run.ring
         self.adam = isinstance(run.opt, Adam)
         self.on_cuda = run.P.is_cuda
-        self.stream = torch.cuda.Stream(run.P.device) if self.on_cuda else None  # type: ignore[no-untyped-call]
+        self.stream = (
+            torch.cuda.Stream(run.P.device)  # type: ignore[no-untyped-call]
+            if self.on_cuda
+            else None
+        )
         self.entries: dict[tuple[int, int], _Graph] = {}  # by (start, length)
         self.failed = False
 

@@ -106,7 +106,7 @@ class _Problem:
         return f, data, torch.cat([grad_w, gb.view(kw, out)], 1)
 
     def scores(self, P: Tensor, val: Val, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Validation loss and accuracy of configurations ``idx`` (`sweeplr.batched.loss.scores`)."""
+        """Validation loss and accuracy of configurations ``idx`` (`loss.scores`)."""
         row_weight = val[2].index_select(0, idx) if len(val) == 3 else None
         return scores(*self._split(P), self.out, val[0], val[1], row_weight)
 
