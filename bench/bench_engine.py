@@ -1,10 +1,11 @@
-"""Per-epoch cost of `sweeplr.engine` against the tutorial's autograd loop and a bare matmul.
+"""Per-epoch cost of `sweeplr.batched` against the tutorial's autograd loop and a bare matmul.
 
 Run ``python bench/bench_engine.py`` (a few minutes; ``--big-rows`` shrinks the large case,
 ``--ks`` picks its configuration counts, ``--skip-small`` runs the large case alone).  All
 variants are timed in the same process, interleaved round by round so that background load hits
 them alike, and the median over rounds is reported.  ``--against DIR`` also times the engine of
-another checkout (e.g. a worktree of main) in the same rounds, side by side.
+another checkout (e.g. a worktree of main; its ``sweeplr/batched`` package, or the
+``sweeplr/engine.py`` that came before it) in the same rounds, side by side.
 
 (a) the tutorial loop: ``nn.Linear(2, 1)`` + ``torch.sigmoid`` + ``nn.BCELoss`` +
     ``torch.optim.SGD(lr=0.01)``, full batch on 670 rows of 2-D blobs;
@@ -15,7 +16,7 @@ another checkout (e.g. a worktree of main) in the same rounds, side by side.
     columns (into a preallocated output): the time of reading X once, and of the logits alone.
     Also printed: ``X @ W`` then ``Z^T @ X`` with Z of K columns, the two products every epoch
     needs, run one after the other as an unfused epoch does.  The epoch is timed on a run whose
-    buffers exist already (``_Run._full_batch_epoch``), as every epoch but the first is.  Each
+    buffers exist already (``FirstOrderRun.full_batch_epoch``), as every epoch but the first.  Each
     is timed on torch's default thread count (what a user's command gets; ``--threads``
     changes it) and on one thread, interleaved, first on the machine as it is, then with
     ``--load`` processes (default 1) spinning, each pinned to one core, as another user's job
@@ -33,14 +34,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import torch
 from sklearn.datasets import make_blobs
 
-from sweeplr import engine as this_engine
-from sweeplr.engine import OptimizerConfig
+import sweeplr
+from sweeplr import batched
+from sweeplr.batched import OptimizerConfig, first_order
 
 Timer = Callable[[], float]  # runs the variant once, returns milliseconds
 
@@ -51,17 +54,71 @@ def tutorial_data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(X[:670], dtype=torch.float32), torch.tensor(y[:670], dtype=torch.int64)
 
 
-def load_engine(checkout: str) -> ModuleType:
-    """``sweeplr/engine.py`` of another checkout, as a module of its own (its imports of other
-    sweeplr modules resolve to this checkout's)."""
-    path = Path(checkout) / "sweeplr" / "engine.py"
-    spec = importlib.util.spec_from_file_location("sweeplr_engine_against", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"no engine at {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+@dataclass(frozen=True)
+class Engine:
+    """What the bench calls of one checkout's batched solver."""
+
+    linear_init: Callable[..., Any]
+    OptimizerConfig: type
+    train_batched: Callable[..., Any]
+    run_class: (
+        type  # the run of one train_batched call: (X, y, 2, weight, bias, cfg, None, 0, None)
+    )
+    epoch: str  # its method of one full-batch epoch: (loss_out, want_loss)
+
+
+THIS_ENGINE = Engine(
+    batched.linear_init,
+    OptimizerConfig,
+    batched.train_batched,
+    first_order.FirstOrderRun,
+    "full_batch_epoch",
+)
+
+
+def load_engine(checkout: str) -> Engine:
+    """The batched solver of another checkout: its ``sweeplr/batched`` package, loaded apart
+    from this checkout's (the other sweeplr modules it imports are this checkout's), or the
+    single ``sweeplr/engine.py`` that came before it."""
+    root = Path(checkout) / "sweeplr"
+    path = root / "engine.py"
+    if path.exists():
+        spec = importlib.util.spec_from_file_location("sweeplr_engine_against", path)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"no engine at {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return Engine(
+            module.linear_init,
+            module.OptimizerConfig,
+            module.train_batched,
+            module._Run,
+            "_full_batch_epoch",
+        )
+    if not (root / "batched" / "__init__.py").exists():
+        raise SystemExit(f"no engine in {root}")
+    ours = {name: m for name, m in sys.modules.items() if name.startswith("sweeplr.batched")}
+    package_path = list(sweeplr.__path__)
+    for name in ours:
+        del sys.modules[name]
+    sweeplr.__path__[:] = [str(root)]
+    try:
+        theirs = importlib.import_module("sweeplr.batched")
+        first = importlib.import_module("sweeplr.batched.first_order")
+    finally:
+        sweeplr.__path__[:] = package_path
+        for name in [name for name in sys.modules if name.startswith("sweeplr.batched")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+        sweeplr.batched = batched  # type: ignore[attr-defined]
+    return Engine(
+        theirs.linear_init,
+        theirs.OptimizerConfig,
+        theirs.train_batched,
+        first.FirstOrderRun,
+        "full_batch_epoch",
+    )
 
 
 def per_epoch_us(run: Callable[[int], None], epochs: int) -> float:
@@ -89,7 +146,7 @@ def tutorial_loop(X: torch.Tensor, y: torch.Tensor) -> Callable[[int], None]:
 
 
 def engine_loop(
-    engine: ModuleType, X: torch.Tensor, y: torch.Tensor, cfg: OptimizerConfig, k: int
+    engine: Engine, X: torch.Tensor, y: torch.Tensor, cfg: OptimizerConfig, k: int
 ) -> Callable[[int], None]:
     weight, bias = engine.linear_init(X.shape[1], 2, list(range(k)), dtype=X.dtype)
     cfg = engine.OptimizerConfig(**vars(cfg))
@@ -122,7 +179,7 @@ def median_ms(timers: dict[str, Timer], rounds: int) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def small_problem(rounds: int, engines: dict[str, ModuleType]) -> None:
+def small_problem(rounds: int, engines: dict[str, Engine]) -> None:
     X, y = tutorial_data()
     variants: dict[str, tuple[Callable[[int], None], int]] = {"(a)": (tutorial_loop(X, y), 400)}
     for label, engine in engines.items():  # (run, epochs per timing)
@@ -149,19 +206,20 @@ def small_problem(rounds: int, engines: dict[str, ModuleType]) -> None:
         )
 
 
-def epoch_timer(engine: ModuleType, X: torch.Tensor, y: torch.Tensor, k: int) -> Timer:
+def epoch_timer(engine: Engine, X: torch.Tensor, y: torch.Tensor, k: int) -> Timer:
     """One full-batch epoch of K configurations, on a run whose buffers exist (made under the
     thread count in force: an engine may size its work by it)."""
     weight, bias = engine.linear_init(X.shape[1], 2, list(range(k)), dtype=X.dtype)
     cfg = engine.OptimizerConfig(**vars(config(k)))
     with torch.no_grad():
-        run = engine._Run(X, y, 2, weight, bias, cfg, None, 0, None)
+        run = engine.run_class(X, y, 2, weight, bias, cfg, None, 0, None)
     loss = X.new_empty(k)
+    epoch = getattr(run, engine.epoch)
 
     def timer() -> float:
         start = time.perf_counter()
         with torch.no_grad():
-            run._full_batch_epoch(loss, False)
+            epoch(loss, False)
         return (time.perf_counter() - start) * 1e3
 
     timer()  # allocates the buffers
@@ -223,7 +281,7 @@ def big_case(
     k: int,
     thread_counts: list[int],
     rounds: int,
-    engines: dict[str, ModuleType],
+    engines: dict[str, Engine],
 ) -> dict[tuple[str, int], list[float]]:
     """Times (ms) of ``X @ W``, ``X @ W`` then ``Z^T @ X``, and each engine's epoch, per
     thread count, all interleaved round by round: ``{(name, threads): [ms per round]}``."""
@@ -262,7 +320,7 @@ def timed(ms: float, base: float, width: int) -> str:
 
 
 def big_problem(
-    rows: int, ks: list[int], rounds: int, engines: dict[str, ModuleType], load: int
+    rows: int, ks: list[int], rounds: int, engines: dict[str, Engine], load: int
 ) -> None:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(rows, 100, generator=g)
@@ -313,7 +371,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    engines = {"": this_engine}
+    engines = {"": THIS_ENGINE}
     if args.against:
         engines[f" [{args.against}]"] = load_engine(args.against)
     print(

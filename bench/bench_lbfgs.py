@@ -1,4 +1,4 @@
-"""Time to solution of `sweeplr.lbfgs.train_lbfgs` against scikit-learn's lbfgs solver.
+"""Time to solution of `sweeplr.batched.train_lbfgs` against scikit-learn's lbfgs solver.
 
 Run ``python bench/bench_lbfgs.py`` (a few minutes; ``--rows`` shrinks the synthetic case,
 ``--threads`` pins torch's threads, ``--dtype float32`` solves in float32 as sweeplr did before
@@ -56,7 +56,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from sweeplr import lbfgs
+from sweeplr.batched import lbfgs
 
 TOL, HISTORY, MAX_ITER, RELATIVE = 1e-6, 10, 1000, 1e-5
 Trace = list[tuple[float, np.ndarray]]  # (seconds since start, [K, F+1] weights then bias)

@@ -44,8 +44,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sweeplr import engine
-from sweeplr.engine import OptimizerConfig, linear_init, train_batched
+from sweeplr.batched import OptimizerConfig, linear_init, train_batched
+from sweeplr.batched import steps as dispatch
+from sweeplr.batched.first_order import FirstOrderRun
 from sweeplr.fitting import (
     AUTO_CUDA_MIN_EPOCH_WORK,
     AUTO_CUDA_MIN_WORK,
@@ -94,15 +95,15 @@ def adam_grid(k: int) -> OptimizerConfig:
 
 
 def epoch_run(X: torch.Tensor, y: torch.Tensor, k: int, opt: OptimizerConfig):
-    """A `_Run` whose buffers exist, and one of its plain epochs as a function."""
+    """A `FirstOrderRun` whose buffers exist, and one of its plain epochs as a function."""
     weight, bias = linear_init(X.shape[1], 2, list(range(k)), dtype=X.dtype, device=X.device)
     with torch.no_grad():
-        run = engine._Run(X, y, 2, weight, bias, opt, None, 0, None)
+        run = FirstOrderRun(X, y, 2, weight, bias, opt, None, 0, None)
     loss = X.new_empty(k)
 
     def epoch() -> None:
         with torch.no_grad():
-            run._full_batch_epoch(loss, False)
+            run.full_batch_epoch(loss, False)
 
     epoch()
     return run, epoch
@@ -118,10 +119,10 @@ def step_deviation(X: torch.Tensor, y: torch.Tensor, k: int) -> tuple[float, flo
     for x in (X, X.double()):
         wd, bd = weight.to(x.device, x.dtype), bias.to(x.device, x.dtype)
         with torch.no_grad():
-            run = engine._Run(x, y, 2, wd, bd, OptimizerConfig("sgd", 0.1), None, 0, None)
-            ws = run._workspace(x.shape[0])
+            run = FirstOrderRun(x, y, 2, wd, bd, OptimizerConfig("sgd", 0.1), None, 0, None)
+            ws = run.workspace(x.shape[0])
             loss = x.new_empty(k)
-            run._loss_and_grad(ws, loss, True)
+            dispatch.loss_and_grad(ws, loss, True)
         out.append((loss.double().cpu(), run.G.double().cpu()))
     (l32, g32), (l64, g64) = out
 
@@ -138,7 +139,7 @@ def section_kernel(args: argparse.Namespace, device: torch.device) -> None:
     out = torch.empty(rows, device=device)
     base = median_ms(lambda: torch.mv(X, w, out=out), device, args.reps)
     say(f"kernel: {rows} x 100 float32 on {device}; one X @ w: {base:.3f} ms")
-    kernels = engine._kernels()
+    kernels = dispatch.kernels()
     default = kernels.FP32_PRECISION if kernels is not None else None
     # K=1 has no matrix products (row-wise dots); K=64's run in each float32 mode
     modes = ("ieee", "tf32x3", "tf32") if kernels is not None and device.type == "cuda" else ("-",)
@@ -149,7 +150,7 @@ def section_kernel(args: argparse.Namespace, device: torch.device) -> None:
                 if kernels is not None:
                     kernels.FP32_PRECISION = None if precision == "-" else precision
                 run, epoch = epoch_run(X, y, k, opt)
-                ws = run._workspace(rows)
+                ws = run.workspace(rows)
                 path = (
                     f"Triton kernel ({ws.kernel.precision})"
                     if ws.kernel is not None
@@ -209,12 +210,12 @@ def section_small(args: argparse.Namespace, device: torch.device) -> None:
         if device.type == "cuda":
             Xc, yc = X.to(device), y.to(device)
             graphs = per_epoch_us(Xc, yc, k, opt, epochs, 3)
-            saved = engine._GRAPH_MAX_ELEMENTS
-            engine._GRAPH_MAX_ELEMENTS = 0
+            saved = dispatch._GRAPH_MAX_ELEMENTS
+            dispatch._GRAPH_MAX_ELEMENTS = 0
             try:
                 eager = per_epoch_us(Xc, yc, k, opt, epochs, 3)
             finally:
-                engine._GRAPH_MAX_ELEMENTS = saved
+                dispatch._GRAPH_MAX_ELEMENTS = saved
             line += f"; CUDA eager {eager:.1f} us, CUDA graphs {graphs:.1f} us (target <= 30)"
         say(line)
 
@@ -226,7 +227,7 @@ def cuda_fixed_cost(device: torch.device) -> float:
     """Seconds a process spends on CUDA before its first useful epoch: context, cuBLAS and
     the Triton kernel's first launch (compiled or from Triton's cache), over a CPU process."""
     probe = (
-        "import time, torch; from sweeplr.engine import *; "
+        "import time, torch; from sweeplr.batched import *; "
         "X = torch.randn(1000, 10); y = (X[:, 0] > 0).long(); "
         "w, b = linear_init(10, 2, [0]); d = {!r}; t = time.perf_counter(); "
         "train_batched(X.to(d), y.to(d), 2, w.to(d), b.to(d), OptimizerConfig('sgd', 0.1), 20); "

@@ -23,8 +23,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from sweeplr.data import Splits, Standardizer, class_weights, load_dataset, scale_splits, split
-from sweeplr.engine import (
+from sweeplr.batched import (
     EarlyStopping,
     EngineResult,
     OptimizerConfig,
@@ -33,9 +32,10 @@ from sweeplr.engine import (
     ReportCallback,
     linear_init,
     train_batched,
+    train_lbfgs,
 )
+from sweeplr.data import Splits, Standardizer, class_weights, load_dataset, scale_splits, split
 from sweeplr.errors import SweeplrError
-from sweeplr.lbfgs import train_lbfgs
 from sweeplr.model import LogisticRegression
 from sweeplr.schedules import BatchSchedule, is_constant
 from sweeplr.spec import RunSpec, class_weight_text

@@ -10,8 +10,10 @@ program walks its blocks in row order and writes its partial sums to its own slo
 ``torch.sum`` over the slots finishes the reduction.  No atomics, so the same inputs on the same
 device and grid give the same bits ("same config + same seed gives the same numbers").
 
-Triton is imported here only; `sweeplr.engine` imports this module only when a step can use it
-(X on CUDA, or tests that force the interpreter, ``TRITON_INTERPRET=1``, on the CPU).
+Triton is imported here only; `sweeplr.batched.steps` imports this module only when a step can
+use it (X on CUDA, or tests that force the interpreter, ``TRITON_INTERPRET=1``, on the CPU).
+The kernel computes `sweeplr.batched.loss.loss_gradient` (binary, no row weights), its reference
+in the tests.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class BinaryStep:
     """The kernel's launch and its buffers for one workspace: X ``[n, F]``, K configurations.
 
     ``__call__(pw, pb, sign, loss_sum_out, gw, gb, want_loss)``: ``loss_sum_out[k] = sum_i
-    loss_ki``, ``gw``/``gb`` = the mean gradient, as `sweeplr.engine._Run._loss_and_grad`.
+    loss_ki``, ``gw``/``gb`` = the mean gradient, as `sweeplr.batched.loss.loss_gradient`.
     ``pw`` is ``[K, F]`` with unit column stride, ``pb`` ``[K, 1]`` a column of the same
     parameter matrix (row stride shared).  ``block_f`` overrides the feature tile (tests).
     """

@@ -6,12 +6,12 @@ Optuna sweeper spell them alike. Imports nothing, so any module may import it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 # What a run record's ``status`` says.
-COMPLETED = "completed"
-PRUNED = "pruned"  # stopped early by a pruner
-DIVERGED = "diverged"  # the loss stopped being finite: a result, not a crash
+COMPLETED: Final = "completed"
+PRUNED: Final = "pruned"  # stopped early by a pruner
+DIVERGED: Final = "diverged"  # the loss stopped being finite: a result, not a crash
 FAILED = "failed"  # the job raised (bad config value, bad data file, a bug in the task)
 # Rows of the summary table for run directories without a readable record.
 MISSING = "missing"

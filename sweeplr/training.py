@@ -1,6 +1,6 @@
 """Training and evaluation with ``torch.optim`` and autograd: the reference path. No Hydra.
 
-Runs use the batched closed-form engine (``sweeplr.engine``); this module is what it is
+Runs use the batched closed-form engine (``sweeplr.batched``); this module is what it is
 checked against, and what a reader of the tutorial recognises.
 
 ``train`` runs one configuration; it stops early, with a status instead of an exception, when
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from sweeplr.engine import dataloader_permutation, logged_epochs
+from sweeplr.batched import dataloader_permutation, logged_epochs
 from sweeplr.metrics import classification_metrics, classification_metrics_rows
 from sweeplr.model import LogisticRegression, logits_to_proba, loss_on_logits
 from sweeplr.schedules import step_scheduler, torch_scheduler
@@ -138,7 +138,7 @@ def train(
     (see `loss_on_logits`); mini-batches take their rows' weights.  ``l2`` adds
     ``l2/2 * ||W||^2`` to the loss that is backpropagated and ``l1`` applies a proximal step
     after each ``opt.step()`` (see `_prox_l1`), both on the weights only, never the bias; the
-    recorded train loss is the data loss alone.  These are `sweeplr.engine.Penalty`'s rules.
+    recorded train loss is the data loss alone.  These are `sweeplr.batched.Penalty`'s rules.
     """
     if l2 < 0 or l1 < 0:
         raise ValueError(f"l2 and l1 must be >= 0, got {l2} and {l1}")
@@ -379,7 +379,7 @@ def train_lbfgs_reference(
     on_log: LogCallback | None = None,
 ) -> Trained:
     """``torch.optim.LBFGS(line_search_fn="strong_wolfe")`` with autograd, what
-    `sweeplr.lbfgs.train_lbfgs` is checked against, one iteration per ``step`` call.
+    `sweeplr.batched.train_lbfgs` is checked against, one iteration per ``step`` call.
 
     Objective: mean of ``sample_weight * loss`` (divided by n) + ``l2/2 ||weight||^2`` (bias
     unpenalised).  Each ``step(closure)`` runs one iteration (``max_iter=1``; the optimizer's

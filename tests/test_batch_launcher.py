@@ -178,9 +178,7 @@ def test_a_launch_makes_its_records_durable_with_one_sync_before_its_trials_are_
         path = next(journal.rglob("optuna.journal"), None)
         lines = path.read_text().splitlines() if path else []
         # op 6 sets a trial's state: RUNNING as a queued trial is asked, a result when told
-        return sum(
-            op["op_code"] == 6 and op["state"] in finished for op in map(json.loads, lines)
-        )
+        return sum(op["op_code"] == 6 and op["state"] in finished for op in map(json.loads, lines))
 
     def counting_fsync(fd: int) -> None:
         name = os.readlink(f"/proc/self/fd/{fd}")

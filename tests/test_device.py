@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweeplr import engine, fitting
-from sweeplr.engine import OptimizerConfig, linear_init, train_batched
+from sweeplr import fitting
+from sweeplr.batched import OptimizerConfig, epochs, linear_init, train_batched
+from sweeplr.batched import steps as dispatch
+from sweeplr.batched.first_order import FirstOrderRun
 from sweeplr.fitting import (
     AUTO_CUDA_MIN_EPOCH_WORK,
     AUTO_CUDA_MIN_WORK,
@@ -87,7 +89,7 @@ def test_auto_device_on_a_gpu() -> None:
     assert resolve_device("auto", Workload(670, 2, 1, 1000)).type == "cpu"
 
 
-# ----- CUDA graphs of plain epochs (engine._GraphedEpochs) --------------------------------------
+# ----- CUDA graphs of plain epochs (batched.epochs.GraphedEpochs) -----------------------------
 
 OPTIMIZERS = [
     OptimizerConfig("sgd", [0.1, 0.5, 2.0]),
@@ -122,15 +124,15 @@ def test_graph_bodies_equal_the_eager_epochs(
     X, y = _blobs_like()
     k = 1 if isinstance(opt.lr, float) else 3
     eager = _run(X, y, opt, k, check_every=check_every)
-    built: list[engine._GraphedEpochs] = []
-    real_init = engine._GraphedEpochs.__init__
+    built: list[epochs.GraphedEpochs] = []
+    real_init = epochs.GraphedEpochs.__init__
 
     def spy(self, *args):
         built.append(self)
         real_init(self, *args)
 
-    monkeypatch.setattr(engine._GraphedEpochs, "__init__", spy)
-    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    monkeypatch.setattr(epochs.GraphedEpochs, "__init__", spy)
+    monkeypatch.setattr(dispatch, "_GRAPHS_ON_CPU", True)
     graphed = _run(X, y, opt, k, check_every=check_every)
     assert built and built[0].entries  # the graph path ran
     assert torch.equal(graphed.weight, eager.weight)
@@ -145,7 +147,7 @@ def test_graph_path_follows_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     X[3, 0] = 1e30
     opt = OptimizerConfig("adam", [1e-3, 1e30, 1e-2])
     eager = _run(X, y, opt, 3)
-    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    monkeypatch.setattr(dispatch, "_GRAPHS_ON_CPU", True)
     graphed = _run(X, y, opt, 3)
     assert graphed.status == eager.status == ["completed", "diverged", "completed"]
     assert graphed.diverged_epoch == eager.diverged_epoch
@@ -156,12 +158,12 @@ def test_graphs_do_not_apply() -> None:
     X, y = _blobs_like()
     weight, bias = linear_init(2, 2, [0])
     opt = OptimizerConfig("sgd", 0.1)
-    run = engine._Run(X, y, 2, weight, bias, opt, None, 0, None)
-    assert not engine._GraphedEpochs.applies(run)  # on the CPU
-    mini = engine._Run(
-        X.cuda() if torch.cuda.is_available() else X, y, 2, weight, bias, opt, 8, 0, None
-    )
-    assert not engine._GraphedEpochs.applies(mini)  # mini-batches
+    run = FirstOrderRun(X, y, 2, weight, bias, opt, None, 0, None)
+    assert not run.workspace(X.shape[0]).chosen.graph  # on the CPU
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    Xd, yd, wd, bd = (t.to(device) for t in (X, y, weight, bias))
+    mini = FirstOrderRun(Xd, yd, 2, wd, bd, opt, 8, 0, None)
+    assert not mini.workspace(8).chosen.graph  # mini-batches
 
 
 @cuda
@@ -173,7 +175,7 @@ def test_cuda_graphs_equal_eager_cuda(
     X, y = _blobs_like(670, "cuda")
     k = 1 if isinstance(opt.lr, float) else 3
     with_graphs = _run(X, y, opt, k)
-    monkeypatch.setattr(engine, "_GRAPH_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(dispatch, "_GRAPH_MAX_ELEMENTS", 0)
     eager = _run(X, y, opt, k)
     assert torch.equal(with_graphs.weight, eager.weight)
     assert torch.equal(with_graphs.history.train_loss, eager.history.train_loss)
@@ -188,16 +190,16 @@ def test_graph_cache_evicts_with_many_chunk_shapes(monkeypatch: pytest.MonkeyPat
     opt = OptimizerConfig("adam", [1e-3, 1e-2, 1e-1])
     kw = {"log_every": 5, "check_every": 7}
     eager = _run(X, y, opt, 3, **kw)
-    built: list[engine._GraphedEpochs] = []
-    real_run_chunk = engine._GraphedEpochs.run_chunk
+    built: list[epochs.GraphedEpochs] = []
+    real_run_chunk = epochs.GraphedEpochs.run_chunk
 
     def spy(self, start, count):
         built.append((start, count))
         return real_run_chunk(self, start, count)
 
-    monkeypatch.setattr(engine._GraphedEpochs, "run_chunk", spy)
-    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    monkeypatch.setattr(epochs.GraphedEpochs, "run_chunk", spy)
+    monkeypatch.setattr(dispatch, "_GRAPHS_ON_CPU", True)
     graphed = _run(X, y, opt, 3, **kw)
-    assert len(set(built)) > engine._GRAPH_CACHE
+    assert len(set(built)) > epochs._GRAPH_CACHE
     assert torch.equal(graphed.weight, eager.weight)
     assert torch.equal(graphed.history.train_loss, eager.history.train_loss)

@@ -20,15 +20,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from sweeplr import engine
-from sweeplr.engine import (
+from sweeplr.batched import (
+    EarlyStopping,
     EngineResult,
     OptimizerConfig,
     dataloader_permutation,
+    epochs,
+    fused,
     linear_init,
     n_outputs,
     train_batched,
 )
+from sweeplr.batched import steps as dispatch
+from sweeplr.batched.first_order import FirstOrderRun
 
 # Both give > 64 optimizer steps, so Adam's bias-correction tables are rebuilt at least once.
 EPOCHS, MINIBATCH_EPOCHS = 70, 15
@@ -201,7 +205,7 @@ def test_matches_torch_optim(
         )
 
 
-# Fused steps (engine._Workspace) on small data: groups of 40 rows (K*out == 1: 2 blocks of 16
+# Fused steps (sweeplr.batched.fused) on small data: groups of 40 rows (K*out == 1: 2 blocks of 16
 # + 8 rows) or 24 rows (K*out > 1), fused from 2 groups on.  150 rows are groups of 40, 40, 40
 # and 30 (1 block + 14 rows), or 6 groups of 24 and one of 6.
 def tiny_fused_sizes(ko: int, *_: Any) -> tuple[int, int]:
@@ -209,7 +213,7 @@ def tiny_fused_sizes(ko: int, *_: Any) -> tuple[int, int]:
 
 
 FUSED_SIZES = {
-    "_fused_sizes": tiny_fused_sizes,
+    "fused_sizes": tiny_fused_sizes,
     "_FUSED_MIN_X_BYTES": 0,
     "_FUSED_MIN_GROUPS": 2,
     "_MAX_CHUNKS": 3,  # chunks of several groups
@@ -220,20 +224,20 @@ FUSED_BATCH = 96  # mini-batches of 96 rows are fused; the last one, 54 rows, to
 
 def use_sizes(monkeypatch: pytest.MonkeyPatch, sizes: dict[str, Any]) -> None:
     for name, value in sizes.items():
-        monkeypatch.setattr(engine, name, value)
+        monkeypatch.setattr(fused, name, value)
 
 
 def test_fused_sizes_fit_a_core_cache() -> None:
     """The real sizes: a group's rows and buffers fit `_CACHE_BYTES`; small X is not fused."""
     for ko, multiclass in [(1, False), (8, False), (64, False), (30, True)]:
-        rows, block = engine._fused_sizes(ko, 100, 4, multiclass)
-        assert rows % block == 0 and block <= engine._MAX_BLOCK_ROWS
-        assert rows * (100 + (3 if multiclass else 2) * ko) * 4 <= engine._CACHE_BYTES
-        assert engine._fuses(1_000_000, rows, 100, ko, 4, multiclass)
-        assert not engine._fuses(rows, rows, 100, ko, 4, multiclass)
-    assert engine._fused_sizes(1, 100, 4, False) == (3854, 1927)
-    assert not engine._fuses(32_000, 3854, 100, 1, 4, False)  # X (13 MB) stays in L3
-    assert engine._fuses(8_000, 1724, 100, 64, 4, False)  # 4 MB of logit buffers do not
+        rows, block = fused.fused_sizes(ko, 100, 4, multiclass)
+        assert rows % block == 0 and block <= fused._MAX_BLOCK_ROWS
+        assert rows * (100 + (3 if multiclass else 2) * ko) * 4 <= fused._CACHE_BYTES
+        assert fused.fuses(1_000_000, rows, 100, ko, 4, multiclass)
+        assert not fused.fuses(rows, rows, 100, ko, 4, multiclass)
+    assert fused.fused_sizes(1, 100, 4, False) == (3854, 1927)
+    assert not fused.fuses(32_000, 3854, 100, 1, 4, False)  # X (13 MB) stays in L3
+    assert fused.fuses(8_000, 1724, 100, 64, 4, False)  # 4 MB of logit buffers do not
 
 
 @pytest.mark.parametrize("batch_size", [None, FUSED_BATCH], ids=["full", "minibatch"])
@@ -270,11 +274,11 @@ def one_step(
     (0: not fused)."""
     weight, bias = linear_init(X.shape[1], n_classes, seeds, dtype=X.dtype)
     cfg = OptimizerConfig("sgd", lr=0.1)
-    run = engine._Run(X, y, n_classes, weight, bias, cfg, None, 0, None)
-    ws = run._workspace(X.shape[0])
+    run = FirstOrderRun(X, y, n_classes, weight, bias, cfg, None, 0, None)
+    ws = run.workspace(X.shape[0])
     loss = X.new_full((len(seeds),), math.nan)
-    run._loss_and_grad(ws, loss, want_loss)
-    return loss, run.G.clone(), sum(len(chunk) for chunk in ws.chunks)
+    dispatch.loss_and_grad(ws, loss, want_loss)
+    return loss, run.G.clone(), 0 if ws.fused is None else sum(map(len, ws.fused.chunks))
 
 
 @pytest.mark.parametrize("want_loss", [True, False], ids=["loss", "surrogate"])
@@ -339,7 +343,7 @@ def fused_run(X: Tensor, y: Tensor, n_classes: int, k: int, epochs: int = 5) -> 
 def record_workers(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     """Per fused step, the thread that ran each group, in order of running."""
     steps: list[list[int]] = []
-    fused_step, run_group = engine._Run._fused_loss_and_grad, engine._Group.run
+    fused_step, run_group = fused.fused_step, fused.Group.run
 
     def step(ws: Any, loss_sum_out: Tensor, want_loss: bool) -> None:
         steps.append([])
@@ -349,8 +353,8 @@ def record_workers(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
         steps[-1].append(threading.get_ident())
         run_group(g, ws, buf, want_loss)
 
-    monkeypatch.setattr(engine._Run, "_fused_loss_and_grad", staticmethod(step))
-    monkeypatch.setattr(engine._Group, "run", group)
+    monkeypatch.setattr(fused, "fused_step", step)
+    monkeypatch.setattr(fused.Group, "run", group)
     return steps
 
 
@@ -377,7 +381,7 @@ def test_fused_runs_are_the_same_on_any_thread_count(
     use_sizes(monkeypatch, FUSED_SIZES)
     one = fused_run(X, y, n_classes, k)
     steps = record_workers(monkeypatch)
-    monkeypatch.setattr(engine, "_PARALLEL_CORES", 0.0)  # every step on T workers
+    monkeypatch.setattr(fused, "_PARALLEL_CORES", 0.0)  # every step on T workers
     for threads in (2, 3):
         with torch_threads(threads):
             several = fused_run(X, y, n_classes, k)
@@ -403,8 +407,8 @@ def test_a_stalled_worker_changes_no_number(
     use_sizes(monkeypatch, FUSED_SIZES)
     one = fused_run(X, y, n_classes, k)
     steps = record_workers(monkeypatch)
-    fused_step, run_chunks = engine._Run._fused_loss_and_grad, engine._Run._run_chunks
-    run_group = engine._Group.run
+    fused_step, run_chunks = fused.fused_step, fused.run_chunks
+    run_group = fused.Group.run
     caller = threading.get_ident()
     done = {"caller": threading.Event(), "pool": threading.Event()}
     has_one = threading.Event()
@@ -434,10 +438,10 @@ def test_a_stalled_worker_changes_no_number(
             event.clear()
         fused_step(ws, loss_sum_out, want_loss)
 
-    monkeypatch.setattr(engine._Run, "_run_chunks", staticmethod(chunks))
-    monkeypatch.setattr(engine._Group, "run", group)
-    monkeypatch.setattr(engine._Run, "_fused_loss_and_grad", staticmethod(step))
-    monkeypatch.setattr(engine, "_PARALLEL_CORES", 0.0)  # every step on 2 workers
+    monkeypatch.setattr(fused, "run_chunks", chunks)
+    monkeypatch.setattr(fused.Group, "run", group)
+    monkeypatch.setattr(fused, "fused_step", step)
+    monkeypatch.setattr(fused, "_PARALLEL_CORES", 0.0)  # every step on 2 workers
     with torch_threads(2):
         result = fused_run(X, y, n_classes, k)
     assert_same_run(result, one)
@@ -451,7 +455,7 @@ def test_a_stalled_worker_changes_no_number(
 def worker_counts(cores: Callable[[int], float], steps: int) -> list[int]:
     """The worker counts `_WorkerCount` picks on 2 threads, step by step, when 2 workers at
     step ``s`` get ``cores(s)`` cores' worth of CPU time."""
-    count = engine._WorkerCount()
+    count = fused.WorkerCount()
     used = []
     for step in range(steps):
         n = count.workers(2)
@@ -494,7 +498,7 @@ def test_fused_steps_leave_workers_that_get_no_cores(monkeypatch: pytest.MonkeyP
     the try after 4 steps."""
     X, y = make_data(2, torch.float32, n=150)
     use_sizes(monkeypatch, FUSED_SIZES)
-    run_chunks, choose = engine._Run._run_chunks, engine._WorkerCount.workers
+    run_chunks, choose = fused.run_chunks, fused.WorkerCount.workers
     caller = threading.get_ident()
     chosen = []
 
@@ -507,8 +511,8 @@ def test_fused_steps_leave_workers_that_get_no_cores(monkeypatch: pytest.MonkeyP
         chosen.append(choose(count, threads))
         return chosen[-1]
 
-    monkeypatch.setattr(engine._Run, "_run_chunks", staticmethod(held_up))
-    monkeypatch.setattr(engine._WorkerCount, "workers", workers)
+    monkeypatch.setattr(fused, "run_chunks", held_up)
+    monkeypatch.setattr(fused.WorkerCount, "workers", workers)
     with torch_threads(2):
         fused_run(X, y, 2, 3, epochs=7)
     assert chosen == [2, 1, 1, 1, 1, 2, 1]
@@ -523,8 +527,10 @@ def test_fused_workers_run_one_thread_each(
     X, y = make_data(n_classes, torch.float32, n=150)
     use_sizes(monkeypatch, FUSED_SIZES)
     weight, bias = linear_init(X.shape[1], n_classes, list(range(k)))
-    run = engine._Run(X, y, n_classes, weight, bias, OptimizerConfig("sgd", lr=0.1), None, 0, None)
-    ws = run._workspace(X.shape[0])
+    run = FirstOrderRun(
+        X, y, n_classes, weight, bias, OptimizerConfig("sgd", lr=0.1), None, 0, None
+    )
+    ws = run.workspace(X.shape[0])
     seen_in_worker = []
     caller = threading.get_ident()
 
@@ -534,10 +540,10 @@ def test_fused_workers_run_one_thread_each(
             raise RuntimeError("worker failed")
         return 0.0
 
-    monkeypatch.setattr(engine._Run, "_run_chunks", staticmethod(failing))
+    monkeypatch.setattr(fused, "run_chunks", failing)
     with torch_threads(3):
         with pytest.raises(RuntimeError, match="worker failed"):
-            run._loss_and_grad(ws, X.new_empty(k), True)
+            dispatch.loss_and_grad(ws, X.new_empty(k), True)
         assert seen_in_worker == [1, 1, 1]
         assert torch.get_num_threads() == 3
 
@@ -566,7 +572,7 @@ def test_fused_runs_are_the_two_pass_runs(monkeypatch: pytest.MonkeyPatch) -> No
             check_every=4,
             on_report=lambda e, *_: torch.tensor([False, False, e == 12, False, False]),
             report_every=6,
-            early_stopping=engine.EarlyStopping(
+            early_stopping=EarlyStopping(
                 [None, None, None, 2, None], [0.0] * 5, ["val_accuracy"] * 5, [True] * 5
             ),
         )[0]
@@ -631,7 +637,7 @@ def test_config_is_independent_of_its_batch_mates() -> None:
 @pytest.mark.parametrize(
     ("n_classes", "batch_size", "check_every", "log_every"),
     # log_every=1 computes the binary loss value every epoch; otherwise most epochs only check
-    # its finiteness via the cheaper surrogate (see engine._Run._loss_and_grad).
+    # its finiteness via the cheaper surrogate (see sweeplr.batched.loss).
     [(2, None, 1, 1), (2, None, 7, 5), (2, None, 100, 0), (2, BATCH, 7, 3), (3, None, 7, 5)],
 )
 def test_divergence_is_detected_at_the_first_nonfinite_loss(
@@ -723,20 +729,20 @@ def test_plain_epochs_are_bit_identical_to_epoch_by_epoch_training(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Epochs that are neither logged, reported nor checked run back to back, on small binary
-    full batches in the sign-folded, inference-mode loop (engine._FoldedBinarySteps).  The
+    full batches in the sign-folded, inference-mode loop (epochs.FoldedBinarySteps).  The
     results must not differ in a bit from training epoch by epoch, whichever path the plain
     epochs took, and no inference tensor may leak out of that loop."""
     X, y = make_data(n_classes, torch.float32)
     cfg = OptimizerConfig(kind, **hparams)  # type: ignore[arg-type]
     seeds = list(range(len(hparams["lr"])))
     folded_epochs = []
-    folded_run = engine._FoldedBinarySteps.run
+    folded_run = epochs.FoldedBinarySteps.run
 
     def counting_run(self: Any, loss_cols: Any, *args: Any) -> None:
         folded_epochs.append(len(loss_cols))
         folded_run(self, loss_cols, *args)
 
-    monkeypatch.setattr(engine._FoldedBinarySteps, "run", counting_run)
+    monkeypatch.setattr(epochs.FoldedBinarySteps, "run", counting_run)
 
     def train(**kwargs: Any) -> EngineResult:
         return run_engine(
@@ -757,7 +763,7 @@ def test_plain_epochs_are_bit_identical_to_epoch_by_epoch_training(
     results = [train()]
     foldable = n_classes == 2 and batch_size is None
     assert (sum(folded_epochs) > EPOCHS // 2) == foldable
-    monkeypatch.setattr(engine, "_FOLD_MAX_ELEMENTS", 0)  # plain epochs, not folded
+    monkeypatch.setattr(dispatch, "_FOLD_MAX_ELEMENTS", 0)  # plain epochs, not folded
     results.append(train())
     for result in results:
         assert torch.equal(result.weight, epoch_by_epoch.weight)

@@ -1,4 +1,5 @@
-"""The fused Triton step (sweeplr.kernels) against the engine's plain step.
+"""The fused Triton step (sweeplr.kernels) against its reference, the objective's core
+(`sweeplr.batched.loss.loss_gradient`), and the batched solver's plain step.
 
 On the CPU the kernel runs through Triton's interpreter.  ``TRITON_INTERPRET=1`` must be set
 before triton itself is imported (its library functions are decorated then), so this module
@@ -29,8 +30,10 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
 # the gpu extra installs it (Linux only); without it the engine never uses it
 triton = require_module("triton", "gpu")
 
-from sweeplr import engine
-from sweeplr.engine import OptimizerConfig, Penalty, linear_init, train_batched
+from sweeplr.batched import OptimizerConfig, Penalty, linear_init, train_batched
+from sweeplr.batched import steps as dispatch
+from sweeplr.batched.first_order import FirstOrderRun
+from sweeplr.batched.loss import Buffers, loss_gradient, loss_targets
 
 INTERPRETING = type(triton.language.zeros).__name__ == "InterpretedFunction"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -43,8 +46,8 @@ def interpreted(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
         pytest.skip("triton was imported compiled; the subprocess test runs this")
     from sweeplr import kernels
 
-    monkeypatch.setattr(engine, "_kernels_state", [kernels])
-    monkeypatch.setattr(engine, "_TRITON_ON_CPU", True)
+    monkeypatch.setattr(dispatch, "_kernels_state", [kernels])
+    monkeypatch.setattr(dispatch, "_TRITON_ON_CPU", True)
     # The interpreter computes with numpy, which warns where a GPU silently gives inf/NaN
     # (inf - inf in the NaN semantics); the warnings filter would make those errors.
     with np.errstate(all="ignore"):
@@ -82,14 +85,14 @@ def _problem(
 def _reference(
     X: torch.Tensor, y: torch.Tensor, P: torch.Tensor, want_loss: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss sums (or the surrogate's), weight and bias gradients, as the plain step has them."""
-    f = X.shape[1]
-    s = (1 - 2 * y).to(X.dtype)
-    u = (P[:, :f] @ X.t() + P[:, f:]) * s
-    terms = torch.nn.functional.softplus(u) if want_loss else u * torch.sigmoid(u)
-    dz = torch.sigmoid(u) * s
-    n = X.shape[0]
-    return terms.sum(1), dz @ X / n, dz.sum(1) / n
+    """Loss sums (or the surrogate's), weight and bias gradients: the kernel's reference,
+    `sweeplr.batched.loss.loss_gradient`."""
+    k, f = P.shape[0], X.shape[1]
+    targets = loss_targets(y, 2, X.dtype)
+    buf = Buffers.make(P, k, 1, targets, 1.0 / X.shape[0])
+    loss, gw, gb = P.new_empty(k), P.new_empty(k, f), P.new_empty(k)
+    loss_gradient(X, targets, P[:, :f], P[:, f:], None, buf, want_loss, loss, gw, gb)
+    return loss, gw, gb
 
 
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
@@ -199,7 +202,7 @@ def test_train_batched_with_kernel_equals_cpu_engine(
     monkeypatch.setattr(interpreted.BinaryStep, "__call__", lambda *a: calls.append(1) or call(*a))
     fused = _train(X, y, k, opt)
     assert len(calls) == 12  # every epoch, plain and logged, took the kernel
-    monkeypatch.setattr(engine, "_TRITON_ON_CPU", False)
+    monkeypatch.setattr(dispatch, "_TRITON_ON_CPU", False)
     plain = _train(X, y, k, opt)
     assert len(calls) == 12
     assert fused.status == plain.status == ["completed"] * k
@@ -216,7 +219,7 @@ def test_mini_batches_through_the_kernel(
     X, y = _problem(130, 5, torch.float32)
     opt = OptimizerConfig("sgd", [0.1, 0.5, 1.0], momentum=0.9)
     fused = _train(X, y, 3, opt, batch_size=50)
-    monkeypatch.setattr(engine, "_TRITON_ON_CPU", False)
+    monkeypatch.setattr(dispatch, "_TRITON_ON_CPU", False)
     plain = _train(X, y, 3, opt, batch_size=50)
     torch.testing.assert_close(fused.weight, plain.weight, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused.history.train_loss, plain.history.train_loss)
@@ -236,13 +239,13 @@ def test_kernel_does_not_apply(interpreted: ModuleType) -> None:
     weight, bias = linear_init(3, 2, [0, 1])
     opt = OptimizerConfig("sgd", 0.1)
     cases = [
-        engine._Run(X, y, 2, weight, bias, opt, None, 0, None),
-        engine._Run(X, y, 2, weight, bias, opt, None, 0, None, sample_weight=torch.ones(50)),
-        engine._Run(X, y, 2, weight, bias, opt, None, 0, None, penalty=Penalty(l2=0.1)),
-        engine._Run(X, y % 3, 3, *linear_init(3, 3, [0, 1]), opt, None, 0, None),
-        engine._Run(X.to(torch.bfloat16), y, 2, weight, bias, opt, None, 0, None),
+        FirstOrderRun(X, y, 2, weight, bias, opt, None, 0, None),
+        FirstOrderRun(X, y, 2, weight, bias, opt, None, 0, None, sample_weight=torch.ones(50)),
+        FirstOrderRun(X, y, 2, weight, bias, opt, None, 0, None, penalty=Penalty(l2=0.1)),
+        FirstOrderRun(X, y % 3, 3, *linear_init(3, 3, [0, 1]), opt, None, 0, None),
+        FirstOrderRun(X.to(torch.bfloat16), y, 2, weight, bias, opt, None, 0, None),
     ]
-    applies = [run._workspace(50).kernel is not None for run in cases]
+    applies = [run.workspace(50).kernel is not None for run in cases]
     assert applies == [True, False, False, False, False]
 
 
@@ -262,16 +265,16 @@ def test_failed_kernel_falls_back_to_the_plain_step(
             raise RuntimeError("no kernel here")
         call(self, *args)
 
-    monkeypatch.setattr(engine, "_kernel_failures", set())
+    monkeypatch.setattr(dispatch, "_kernel_failures", set())
     monkeypatch.setattr(interpreted.BinaryStep, "__call__", broken)
     with pytest.warns(RuntimeWarning, match="fused Triton step failed"):
         fused = _train(X, y, 2, opt)
-    assert len(calls) == 1 and len(engine._kernel_failures) == 1
+    assert len(calls) == 1 and len(dispatch._kernel_failures) == 1
     again = _train(X, y, 2, opt)  # no warning (the filter makes one an error), no call
     assert len(calls) == 1
     _train(X.double(), y, 2, opt)
     assert len(calls) == 13  # float64: the kernel, every epoch
-    monkeypatch.setattr(engine, "_TRITON_ON_CPU", False)
+    monkeypatch.setattr(dispatch, "_TRITON_ON_CPU", False)
     plain = _train(X, y, 2, opt)
     for result in (fused, again):
         torch.testing.assert_close(result.weight, plain.weight, rtol=0, atol=0)
@@ -296,7 +299,7 @@ def test_cuda_kernel_equals_cpu_engine(dtype: torch.dtype, k: int, opt: Optimize
     weight, bias = linear_init(37, 2, list(range(k)), dtype=dtype)
     cpu = train_batched(X, y, 2, weight, bias, opt, 30, log_every=10)
     gpu = train_batched(Xc, yc, 2, weight.cuda(), bias.cuda(), opt, 30, log_every=10)
-    ws = engine._Run(Xc, yc, 2, weight.cuda(), bias.cuda(), opt, None, 0, None)._workspace(5003)
+    ws = FirstOrderRun(Xc, yc, 2, weight.cuda(), bias.cuda(), opt, None, 0, None).workspace(5003)
     assert ws.kernel is not None
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else TOL[dtype]
     torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, **tol)
@@ -324,7 +327,7 @@ def test_graph_bodies_with_the_kernel(
     X, y = _problem(90, 3, torch.float32)
     opt = OptimizerConfig("adam", [1e-2, 1e-1])
     eager = _train(X, y, 2, opt)
-    monkeypatch.setattr(engine, "_GRAPHS_ON_CPU", True)
+    monkeypatch.setattr(dispatch, "_GRAPHS_ON_CPU", True)
     graphed = _train(X, y, 2, opt)
     assert torch.equal(graphed.weight, eager.weight)
     assert torch.equal(graphed.history.train_loss, eager.history.train_loss)

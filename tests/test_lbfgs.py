@@ -1,4 +1,4 @@
-"""Batched L-BFGS (`sweeplr.lbfgs`) against torch.optim.LBFGS and scikit-learn.
+"""Batched L-BFGS (`sweeplr.batched.lbfgs`) against torch.optim.LBFGS and scikit-learn.
 
 The reference is `sweeplr.training.train_lbfgs_reference`: the real ``torch.optim.LBFGS``
 (strong Wolfe) on ``nn.Linear`` with autograd, one configuration at a time.
@@ -14,9 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from sweeplr import lbfgs
-from sweeplr.engine import EngineResult, linear_init
-from sweeplr.lbfgs import train_lbfgs
+from sweeplr.batched import EngineResult, lbfgs, linear_init, train_lbfgs
 from sweeplr.model import LogisticRegression
 from sweeplr.schema import COMPLETED, DIVERGED, PRUNED
 from sweeplr.training import Trained, train_lbfgs_reference

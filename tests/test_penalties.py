@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from sweeplr import engine
-from sweeplr.engine import EngineResult, OptimizerConfig, Penalty, linear_init, train_batched
+from sweeplr.batched import EngineResult, OptimizerConfig, Penalty, linear_init, train_batched
+from sweeplr.batched import fused as fused_step
 from sweeplr.model import LogisticRegression, loss_on_logits
 from sweeplr.schedules import BatchSchedule
 from sweeplr.spec import ScheduleSpec
@@ -336,8 +336,12 @@ def test_weighted_runs_skip_the_fast_paths(
     steps fused; weighted and penalised runs take the plain step, which has the weights and
     penalties, so they still match the reference."""
     if fused:
-        monkeypatch.setattr(engine, "_fused_sizes", lambda ko, *_: ((40 if ko == 1 else 24), 16))
-        monkeypatch.setattr(engine, "_FUSED_MIN_X_BYTES", 0)
+
+        def sizes(ko: int, *_: object) -> tuple[int, int]:
+            return (40 if ko == 1 else 24), 16
+
+        monkeypatch.setattr(fused_step, "fused_sizes", sizes)
+        monkeypatch.setattr(fused_step, "_FUSED_MIN_X_BYTES", 0)
     X, y = make_data(n_classes)
     for case in ({"sample_weight": row_weights(None)}, {"l2": 0.1}, {"l1": 0.05}):
         for k in (1, 2):

@@ -153,7 +153,7 @@ def test_seed_experiment_is_the_tutorial(small_cfg):
 def test_the_seed_experiments_history_shows_the_first_epochs():
     """The tutorial logs every 10,000 of 200,000 epochs; its curve's first drop is in the
     early rows, log-spaced, before the first of those."""
-    from sweeplr.engine import logged_epochs
+    from sweeplr.batched import logged_epochs
     from tests.conftest import compose_config
 
     cfg = compose_config("experiment=seed")
@@ -173,7 +173,7 @@ def test_the_seed_experiments_history_shows_the_first_epochs():
     ],
 )
 def test_logged_epochs(epochs, log_every, logged):
-    from sweeplr.engine import logged_epochs
+    from sweeplr.batched import logged_epochs
 
     assert logged_epochs(epochs, log_every) == logged
 

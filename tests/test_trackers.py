@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweeplr.engine import logged_epochs
+from sweeplr.batched import logged_epochs
 from sweeplr.errors import SweeplrError
 from sweeplr.spec import run_spec
 from sweeplr.trackers import check, final_metrics, series

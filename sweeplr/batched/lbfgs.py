@@ -21,297 +21,94 @@ float32 torch does part of that scalar arithmetic in float32 tensors, so float32
 follow the same algorithm up to rounding (breast cancer, C=1: 30 iterations against torch's 28,
 weights within 2e-5 relative).
 
-No Hydra: ``sweeplr.fitting`` calls it for ``optimizer=lbfgs``, as it calls the engine for the
-first-order optimizers, whose result, penalty and callback types it shares.
+The objective, its gradient and the validation scores are `sweeplr.batched.loss`'s, as for
+the first-order solver, whose result, penalty and callback types this shares; the line search
+is `sweeplr.batched.wolfe`.  No Hydra: ``sweeplr.fitting`` calls it for ``optimizer=lbfgs``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from sweeplr.engine import (
+from sweeplr.batched.api import (
     EngineResult,
     History,
     HParam,
     Penalty,
     ReportCallback,
     logged_epochs,
-    n_outputs,
-    per_config,
 )
+from sweeplr.batched.inputs import Val, per_config, validate_inputs, validate_reporting
+from sweeplr.batched.loss import (
+    Buffers,
+    add_l2,
+    l2_objective,
+    loss_gradient,
+    loss_targets,
+    scores,
+)
+from sweeplr.batched.wolfe import LineSearch, strong_wolfe
 from sweeplr.schema import COMPLETED, DIVERGED, PRUNED, Status
 
 __all__ = ["train_lbfgs"]
 
-
-# A line search yields trial steps t and is sent (f, gtd, payload) for each; it returns
-# (f, payload, t, evaluations) of the accepted point.  The payload is opaque to it: the driver
-# uses (round, row) to find the trial's parameters and gradient again (None: the start point).
-LineSearch = Generator[float, tuple[float, float, Any], tuple[float, Any, float, int]]
-
-
-@np.errstate(all="ignore")
-def _cubic_interpolate(
-    x1: float,
-    f1: float,
-    g1: float,
-    x2: float,
-    f2: float,
-    g2: float,
-    bounds: tuple[float, float] | None = None,
-) -> float:
-    """torch.optim.lbfgs._cubic_interpolate (BSD-3-Clause, ported from torch 2.13), on float64.
-
-    numpy scalars, with their warnings off, so that a zero division (a bracket that collapsed
-    to a point) gives inf/nan silently as torch's tensors do, not an exception.
-    """
-    x1, f1, g1, x2, f2, g2 = (np.float64(v) for v in (x1, f1, g1, x2, f2, g2))
-    if bounds is not None:
-        xmin_bound, xmax_bound = np.float64(bounds[0]), np.float64(bounds[1])
-    else:
-        xmin_bound, xmax_bound = (x1, x2) if x1 <= x2 else (x2, x1)
-    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1**2 - g1 * g2
-    if d2_square >= 0:
-        d2 = np.sqrt(d2_square)
-        if x1 <= x2:
-            min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
-        else:
-            min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-        return float(min(max(min_pos, xmin_bound), xmax_bound))
-    return float((xmin_bound + xmax_bound) / 2.0)
-
-
-def _strong_wolfe(
-    t: float,
-    f: float,
-    gtd: float,
-    d_norm: float,
-    tolerance_change: float = 1e-9,
-    max_ls: int = 25,
-    c1: float = 1e-4,
-    c2: float = 0.9,
-) -> LineSearch:
-    """torch.optim.lbfgs._strong_wolfe (BSD-3-Clause, ported from torch 2.13) as a generator.
-
-    Same branches in the same order; instead of calling ``obj_func(x, t, d)`` it yields ``t``
-    and receives ``(f_new, gtd_new, payload)``, so the caller can batch the evaluations of many
-    line searches.  Gradients are carried as payloads because only the accepted point's is
-    needed (torch clones them into the bracket; the values are the same).
-    """
-    f, gtd, t = float(f), float(gtd), float(t)
-    g: Any = None  # payload of the start point
-    f_new, gtd_new, g_new = yield t
-    f_new, gtd_new = float(f_new), float(gtd_new)
-    ls_func_evals = 1
-
-    t_prev, f_prev, g_prev, gtd_prev = 0.0, f, g, gtd
-    done = False
-    ls_iter = 0
-    bracket: list[float] = []
-    bracket_f: list[float] = []
-    bracket_g: list[Any] = []
-    bracket_gtd: list[float] = []
-    while ls_iter < max_ls:
-        if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
-            bracket, bracket_f = [t_prev, t], [f_prev, f_new]
-            bracket_g, bracket_gtd = [g_prev, g_new], [gtd_prev, gtd_new]
-            break
-        if abs(gtd_new) <= -c2 * gtd:
-            bracket, bracket_f, bracket_g = [t], [f_new], [g_new]
-            done = True
-            break
-        if gtd_new >= 0:
-            bracket, bracket_f = [t_prev, t], [f_prev, f_new]
-            bracket_g, bracket_gtd = [g_prev, g_new], [gtd_prev, gtd_new]
-            break
-        min_step = t + 0.01 * (t - t_prev)
-        max_step = t * 10
-        tmp = t
-        t = _cubic_interpolate(
-            t_prev, f_prev, gtd_prev, t, f_new, gtd_new, bounds=(min_step, max_step)
-        )
-        t_prev, f_prev, g_prev, gtd_prev = tmp, f_new, g_new, gtd_new
-        f_new, gtd_new, g_new = yield t
-        f_new, gtd_new = float(f_new), float(gtd_new)
-        ls_func_evals += 1
-        ls_iter += 1
-
-    if ls_iter == max_ls:
-        bracket, bracket_f, bracket_g = [0.0, t], [f, f_new], [g, g_new]
-
-    insuf_progress = False
-    low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[-1] else (1, 0)
-    while not done and ls_iter < max_ls:
-        if abs(bracket[1] - bracket[0]) * d_norm < tolerance_change:
-            break
-        t = _cubic_interpolate(
-            bracket[0], bracket_f[0], bracket_gtd[0], bracket[1], bracket_f[1], bracket_gtd[1]
-        )
-        eps = 0.1 * (max(bracket) - min(bracket))
-        if min(max(bracket) - t, t - min(bracket)) < eps:
-            if insuf_progress or t >= max(bracket) or t <= min(bracket):
-                if abs(t - max(bracket)) < abs(t - min(bracket)):
-                    t = max(bracket) - eps
-                else:
-                    t = min(bracket) + eps
-                insuf_progress = False
-            else:
-                insuf_progress = True
-        else:
-            insuf_progress = False
-
-        f_new, gtd_new, g_new = yield t
-        f_new, gtd_new = float(f_new), float(gtd_new)
-        ls_func_evals += 1
-        ls_iter += 1
-
-        if f_new > (f + c1 * t * gtd) or f_new >= bracket_f[low_pos]:
-            bracket[high_pos], bracket_f[high_pos] = t, f_new
-            bracket_g[high_pos], bracket_gtd[high_pos] = g_new, gtd_new
-            low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[1] else (1, 0)
-        else:
-            if abs(gtd_new) <= -c2 * gtd:
-                done = True
-            elif gtd_new * (bracket[high_pos] - bracket[low_pos]) >= 0:
-                bracket[high_pos], bracket_f[high_pos] = bracket[low_pos], bracket_f[low_pos]
-                bracket_g[high_pos] = bracket_g[low_pos]
-                bracket_gtd[high_pos] = bracket_gtd[low_pos]
-            bracket[low_pos], bracket_f[low_pos] = t, f_new
-            bracket_g[low_pos], bracket_gtd[low_pos] = g_new, gtd_new
-
-    return bracket_f[low_pos], bracket_g[low_pos], bracket[low_pos], ls_func_evals
+Accepted = tuple[float, Any, float, int]  # a line search's result: f, payload, t, evaluations
 
 
 class _Problem:
-    """Data, per-configuration weights/penalties, and the batched closed-form objective."""
+    """Data, per-configuration row weights and L2, and the objective of `sweeplr.batched.loss`
+    at flat parameters (torch's ``[weight.flatten(), bias]`` per configuration)."""
 
     def __init__(
         self,
         X: Tensor,
         y: Tensor,
         n_classes: int,
-        k: int,
         sample_weight: Tensor | None,
-        l2: np.ndarray,
+        l2: npt.NDArray[np.float64],
     ) -> None:
         self.X, self.n, self.n_features = X, X.shape[0], X.shape[1]
-        self.out = n_outputs(n_classes)
-        self.y = y
-        self.yf = y.to(X.dtype)
-        self.onehot = F.one_hot(y, self.out).t().to(X.dtype) if self.out > 1 else None
-        if sample_weight is not None:
-            if sample_weight.shape not in ((self.n,), (k, self.n)):
-                raise ValueError(f"sample_weight must be [{self.n}] or [{k}, {self.n}]")
-            if sample_weight.dtype != X.dtype or sample_weight.device != X.device:
-                raise ValueError("sample_weight must share X's dtype and device")
-            if not bool((sample_weight >= 0).all()):
-                raise ValueError("sample_weight must be >= 0")
+        self.out = 1 if n_classes == 2 else n_classes
+        self.targets = loss_targets(y, n_classes, X.dtype)
         self.sw = sample_weight
         self.l2 = torch.as_tensor(l2, dtype=X.dtype, device=X.device)
         self.has_l2 = bool((l2 != 0).any())
 
-    def evaluate(self, P: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(objective [kw], data loss [kw], gradient [kw, D])`` at flat parameters ``P``.
+    def _split(self, P: Tensor) -> tuple[Tensor, Tensor]:
+        """Weights ``[kw*out, F]`` and biases ``[kw*out, 1]`` of flat parameters ``P``."""
+        kw, out, nf = P.shape[0], self.out, self.n_features
+        return P[:, : out * nf].reshape(kw * out, nf), P[:, out * nf :].reshape(kw * out, 1)
 
-        ``P[j]`` belongs to configuration ``idx[j]``; one ``addmm`` gives all logits and one
-        ``mm`` all weight gradients, as in the engine.
-        """
+    def evaluate(self, P: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(objective [kw], data loss [kw], gradient [kw, D])`` at flat parameters ``P``;
+        ``P[j]`` belongs to configuration ``idx[j]``."""
         kw, out, nf, n = P.shape[0], self.out, self.n_features, self.n
-        w = P[:, : out * nf]
-        z = torch.addmm(P[:, out * nf :].reshape(kw * out, 1), w.reshape(kw * out, nf), self.X.t())
-        if out == 1:
-            target = self.yf.expand(kw, n)
-            loss = F.binary_cross_entropy_with_logits(z, target, reduction="none")
-            r = torch.sigmoid(z).sub_(target)
-        else:
-            z3 = z.view(kw, out, n)
-            lse = torch.logsumexp(z3, 1)
-            loss = lse - z3.gather(1, self.y.expand(kw, 1, n)).squeeze(1)
-            r3 = torch.softmax(z3, 1).sub_(self.onehot)
-            r = r3.view(kw * out, n)
+        sw = None
         if self.sw is not None:
-            s = self.sw if self.sw.ndim == 1 else self.sw.index_select(0, idx)
-            loss = loss * s
-            r = (r.view(kw, out, n) * s.view(-1, 1, n)).view(kw * out, n)
-        data = loss.sum(1) / n
-        r = r / n
-        grad_w = torch.mm(r, self.X).view(kw, out * nf)
-        grad_b = r.view(kw, out, n).sum(2)
-        f = data
+            sw = (self.sw if self.sw.ndim == 1 else self.sw.index_select(0, idx)).reshape(-1, n)
+        buf = Buffers.make(P, kw, out, self.targets, 1.0 / n)
+        loss_sum, gw, gb = P.new_empty(kw), P.new_empty(kw * out, nf), P.new_empty(kw * out)
+        w, b = self._split(P)
+        loss_gradient(self.X, self.targets, w, b, sw, buf, True, loss_sum, gw, gb)
+        data = loss_sum / n
+        grad_w, f = gw.view(kw, out * nf), data
         if self.has_l2:
             l2 = self.l2.index_select(0, idx)
-            f = data + 0.5 * l2 * (w * w).sum(1)
-            grad_w = grad_w + w * l2.unsqueeze(1)
-        return f, data, torch.cat([grad_w, grad_b], 1)
+            f = l2_objective(data, P[:, : out * nf], l2)
+            add_l2(grad_w, P[:, : out * nf], l2.unsqueeze(1))
+        return f, data, torch.cat([grad_w, gb.view(kw, out)], 1)
 
-
-def _val_scores(P: Tensor, out: int, val: tuple[Tensor, ...], idx: Tensor) -> tuple[Tensor, Tensor]:
-    """Validation loss and accuracy (plain or 0/1-masked means) of configurations ``idx``."""
-    xv, yv = val[0], val[1]
-    kw, nf, nv = P.shape[0], xv.shape[1], xv.shape[0]
-    z = torch.addmm(P[:, out * nf :].reshape(kw * out, 1), P[:, : out * nf].reshape(-1, nf), xv.t())
-    if out == 1:
-        loss = F.binary_cross_entropy_with_logits(
-            z, yv.to(z.dtype).expand(kw, nv), reduction="none"
-        )
-        correct = (z > 0) == yv.bool()
-    else:
-        z3 = z.view(kw, out, nv)
-        loss = F.cross_entropy(z3, yv.expand(kw, nv), reduction="none")
-        correct = z3.argmax(1) == yv
-    correct = correct.to(z.dtype)
-    if len(val) == 3:
-        mask = (val[2].index_select(0, idx) > 0).to(z.dtype)
-        count = mask.sum(1)
-        return (loss * mask).sum(1) / count, (correct * mask).sum(1) / count
-    return loss.mean(1), correct.mean(1)
-
-
-def _validate(
-    X: Tensor,
-    y: Tensor,
-    n_classes: int,
-    weight: Tensor,
-    bias: Tensor,
-    max_iter: int,
-    history_size: int,
-    val: tuple[Tensor, ...] | None,
-) -> None:
-    out = n_outputs(n_classes)
-    if X.ndim != 2 or not X.is_floating_point() or X.shape[0] == 0:
-        raise ValueError(f"X must be a non-empty 2-D floating tensor, got {tuple(X.shape)}")
-    n, nf = X.shape
-    if y.shape != (n,) or y.dtype != torch.int64 or y.device != X.device:
-        raise ValueError(f"y must be int64 [{n}] on X's device")
-    if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes})")
-    if weight.ndim != 3 or weight.shape[1:] != (out, nf) or weight.shape[0] == 0:
-        raise ValueError(f"weight must be [K, {out}, {nf}], got {tuple(weight.shape)}")
-    if bias.shape != weight.shape[:2]:
-        raise ValueError(f"bias must be [K, {out}], got {tuple(bias.shape)}")
-    for t in (weight, bias):
-        if t.dtype != X.dtype or t.device != X.device:
-            raise ValueError("weight and bias must share X's dtype and device")
-    if max_iter < 0 or history_size < 1:
-        raise ValueError("need max_iter >= 0 and history_size >= 1")
-    if val is not None:
-        if len(val) not in (2, 3):
-            raise ValueError("val must be (X_val, y_val) or (X_val, y_val, val_weight)")
-        xv, yv = val[0], val[1]
-        if xv.ndim != 2 or xv.shape[1] != nf or xv.dtype != X.dtype or xv.device != X.device:
-            raise ValueError(f"X_val must be [n_val, {nf}] with X's dtype and device")
-        if yv.shape != (xv.shape[0],) or yv.dtype != torch.int64:
-            raise ValueError("y_val must be int64 [n_val]")
-        if len(val) == 3 and val[2].shape != (weight.shape[0], xv.shape[0]):
-            raise ValueError(f"val_weight must be [{weight.shape[0]}, {xv.shape[0]}]")
+    def scores(self, P: Tensor, val: Val, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Validation loss and accuracy of configurations ``idx`` (`loss.scores`)."""
+        row_weight = val[2].index_select(0, idx) if len(val) == 3 else None
+        return scores(*self._split(P), self.out, val[0], val[1], row_weight)
 
 
 def train_lbfgs(
@@ -329,7 +126,7 @@ def train_lbfgs(
     max_ls: int | None = None,
     sample_weight: Tensor | None = None,
     penalty: Penalty | None = None,
-    val: tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor] | None = None,
+    val: Val | None = None,
     log_every: int = 0,
     on_report: ReportCallback | None = None,
     report_every: int = 1,
@@ -344,7 +141,7 @@ def train_lbfgs(
     tolerance_change``, ``max_iter`` iterations, or ``max_iter * 5 // 4`` evaluations.
 
     Args:
-        X, y, n_classes, weight, bias: as `sweeplr.engine.train_batched` (weight ``[K, out, F]``,
+        X, y, n_classes, weight, bias: as `sweeplr.batched.train_batched` (weight ``[K, out, F]``,
             bias ``[K, out]``, not modified).
         lr: torch's lr (>= 0: each line search's first trial step, the first iteration's
             scaled by min(1, 1/|g|_1)), per configuration or shared.
@@ -370,12 +167,10 @@ def train_lbfgs(
         iteration produced, which is what a converged configuration is judged by (train_batched
         records the loss before the update instead).  ``lr`` is lr_k.
     """
-    _validate(X, y, n_classes, weight, bias, max_iter, history_size, val)
-    for name, value in (("log_every", log_every), ("report_every", report_every)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    if on_report is not None and report_every < 1:
-        raise ValueError("on_report needs report_every >= 1")
+    validate_inputs(X, y, n_classes, weight, bias, val, sample_weight)
+    if max_iter < 0 or history_size < 1:
+        raise ValueError("need max_iter >= 0 and history_size >= 1")
+    validate_reporting(log_every, report_every, on_report)
     k = weight.shape[0]
     # copies: a caller's float64 tensor would otherwise share its memory with them
     lrs = per_config("lr", lr, k, nonnegative=True).numpy().copy()
@@ -385,7 +180,7 @@ def train_lbfgs(
     if penalty is not None and bool(per_config("l1", penalty.l1, k, nonnegative=True).any()):
         raise ValueError("l1 needs a proximal optimizer")
     with torch.no_grad():
-        problem = _Problem(X, y, n_classes, k, sample_weight, l2)
+        problem = _Problem(X, y, n_classes, sample_weight, l2)
         run = _Run(problem, weight, bias, lrs, history_size, tolerance_grad, tolerance_change)
         return run.train(max_iter, max_ls, val, log_every, on_report, report_every)
 
@@ -398,7 +193,7 @@ class _Run:
         problem: _Problem,
         weight: Tensor,
         bias: Tensor,
-        lrs: np.ndarray,
+        lrs: npt.NDArray[np.float64],
         history_size: int,
         tolerance_grad: float,
         tolerance_change: float,
@@ -447,10 +242,9 @@ class _Run:
         """torch's memory update and two-loop recursion for configurations ``ks`` (in place).
 
         Vectorised over the configurations (every op works on all of ``ks`` at once, empty
-        history slots are no-ops).  Measured on this machine (2 shared cores, one thread,
-        float64, D=31, a full history of 100 pairs, ms per direction): vectorised 1.5 / 1.8 /
-        1.8 / 2.1 for K = 1 / 4 / 16 / 64, a Python loop of torch's per-configuration recursion
-        1.1 / 5.3 / 20 / 78 -- op dispatch dominates, so one path, vectorised, for every K.
+        history slots are no-ops): op dispatch dominates at these sizes, so one vectorised path
+        serves every K, where a loop of torch's per-configuration recursion would grow with K
+        (bench/README.md, "L-BFGS directions").
         """
         idx = self._index(ks)
         d, t = self.d.index_select(0, idx), torch.as_tensor(self.t[ks], dtype=self.P.dtype)
@@ -497,7 +291,7 @@ class _Run:
         self,
         max_iter: int,
         max_ls: int | None,
-        val: tuple[Tensor, ...] | None,
+        val: Val | None,
         log_every: int,
         on_report: ReportCallback | None,
         report_every: int,
@@ -548,7 +342,7 @@ class _Run:
             vl = va = None
             if logging:
                 if val is not None:
-                    vl_r, va_r = _val_scores(self.P.index_select(0, ran_t), pb.out, val, ran_t)
+                    vl_r, va_r = pb.scores(self.P.index_select(0, ran_t), val, ran_t)
                     vl = torch.full((k,), math.nan, dtype=torch.float64)
                     va = vl.clone()
                     vl[ran_t.cpu()] = vl_r.cpu().double()
@@ -578,7 +372,6 @@ class _Run:
         self, alive: list[int], epoch: int, max_iter: int, max_eval: int, max_ls: int | None
     ) -> list[int]:
         """One torch iteration for every configuration in ``alive``; returns those continuing."""
-        pb = self.pb
         searches: dict[int, LineSearch] = {}
         pending: dict[int, float] = {}
         for kk in alive:
@@ -586,52 +379,18 @@ class _Run:
             if max_ls is not None:
                 cap = min(cap, max_ls)
             self.prev_loss[kk] = self.f[kk]
-            search = _strong_wolfe(
+            search = strong_wolfe(
                 self.t[kk], self.f[kk], self.gtd[kk], self.d_norm[kk], self.tol_change, cap
             )
             searches[kk] = search
             pending[kk] = next(search)
-        rounds: list[tuple[Tensor, Tensor, Tensor]] = []
-        accepted: dict[int, tuple[float, Any, float, int]] = {}
-        diverged = []
-        while pending:
-            ks = list(pending)
-            idx = self._index(ks)
-            t = torch.tensor([pending[kk] for kk in ks], dtype=self.P.dtype, device=self.P.device)
-            d = self.d.index_select(0, idx)
-            # x + t d, as torch's p.add_(d, alpha=t)
-            trial = torch.addcmul(self.P.index_select(0, idx), d, t.unsqueeze(1))
-            f, data, G = pb.evaluate(trial, idx)
-            r = len(rounds)
-            rounds.append((trial, data, G))
-            host = torch.stack([f, torch.linalg.vecdot(G, d), torch.isfinite(G).all(1).to(G.dtype)])
-            f_h, gtd_h, fin_h = host.cpu().double().numpy()
-            pending = {}
-            for j, kk in enumerate(ks):
-                if not (math.isfinite(f_h[j]) and fin_h[j]):
-                    diverged.append(kk)
-                    continue
-                try:
-                    pending[kk] = searches[kk].send((f_h[j], gtd_h[j], (r, j)))
-                except StopIteration as stop:
-                    accepted[kk] = stop.value
+        accepted, diverged, rounds = self._search(searches, pending)
         self._finish(diverged, DIVERGED, epoch)
         stepped = [kk for kk in alive if kk in accepted]
         if not stepped:
             return []
         G_old = self.G.index_select(0, self._index(stepped))
-        # Move each accepted trial point (bitwise the evaluated one) into place, one op per round.
-        for r, (trial, data, G) in enumerate(rounds):
-            pairs = [
-                (kk, accepted[kk][1][1])
-                for kk in stepped
-                if accepted[kk][1] is not None and accepted[kk][1][0] == r
-            ]
-            if pairs:
-                dst, src = self._index([p[0] for p in pairs]), self._index([p[1] for p in pairs])
-                self.P.index_copy_(0, dst, trial.index_select(0, src))
-                self.G.index_copy_(0, dst, G.index_select(0, src))
-                self.data_loss.index_copy_(0, dst, data.index_select(0, src))
+        self._accept(stepped, accepted, rounds)
         # Torch's end-of-iteration exits, in its order (all of them end the run 'completed').
         idx = self._index(stepped)
         gmax = self.G.index_select(0, idx).abs().amax(1).cpu().double().numpy()
@@ -660,6 +419,58 @@ class _Run:
         # Torch checks g.d at the start of the next iteration; nothing happens in between, so
         # checking it here lets this iteration be logged as the configuration's last.
         return self._gtd_exit(keep, epoch)
+
+    def _search(
+        self, searches: dict[int, LineSearch], pending: dict[int, float]
+    ) -> tuple[dict[int, Accepted], list[int], list[tuple[Tensor, Tensor, Tensor]]]:
+        """Run the line searches to their ends, each round evaluating the trial points of all
+        that asked for one at once; returns the accepted points, the configurations whose loss
+        or gradient became non-finite, and each round's (trial points, data losses, G)."""
+        rounds: list[tuple[Tensor, Tensor, Tensor]] = []
+        accepted: dict[int, Accepted] = {}
+        diverged = []
+        while pending:
+            ks = list(pending)
+            idx = self._index(ks)
+            t = torch.tensor([pending[kk] for kk in ks], dtype=self.P.dtype, device=self.P.device)
+            d = self.d.index_select(0, idx)
+            # x + t d, as torch's p.add_(d, alpha=t)
+            trial = torch.addcmul(self.P.index_select(0, idx), d, t.unsqueeze(1))
+            f, data, G = self.pb.evaluate(trial, idx)
+            r = len(rounds)
+            rounds.append((trial, data, G))
+            host = torch.stack([f, torch.linalg.vecdot(G, d), torch.isfinite(G).all(1).to(G.dtype)])
+            f_h, gtd_h, fin_h = host.cpu().double().numpy()
+            pending = {}
+            for j, kk in enumerate(ks):
+                if not (math.isfinite(f_h[j]) and fin_h[j]):
+                    diverged.append(kk)
+                    continue
+                try:
+                    pending[kk] = searches[kk].send((f_h[j], gtd_h[j], (r, j)))
+                except StopIteration as stop:
+                    accepted[kk] = stop.value
+        return accepted, diverged, rounds
+
+    def _accept(
+        self,
+        stepped: list[int],
+        accepted: dict[int, Accepted],
+        rounds: list[tuple[Tensor, Tensor, Tensor]],
+    ) -> None:
+        """Move each accepted trial point (bitwise the evaluated one) into place, one op per
+        round."""
+        for r, (trial, data, G) in enumerate(rounds):
+            pairs = [
+                (kk, accepted[kk][1][1])
+                for kk in stepped
+                if accepted[kk][1] is not None and accepted[kk][1][0] == r
+            ]
+            if pairs:
+                dst, src = self._index([p[0] for p in pairs]), self._index([p[1] for p in pairs])
+                self.P.index_copy_(0, dst, trial.index_select(0, src))
+                self.G.index_copy_(0, dst, G.index_select(0, src))
+                self.data_loss.index_copy_(0, dst, data.index_select(0, src))
 
     def _report(
         self,
