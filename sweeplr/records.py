@@ -89,7 +89,7 @@ def nearest_existing(path: str | Path) -> Path:
     return folder
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
     Inside `one_sync` the fsync waits for the block's end."""

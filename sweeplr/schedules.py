@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,7 +31,10 @@ def is_constant(schedule: ScheduleSpec) -> bool:
 
 
 def torch_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: ScheduleSpec, epochs: int, mode: str = "min"
+    optimizer: torch.optim.Optimizer,
+    schedule: ScheduleSpec,
+    epochs: int,
+    mode: Literal["min", "max"] = "min",
 ) -> Scheduler | None:
     """The ``torch.optim.lr_scheduler`` for ``schedule`` over ``epochs`` epochs, or None.
 
@@ -84,6 +88,7 @@ def step_scheduler(scheduler: Scheduler, metric: float | None = None) -> None:
         # A stand-in optimizer never steps; torch warns that the schedule runs ahead of it.
         warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
         if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+            assert metric is not None, "a plateau schedule steps on its watched metric"
             scheduler.step(metric)
         else:
             scheduler.step()
@@ -99,10 +104,10 @@ class _StandIn(torch.optim.Optimizer):
 
     def __init__(self, lrs: Sequence[float]) -> None:  # no super().__init__(), see above
         self.defaults: dict[str, Any] = {}
-        self.state: dict[Any, Any] = {}
+        self.state: defaultdict[torch.Tensor, Any] = defaultdict(dict)
         self.param_groups = [{"params": [], "lr": float(lr)} for lr in lrs]
 
-    def step(self, closure: Any = None) -> None:
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]  # never steps
         return None
 
 
@@ -119,7 +124,7 @@ class BatchSchedule:
         lrs: Sequence[float],
         schedules: Sequence[ScheduleSpec],
         epochs: int,
-        modes: Sequence[str],
+        modes: Sequence[Literal["min", "max"]],
         watch: Sequence[str | None],
     ) -> None:
         k = len(lrs)
@@ -166,5 +171,7 @@ class BatchSchedule:
         for i, (optimizer, scheduler) in self.plateaus.items():
             if active[i]:
                 before = optimizer.param_groups[0]["lr"]
-                step_scheduler(scheduler, float(metrics[self.watch[i]][i]))
+                watched = self.watch[i]
+                assert watched is not None, "a plateau schedule watches a metric"
+                step_scheduler(scheduler, float(metrics[watched][i]))
                 self.pending |= optimizer.param_groups[0]["lr"] != before

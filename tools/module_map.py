@@ -44,7 +44,7 @@ HYDRA_EDGE = frozenset(
         "cli",
         "overrides",
         "config",  # register_configs, inside the function: the ConfigStore
-        "report",  # the sweep's command and search space, rebuilt as Hydra builds them
+        "provenance",  # the sweep's command and search space, rebuilt as Hydra builds them
     }
 )
 # Hydra imports every installed plugin when any Hydra app starts: a plugin's imports at the
