@@ -113,6 +113,10 @@ class JobRecordCallback(Callback):
     it again when the process that ran it died before telling.
     """
 
+    # Its job hook reads the Hydra node only: a launcher that shares that node between jobs
+    # (sweeplr_batch) passes it without a copy of the job's task values (plugins/job_runner.py).
+    job_hooks_read = "hydra"
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         from sweeplr.pruning import trial_number
         from sweeplr.records import write_job_return

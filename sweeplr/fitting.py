@@ -26,6 +26,7 @@ import torch
 from sweeplr.batched import (
     EarlyStopping,
     EngineResult,
+    History,
     OptimizerConfig,
     OptimizerKind,
     Penalty,
@@ -385,11 +386,19 @@ def _train_batched(
             early_stopping=_early_stopping(specs),
             **common,
         )
-    return [_member_of(result, k, splits, data.device) for k in range(len(specs))]
+    columns = _history_columns(result.history)
+    return [_member_of(result, k, splits, data.device, columns) for k in range(len(specs))]
 
 
-def _member_of(result: EngineResult, k: int, splits: Splits, device: torch.device) -> Trained:
-    """Configuration k of an engine result, as a model of its own."""
+def _member_of(
+    result: EngineResult,
+    k: int,
+    splits: Splits,
+    device: torch.device,
+    columns: dict[str, list[list[float]] | None],
+) -> Trained:
+    """Configuration k of an engine result, as a model of its own (``columns``: the result's
+    history by configuration, `_history_columns`)."""
     model = LogisticRegression(splits.n_features, splits.n_classes).to(device)
     with torch.no_grad():
         model.linear.weight.copy_(result.weight[k])
@@ -399,7 +408,7 @@ def _member_of(result: EngineResult, k: int, splits: Splits, device: torch.devic
         result.status[k],
         result.epochs_run[k],
         result.diverged_epoch[k],
-        _history_of(result, k),
+        _history_of(result, k, columns),
         result.best_epoch[k],
     )
 
@@ -429,22 +438,37 @@ def _early_stopping(specs: Sequence[RunSpec]) -> EarlyStopping | None:
     )
 
 
-def _history_of(result: EngineResult, k: int) -> dict[str, list[Any]]:
-    """History rows of configuration k, up to the epoch it stopped at."""
-    history = result.history
-    rows = [t for t, epoch in enumerate(history.epochs) if epoch <= result.epochs_run[k]]
+def _history_columns(history: History) -> dict[str, list[list[float]] | None]:
+    """Each history tensor as Python floats by configuration, read once for the whole pass
+    (reading ``values[t, k]`` one element at a time cost more than a small pass's training)."""
+    return {
+        name: None if values is None else values.T.tolist()
+        for name, values in (
+            ("train_loss", history.train_loss),
+            ("val_loss", history.val_loss),
+            ("val_accuracy", history.val_accuracy),
+            ("lr", history.lr),
+        )
+    }
 
-    def column(values: torch.Tensor | None) -> list[float]:
-        if values is None:
-            return [math.nan] * len(rows)
-        return [float(values[t, k]) for t in rows]
+
+def _history_of(
+    result: EngineResult, k: int, columns: dict[str, list[list[float]] | None]
+) -> dict[str, list[Any]]:
+    """History rows of configuration k, up to the epoch it stopped at."""
+    epochs = result.history.epochs
+    rows = sum(1 for epoch in epochs if epoch <= result.epochs_run[k])  # (epochs ascend)
+
+    def column(name: str) -> list[float]:
+        values = columns[name]
+        return [math.nan] * rows if values is None else values[k][:rows]
 
     return {
-        "epoch": [history.epochs[t] for t in rows],
-        "train_loss": column(history.train_loss),
-        "val_loss": column(history.val_loss),
-        "val_accuracy": column(history.val_accuracy),
-        "lr": column(history.lr),
+        "epoch": epochs[:rows],
+        "train_loss": column("train_loss"),
+        "val_loss": column("val_loss"),
+        "val_accuracy": column("val_accuracy"),
+        "lr": column("lr"),
     }
 
 

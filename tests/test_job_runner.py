@@ -259,3 +259,146 @@ def test_a_sweeper_reads_a_jobs_folder_and_number_without_making_its_hydra_confi
         5,
         "/x/5",
     )
+
+
+def test_jobs_whose_callbacks_read_only_the_hydra_node_get_it_without_a_whole_config(
+    hydra_sweep_runner, tmp_path, monkeypatch
+):
+    """With sweeplr's own job hook alone (it reads the Hydra node only), no job's whole config
+    is made, and every file the launch leaves is still the basic launcher's: the failed job's
+    record, written by that hook from the Hydra node, included."""
+    made: list[Any] = []
+    full_config = JobTemplate.full_config
+
+    def counted(self: JobTemplate, ops: Any) -> Any:
+        made.append(ops)
+        return full_config(self, ops)
+
+    monkeypatch.setattr(JobTemplate, "full_config", counted)
+    records = [
+        "~hydra.callbacks.recorder",
+        "+hydra.callbacks.records._target_=sweeplr.callbacks.JobRecordCallback",
+    ]
+    basic = sweep(hydra_sweep_runner, ["hydra/launcher=basic", *records], tmp_path / "basic")
+    ours = sweep(hydra_sweep_runner, ["hydra/launcher=sweeplr_batch", *records], tmp_path / "batch")
+    assert made == []
+    expected, actual = files(tmp_path / "basic"), files(tmp_path / "batch")
+    failed = [name for name in expected if name.endswith("metrics.json")]
+    assert len(failed) == 1 and "fails on purpose" in expected[failed[0]]["error"]
+    assert actual == expected
+    assert [r.status for r in ours] == [r.status for r in basic]
+
+
+@pytest.mark.parametrize(
+    ("text", "outside"),
+    [
+        ("${hydra.job.num}", False),
+        ("multirun/${now:%Y-%m-%d}/${hydra:runtime.choices.db}", False),
+        ("${lr}", True),  # a task value
+        ("${oc.env:HOME}", True),
+        ("a/${hydra.job.name}_${optimizer.name}", True),
+        ("plain text", False),
+        ("${hydra_override_dirname:}", False),  # Hydra's default job.override_dirname
+        ("${hydra_override_dirname:{element_resolver: mine}}", True),
+    ],
+)
+def test_what_the_hydra_node_reads_outside_itself(text, outside):
+    from sweeplr.plugins.job_template import refers_outside_hydra
+
+    assert refers_outside_hydra({"sweep": {"subdir": text}, "list": [1, "x"]}) is outside
+    assert refers_outside_hydra([{"deep": [text]}]) is outside
+
+
+def test_which_job_hooks_may_read_task_values():
+    from hydra._internal.callbacks import Callbacks
+    from hydra.experimental.callback import Callback
+
+    from sweeplr.callbacks import JobRecordCallback, SummaryCallback
+    from sweeplr.plugins.job_runner import job_hooks_read_task_values
+
+    class Reader(Callback):
+        def on_job_start(self, config: Any, **kwargs: Any) -> None:
+            pass
+
+    def listing(*callbacks: Any) -> Callbacks:
+        hooks = Callbacks()
+        hooks.callbacks.extend(callbacks)
+        return hooks
+
+    assert not job_hooks_read_task_values(listing())
+    assert not job_hooks_read_task_values(listing(JobRecordCallback(), SummaryCallback()))
+    assert job_hooks_read_task_values(listing(JobRecordCallback(), Reader()))
+    assert job_hooks_read_task_values(object())  # not Hydra's: assume it may
+
+
+def test_a_hydra_node_interpolating_a_task_value_gets_the_whole_config(
+    hydra_sweep_runner, tmp_path
+):
+    """``hydra.sweep.subdir=${db.driver}_${hydra.job.num}`` names each job's folder from its
+    own task values, with sweeplr's hook alone too."""
+    records = [
+        "~hydra.callbacks.recorder",
+        "+hydra.callbacks.records._target_=sweeplr.callbacks.JobRecordCallback",
+        "hydra.sweep.subdir=${db.driver}_${hydra.job.num}",
+    ]
+    sweep(hydra_sweep_runner, ["hydra/launcher=sweeplr_batch", *records], tmp_path / "s")
+    folders = sorted(p.name for p in (tmp_path / "s.kept").iterdir() if p.is_dir())
+    assert folders == [f"{'mysql' if n < 4 else 'postgresql'}_{n}" for n in range(8)]
+
+
+TRICKY = [
+    *("17", "0", "007", "1_000", "0x1F", "0o17", "1e5", "1.5", "-1", "+1", ".inf", ".nan"),
+    *("nan", "inf", "yes", "No", "on", "OFF", "y", "n", "null", "Null", "~", "true", "="),
+    *("2026-12-03", "1:20", "12:30:45", "a=b", "seed=3", "hydra.mode=MULTIRUN", "+x=1"),
+    *("/tmp/sweep/17", "multirun/2026-12-03/19-00-00", "a b", "a: b", "a #b", "-x", "- x"),
+    *("'q'", '"q"', "x" * 120, "ünï", "", "a,b", "[1]", "{a: 1}", "*ref", "&a", "!tag", "%x"),
+    *("@x", "`x", "|", ">", "a\nb", " lead", "trail ", "hydra/launcher=basic", "_x", "x.y"),
+]
+
+
+def test_yaml_spelt_without_pyyaml_is_pyyamls_own():
+    """Every block the fast spelling writes is the dump's, byte for byte, over tricky values;
+    and a job's usual fields are spelt fast (the point of it)."""
+    import random
+
+    import yaml
+
+    from sweeplr.plugins import job_template
+    from sweeplr.plugins.job_template import _simple_lines
+
+    def slow(path: tuple[str, ...], key: Any, value: Any) -> str:
+        tree: Any = {key: value}
+        for name in reversed(path):
+            tree = {name: tree}
+        text = yaml.dump(
+            tree,
+            default_flow_style=False,
+            allow_unicode=True,
+            sort_keys=False,
+            Dumper=job_template.get_omega_conf_dumper(),
+        )
+        for _ in path:
+            text = text[text.index("\n") + 1 :]
+        return text
+
+    rng = random.Random(0)
+    scalars = [*TRICKY, None, True, False, 0, 17, -3, 1.5, 1e-05]
+    values: list[Any] = [*scalars, [], {}]
+    for _ in range(400):
+        values.append(rng.sample(scalars, rng.randint(1, 4)))
+        values.append({str(rng.choice(TRICKY)): rng.choice(scalars) for _ in range(3)})
+        values.append({"hydra": rng.sample(scalars, 2), "task": [rng.choice(TRICKY)]})
+    fast = 0
+    for value in values:
+        for path, key in [((), "k"), (("hydra", "job"), "env_set"), (("a",), rng.choice(TRICKY))]:
+            lines = _simple_lines(len(path), key, value)
+            if lines is not None:
+                fast += 1
+                assert lines == slow(path, key, value), (path, key, value)
+        if isinstance(value, list) and (lines := _simple_lines(0, None, value)) is not None:
+            assert lines == yaml.dump(value, Dumper=job_template.get_omega_conf_dumper())
+    assert fast > 100  # (most random mixes hold a value only PyYAML spells)
+    usual = {"num": 17, "id": "17", "output_dir": "/tmp/multirun/2026-12-03/19-00-00/17"}
+    assert all(_simple_lines(2, k, v) is not None for k, v in usual.items())
+    overrides = {"hydra": ["hydra.mode=MULTIRUN"], "task": ["seed=17", "optimizer=adam"]}
+    assert _simple_lines(1, "overrides", overrides) is not None

@@ -3,9 +3,16 @@ changes nothing of the process."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import random
 import subprocess
 import sys
+
+import pytest
+
+from sweeplr.records import indented_json, json_safe
 
 
 def test_importing_sweeplr_changes_no_process_state(tmp_path):
@@ -24,3 +31,27 @@ print(oct(os.stat(path).st_mode & 0o777))
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0o640"  # 0666 less the umask, as any file the user writes
+
+
+def test_a_records_json_is_the_standard_librarys_indented_json():
+    """``metrics.json`` is spelt as ``json.dumps(json_safe(...), indent=2)`` spells it."""
+    rng = random.Random(0)
+    leaves = [None, True, False, 0, -7, 2**70, 0.1, -1e-300, 1e300, math.nan, math.inf]
+    leaves += ["", "x", 'q"uote', "back\\slash", "ünï", "tab\tnew\nline", "\x00\x1f", "🙂"]
+
+    def value(depth: int) -> object:
+        if depth > 3 or rng.random() < 0.4:
+            return rng.choice(leaves)
+        if rng.random() < 0.5:
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        items = [
+            (rng.choice(["a", "b c", "ü", "1", "k"]) + str(i), value(depth + 1)) for i in range(4)
+        ]
+        return dict(items[: rng.randint(0, 4)])
+
+    for _ in range(500):
+        data = value(0)
+        assert indented_json(data) == json.dumps(json_safe(data), indent=2, allow_nan=False)
+    assert indented_json((1, [])) == json.dumps([1, []], indent=2)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        indented_json({"a": object()})

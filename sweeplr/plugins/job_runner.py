@@ -156,6 +156,23 @@ class SharedJob:
         return config
 
 
+def job_hooks_read_task_values(callbacks: Any) -> bool:
+    """Whether a callback's ``on_job_start``/``on_job_end`` may read the job's task values from
+    the config it gets: one that overrides a job hook and does not declare that it reads the
+    Hydra node only (``job_hooks_read = "hydra"``, as sweeplr's `JobRecordCallback`)."""
+    from hydra.experimental.callback import Callback
+
+    listed = getattr(callbacks, "callbacks", None)
+    if not isinstance(listed, list):
+        return True  # not Hydra's Callbacks: nothing known of what it reads
+    return any(
+        getattr(type(callback), hook, None) is not getattr(Callback, hook)
+        and getattr(callback, "job_hooks_read", None) != "hydra"
+        for callback in listed
+        for hook in ("on_job_start", "on_job_end")
+    )
+
+
 def interpolates(values: Mapping[str, Any]) -> bool:
     """Whether any of ``values`` is written with an interpolation."""
     return any("${" in str(value) for value in values.values())
@@ -353,7 +370,13 @@ def _run_shared_job(  # run_job's own steps, in run_job's order
     callbacks = hydra_context.callbacks
     old_cwd = os.getcwd()
     orig_hydra_cfg = HydraConfig.instance().cfg
-    config = template.full_config(job.task_ops)
+    task_values_read = job_hooks_read_task_values(callbacks)
+    if template.whole_config_needed(
+        [*job.task_overrides, *job.hydra_overrides], job.env, task_values_read
+    ):
+        config = template.full_config(job.task_ops)
+    else:  # nothing reads the job's task values through it: no second copy of them
+        config = template.hydra_only()
     hydra = template.hydra
     job.set_fields(hydra, config, template.held)
     if hydra._get_node_flag("readonly") is not True:  # as set_config; once: it stays so

@@ -7,6 +7,7 @@ the shared blocks with its own fields' blocks put in).
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 from omegaconf import Container, DictConfig, OmegaConf, flag_override, open_dict
-from omegaconf._utils import get_omega_conf_dumper
+from omegaconf._utils import get_omega_conf_dumper, is_float, is_int, yaml_is_bool
 from omegaconf.basecontainer import BaseContainer
 
 # The Hydra node's entries that differ between two jobs of one template, and within them the
@@ -24,12 +25,22 @@ JOB_FIELDS = {"job": ("id", "num", "env_set"), "runtime": ("output_dir",), "over
 LOG_INTERPOLATION = re.compile(r"\$\{hydra\.(runtime\.output_dir|job\.name)\}")
 NODE_REFERENCE = re.compile(r"\$\{(hydra\.job\.[\w.]+)\}")  # a job field, as `${hydra.job.num}`
 NOW = re.compile(r"\$\{now:[^${}]*\}")  # Hydra's `now` resolver: cached, one value a run
+# An interpolation that reads the Hydra node only: `${hydra.job.num}`, `${hydra:runtime.cwd}`,
+# and Hydra's `${hydra_override_dirname:}` without options (its default `job.override_dirname`:
+# the node's task overrides, which are checked for interpolations of their own per job).
+HYDRA_REFERENCE = re.compile(r"\$\{(?:hydra[.:][^${}]*|hydra_override_dirname:)\}")
 
 Op = Callable[[DictConfig], None]  # a value override, applied as composition applies it
 
 
 def dump_yaml(data: Any) -> str:
     """``OmegaConf.to_yaml``'s YAML of plain data (its dumper and its options)."""
+    if isinstance(data, list) and (lines := _simple_lines(0, None, data)) is not None:
+        return lines
+    if isinstance(data, dict) and data:
+        parts = [_simple_lines(0, key, value) for key, value in data.items()]
+        if None not in parts:
+            return "".join(parts)  # type: ignore[arg-type]
     return yaml.dump(
         data,
         default_flow_style=False,
@@ -49,6 +60,8 @@ def plain(node: Any) -> Any:
 def nested_block(path: Sequence[str], key: str, value: Any) -> str:
     """The YAML lines of ``key: value`` inside the mappings ``path``, as a dump of the whole
     tree emits them: dumped at that depth (line breaks depend on the column), header cut."""
+    if (lines := _simple_lines(len(path), key, value)) is not None:
+        return lines
     tree: Any = {key: value}
     for name in reversed(path):
         tree = {name: tree}
@@ -56,6 +69,64 @@ def nested_block(path: Sequence[str], key: str, value: Any) -> str:
     for _ in path:
         text = text[text.index("\n") + 1 :]
     return text
+
+
+# What a job's own YAML mostly holds (its number, folder, overrides, env_set entries) is spelt
+# here without PyYAML, whose dump costs ~0.1 ms a call in Python code even for one line (7 calls
+# a job). Only text the emitter certainly writes plain is spelt so: these characters, no
+# leading indicator, and resolved as a string by YAML and by OmegaConf's representer (which
+# single-quotes what reads as a bool or number: only all-digit strings are quoted here).
+# Anything else -- floats, nested lists, other characters -- is dumped as before; a test
+# compares both spellings over tricky values.
+PLAIN_TEXT = re.compile(r"[A-Za-z0-9_/+][A-Za-z0-9_./=+-]*\Z")
+STRING_TAG = "tag:yaml.org,2002:str"
+
+
+def _simple_scalar(value: Any) -> str | None:
+    """``value`` as the YAML dump spells it in block context, or None: not known so."""
+    if value is None or type(value) is bool:
+        return "null" if value is None else "true" if value else "false"
+    if type(value) is int:
+        return str(value)
+    if type(value) is not str or len(value) > 100 or not PLAIN_TEXT.match(value):
+        return None
+    if yaml_is_bool(value) or is_int(value) or is_float(value):  # OmegaConf quotes these
+        return f"'{value}'" if value.isascii() and value.isdigit() else None
+    resolved = _dumper_resolver().resolve(yaml.ScalarNode, value, (True, False))
+    return value if resolved == STRING_TAG else None
+
+
+@functools.cache
+def _dumper_resolver() -> yaml.resolver.BaseResolver:
+    """What OmegaConf's dumper resolves a plain scalar to (its implicit resolvers)."""
+    resolver = yaml.resolver.Resolver()
+    resolver.yaml_implicit_resolvers = get_omega_conf_dumper().yaml_implicit_resolvers
+    return resolver
+
+
+def _simple_lines(depth: int, key: str | None, value: Any) -> str | None:
+    """The block YAML of ``key: value`` at ``depth`` (``key`` None: a top-level list), when
+    every key and scalar in it is `_simple_scalar` and lists hold scalars only; else None."""
+    indent = "  " * depth
+    head = ""
+    if key is not None:
+        if type(key) is not str or (spelt := _simple_scalar(key)) != key:
+            return None
+        head = f"{indent}{key}:"
+    if isinstance(value, dict | list) and not value:
+        return f"{head} {'{}' if isinstance(value, dict) else '[]'}\n" if head else None
+    if isinstance(value, list):
+        items = [_simple_scalar(item) for item in value]
+        if None in items:
+            return None
+        return (f"{head}\n" if head else "") + "".join(f"{indent}- {item}\n" for item in items)
+    if isinstance(value, dict):
+        if not head:
+            return None
+        parts = [_simple_lines(depth + 1, k, v) for k, v in value.items()]
+        return None if None in parts else f"{head}\n" + "".join(parts)  # type: ignore[arg-type]
+    spelt = _simple_scalar(value)
+    return None if spelt is None or not head else f"{head} {spelt}\n"
 
 
 def mapping_yaml(path: Sequence[str], items: Mapping[str, Any], blocks: Mapping[str, str]) -> str:
@@ -122,6 +193,9 @@ class JobTemplate:
             if "${" not in repr(rest):
                 self.log_parts, self.log_files = rest, file_handlers(raw)
         self._constants: dict[str, Any] = {}
+        # Whether the Hydra node reads nothing outside itself: then what a job's Hydra side
+        # resolves to needs no task values, and `hydra_only` serves it (`whole_config_needed`).
+        self.self_contained = not refers_outside_hydra(self.hydra_plain)
         self.held: dict[str, Any] = {}  # the job fields the shared node holds now (set_fields)
 
     @staticmethod
@@ -212,6 +286,26 @@ class JobTemplate:
         self.hydra.__dict__["_parent"] = cfg
         return cfg
 
+    def hydra_only(self) -> DictConfig:
+        """The shared Hydra node in a root of its own, without the task values: all that a job's
+        Hydra side reads when `whole_config_needed` says so (no deep copy, no unpickling)."""
+        self.hydra.__dict__["_parent"] = self.hydra_root  # (full_config re-parents it per job)
+        return self.hydra_root
+
+    def whole_config_needed(
+        self, overrides: Sequence[str], env: Mapping[str, Any], task_values_read: bool
+    ) -> bool:
+        """Whether a job must get its whole config (task values and the Hydra node) rather than
+        `hydra_only`: when a callback's job hooks may read task values (``task_values_read``),
+        or anything on the Hydra side may interpolate them -- the node itself, or the job's
+        overrides or ``env_set`` entries (strings OmegaConf resolves when read)."""
+        return (
+            task_values_read
+            or not self.self_contained
+            or any("${" in text for text in overrides)
+            or any("${" in str(value) for value in env.values())
+        )
+
     def task_yaml(self, task_cfg: DictConfig, touched: set[str] | None) -> str:
         """``config.yaml``: the template's blocks, but for the keys the job's values touched."""
         if touched is None or tuple(task_cfg.keys()) != self.task_keys:
@@ -236,6 +330,16 @@ class JobTemplate:
                     mapping_yaml(("hydra", key), {**value, **fields[key]}, self.field_blocks[key])
                 )
         return "".join(parts)
+
+
+def refers_outside_hydra(value: Any) -> bool:
+    """Whether plain config data holds an interpolation other than of the Hydra node itself
+    or of ``${now:...}`` (a task value, an environment variable, any other resolver)."""
+    if isinstance(value, dict):
+        return any(refers_outside_hydra(item) for item in value.values())
+    if isinstance(value, list):
+        return any(refers_outside_hydra(item) for item in value)
+    return isinstance(value, str) and "${" in HYDRA_REFERENCE.sub("", NOW.sub("", value))
 
 
 def file_handlers(config: Mapping[str, Any]) -> dict[str, Any]:
