@@ -35,8 +35,8 @@ class LaunchedJobs:
     max_batch: int  # configurations trained together in one pass, at most
     trained: dict[int, Any] = field(default_factory=dict)  # job number -> (spec, outcome)
     data: dict[str, Any] = field(default_factory=dict)  # data key -> a loaded data set
-    # job number -> its published config's spec, pruning link and values (None: cannot train here),
-    # worked out once per launch rather than once per training pass
+    # job number -> its published config's spec, pruning link, values and batch key (None: it
+    # cannot train here), worked out once per launch rather than once per training pass
     members: dict[int, Any] = field(default_factory=dict)
 
 

@@ -90,7 +90,7 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
             if other not in launched.members:
                 launched.members[other] = _published_member(job)
             member = launched.members[other]
-            if member is not None and batch_key(member[0]) == key:
+            if member is not None and member[3] == key:
                 members.append((other, member[0], member[1]))
     data = launched.data.get(data_key(spec))
     if data is None:
@@ -104,13 +104,13 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
 
 def _published_member(
     job: job_batch.PublishedJob,
-) -> tuple[RunSpec, LogCallback | None, Any] | None:
-    """Spec, callback and config values of a published job, to train it with others; None if
-    it cannot."""
+) -> tuple[RunSpec, LogCallback | None, Any, str] | None:
+    """Spec, callback, config values and batch key of a published job, to train it with
+    others; None if it cannot."""
     try:
         values = config_values(job.config)
         spec = run_spec(values)
-        return spec, on_log(spec, published_trial(job), progress=False), values
+        return spec, on_log(spec, published_trial(job), progress=False), values, batch_key(spec)
     except Exception:  # noqa: BLE001 - that job fails, or trains, in its own run
         return None
 

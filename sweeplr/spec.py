@@ -220,12 +220,12 @@ class RunSpec:
 def _leaves(spec: RunSpec) -> Iterator[tuple[Field[Any], Any, Shared]]:
     """Every value field of ``spec``, with its value and whether it is shared (a shared
     group's fields all are): the top level's in field order, each group's in its place."""
-    for top in fields(spec):
+    for top in _fields(type(spec)):
         value = getattr(spec, top.name)
         if "node" not in top.metadata:
             yield top, value, top.metadata["shared"]
             continue
-        for f in fields(value):
+        for f in _fields(type(value)):
             yield f, getattr(value, f.name), top.metadata["shared"] or f.metadata["shared"]
 
 
@@ -249,6 +249,18 @@ def batch_key(spec: RunSpec) -> str:
 
 
 # --- Building the spec from a config ---------------------------------------------------------
+
+
+_FIELDS: dict[type, tuple[Field[Any], ...]] = {}
+
+
+def _fields(cls: type) -> tuple[Field[Any], ...]:
+    """``dataclasses.fields`` of a spec class, worked out once: it filters the class's fields
+    anew at every call, and a large sweep reads every spec's fields thousands of times."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = fields(cls)
+    return found
 
 
 @cache
