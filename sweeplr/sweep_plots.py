@@ -141,12 +141,18 @@ def _draw_lr_panel(
     keys = _series_keys(table, x)
     optimizer = _optimizer_names(table)
     done = table[table["status"] == COMPLETED]
-    scattered = []
-    groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]
+    if keys:
+        labels = [done[k].astype(str) for k in keys]
+        # Only a series of two lrs or more is a line. Found for all series at once: an Optuna
+        # study's series are mostly one run each, and a groupby apiece cost seconds.
+        joined = (done.groupby(labels, sort=True)[x].transform("nunique") >= 2).to_numpy()
+        done = done[joined]
+        groups: Any = done.groupby([label[joined] for label in labels], sort=True)
+    else:
+        groups = [((), done)]
     for _, runs in groups:
         stats = runs.groupby(x)[column].agg(["mean", "std", "count"]).dropna(subset="mean")
         if len(stats) < 2:  # one lr: nothing to join
-            scattered.append(runs)
             continue
         color = colors[optimizer[runs.index[0]]]
         ax.plot(stats.index, stats["mean"], "-", color=color, alpha=0.8, zorder=2)

@@ -534,6 +534,25 @@ def test_grid_sweep_keeps_lines_and_bands_stay_within_accuracy_bounds() -> None:
     assert heights.size and heights.max() <= 1.0 and heights.min() >= 0.0  # mean 0.95 ± 0.07
 
 
+def test_only_series_of_two_lrs_or_more_are_lines() -> None:
+    """A series with one lr, or whose second lr has no value, is points only; the others are
+    lines, whichever order the series come in."""
+    rows = [
+        *({"lr": lr, "optimizer": "sgd", "weight_decay": 0.0, "status": "completed",
+           "objective": 0.1 * lr, "test_accuracy": 0.9} for lr in (0.01, 0.1, 0.3)),
+        {"lr": 0.1, "optimizer": "adam", "weight_decay": 0.0, "status": "completed",
+         "objective": 0.2, "test_accuracy": 0.9},
+        *({"lr": lr, "optimizer": "adam", "weight_decay": 0.1, "status": "completed",
+           "objective": value, "test_accuracy": 0.9} for lr, value in ((0.1, 0.3), (0.3, None))),
+        *({"lr": lr, "optimizer": "sgd", "weight_decay": 0.1, "status": "completed",
+           "objective": 0.5, "test_accuracy": 0.9} for lr in (0.3, 0.01)),
+    ]  # fmt: skip
+    objective_ax, accuracy_ax = objective_vs_lr_figure(lr_table(rows)).axes
+    assert sorted(len(line.get_xdata()) for line in objective_ax.get_lines()) == [2, 3]
+    assert markers(objective_ax) == len(rows) - 1  # every run with a value
+    assert len(accuracy_ax.get_lines()) == 3  # the adam pair has an accuracy at both lrs
+
+
 def test_a_failed_job_without_an_optimizer_leaves_the_picture_to_the_others() -> None:
     """A failed job's row has no optimizer (pandas' string column holds a missing value): the
     picture is drawn from the other runs, as the README's failed-sweep example shows."""
