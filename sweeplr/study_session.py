@@ -333,7 +333,7 @@ class StudySession:
         stored_id = self._trial_id(trial.number)
         stopped = self.storage.get_trial_user_attrs(stored_id).get(STOPPED_ATTR)
         if outcome.raised and not isinstance(outcome.value, optuna.TrialPruned):
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._safe_tell(trial, state=TrialState.FAIL)
             log.warning(f"Trial {trial.number} failed: {first_line(outcome.value)}")
             return True
         if outcome.raised or stopped:
@@ -344,7 +344,7 @@ class StudySession:
         try:
             values = checked_values(outcome.value, len(self.plan.directions))
         except ValueError as exc:
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._safe_tell(trial, state=TrialState.FAIL)
             log.warning(f"Failed experiment: {exc}")
             return True
         self._safe_tell(trial, values=values)
@@ -352,7 +352,8 @@ class StudySession:
 
     def _safe_tell(self, trial: optuna.Trial | int, **kwargs: Any) -> None:
         """``study.tell``; the grid sampler's ``study.stop()`` at the last grid point, which
-        raises outside ``study.optimize``, is expected (Optuna stores the trial first)."""
+        raises outside ``study.optimize``, is expected (Optuna stores the trial first), whatever
+        the last point's state: a value, PRUNED or FAIL."""
         try:
             self.study.tell(trial, **kwargs)
         except RuntimeError as exc:
