@@ -497,19 +497,24 @@ class TrialLink:
         self._trial = optuna.Trial(study, trial_id(storage, study_name, number))
         self.number = number
         self.study_name = study_name
-        self.has_pruner = pruner is not None
+        # Optuna takes intermediate values, and prunes, in single-objective studies only (the
+        # sweeper refuses a pruner with several directions; another client may not).
+        self._single_objective = len(study.directions) == 1
+        self.has_pruner = pruner is not None and self._single_objective
 
     def report(self, step: int, value: float) -> bool:
         """Report ``value`` at ``step``; True when the trial should stop now.
 
         A non-finite value stops the trial as ``diverged`` (not reported: an infinity would
         skew the pruner's statistics for every other trial); otherwise the pruner decides, and
-        a trial it stops is marked ``pruned`` for the sweeper.
+        a trial it stops is marked ``pruned`` for the sweeper. A multi-objective study's trial
+        only stops on divergence.
         """
         if not math.isfinite(value):
             self.stop(DIVERGED, step)
             return True
-        self._trial.report(value, step=step)
+        if self._single_objective:
+            self._trial.report(value, step=step)
         if self.has_pruner and self._trial.should_prune():
             self.stop(PRUNED, step)
             return True

@@ -148,6 +148,18 @@ def checked_values(returned: Any, n_directions: int) -> list[float]:
     return values
 
 
+def check_pruning(pruner: optuna.pruners.BasePruner | None, directions: Sequence[str]) -> None:
+    """:class:`SweeplrError` for a pruner on a study of several directions: Optuna prunes
+    single-objective studies only (``Trial.report`` raises ``NotImplementedError``), so the
+    sweep is refused before its study or directory is touched."""
+    if pruner is not None and len(directions) > 1:
+        raise SweeplrError(
+            f"hydra.sweeper.pruner={type(pruner).__name__} is invalid with "
+            f"hydra.sweeper.direction=[{','.join(directions)}]; allowed: no pruner "
+            "(pruner=null) with several directions, or one direction"
+        )
+
+
 @dataclass(frozen=True)
 class StudyPlan:
     """What a sweep asks of its study: which one, where, and how much."""
@@ -208,6 +220,7 @@ class StudySession:
 
         Raises :class:`SweeplrError` for a damaged journal, one of ``STORAGE_ERRORS`` for a
         storage out of reach."""
+        check_pruning(pruner, plan.directions)
         with study_lock(plan.url, plan.sweep_dir, plan.study_name):
             repaired = repair_journal(plan.url)
             if repaired:

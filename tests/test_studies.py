@@ -1,6 +1,7 @@
 """Study bookkeeping shared by the Optuna sweeper and its jobs (no subprocess)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -162,7 +163,8 @@ def test_worker_identity_names_this_process():
         ("auto", {"objective": "val_loss"}, ["minimize"]),
         ("auto", {"objective": "mse"}, ["minimize"]),  # not sweeplr's: the stock default
         ("auto", {"x": 1}, ["minimize"]),
-        ("maximize", {"objective": "val_loss"}, ["maximize"]),  # said outright: as said
+        ("minimize", {"objective": "val_loss"}, ["minimize"]),  # said outright: as said
+        ("maximize", {"objective": "mse"}, ["maximize"]),  # not sweeplr's: as said
         (["minimize", "maximize"], {"objective": "val_loss"}, ["minimize", "maximize"]),
     ],
 )
@@ -182,6 +184,40 @@ def test_the_study_direction(direction, app_config, expected):
     )
     sweeper.config = OmegaConf.create(app_config)
     assert sweeper._directions() == expected
+
+
+@pytest.mark.parametrize(
+    ("direction", "objective", "allowed"),
+    [("maximize", "val_loss", "minimize"), ("minimize", "test_roc_auc", "maximize")],
+)
+def test_a_direction_against_the_objectives_own_is_one_error(direction, objective, allowed):
+    """Optuna would rank trials against the summary (issue 22, 14)."""
+    from sweeplr.plugins.optuna_sweeper import SweeplrOptunaSweeper
+
+    sweeper = SweeplrOptunaSweeper(None, direction, None, None, 1, 1, 0.0, None, None)
+    sweeper.config = OmegaConf.create({"objective": objective})
+    message = (
+        f"hydra.sweeper.direction={direction} is invalid with objective={objective}; "
+        f"allowed: {allowed} or auto"
+    )
+    with pytest.raises(SweeplrError, match=f"^{re.escape(message)}"):
+        sweeper._directions()
+
+
+def test_a_multi_objective_trial_link_stops_on_divergence_alone(tmp_path):
+    """Optuna takes no intermediate value of a multi-objective study (issue 22, 4): a job's
+    report neither raises nor prunes; a non-finite value still stops it."""
+    url = storage_url(None, tmp_path)
+    study = optuna.create_study(
+        study_name="s", storage=open_storage(url), directions=["minimize", "maximize"]
+    )
+    first, second = study.ask(), study.ask()
+    link = TrialLink(url, "s", first.number, optuna.pruners.ThresholdPruner(upper=1.0))
+    assert link.has_pruner is False
+    assert link.report(10, 2.0) is False
+    assert TrialLink(url, "s", second.number, None).report(5, float("inf")) is True
+    assert study.trials[1].user_attrs[STOPPED_ATTR] == {"status": "diverged", "step": 5}
+    assert STOPPED_ATTR not in study.trials[0].user_attrs
 
 
 def test_journal_writes_in_one_fsync_are_read_at_once_and_synced_once(tmp_path, monkeypatch):

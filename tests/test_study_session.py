@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -312,3 +313,17 @@ def test_the_last_grid_point_is_told_whatever_its_outcome(tmp_path, last):
     told = states(session.study)
     assert told[0] == "COMPLETE" and told[1] != "RUNNING"
     assert sorted(t.params["lr"] for t in session.study.trials) == [0.1, 0.2]
+
+
+def test_a_pruner_with_several_directions_is_refused_before_the_study_is_touched(tmp_path):
+    """Optuna prunes single-objective studies only (issue 22, 4)."""
+    plan = plan_for(tmp_path / "s", directions=("minimize", "maximize"))
+    message = (
+        "hydra.sweeper.pruner=MedianPruner is invalid with "
+        "hydra.sweeper.direction=[minimize,maximize]; allowed: no pruner"
+    )
+    with pytest.raises(SweeplrError, match=re.escape(message)):
+        StudySession.open(plan, optuna.pruners.MedianPruner())
+    assert not (tmp_path / "s").exists()
+    with StudySession.open(plan) as session:  # without the pruner, the same plan runs
+        assert run_to_the_end(session, value=[0.5, 1.0]) == [2, 1]
