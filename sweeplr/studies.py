@@ -104,6 +104,37 @@ class BatchedJournalFile(JournalFileBackend):
 
     deferred = False
 
+    def __init__(self, file_path: str) -> None:
+        super().__init__(file_path)  # creates the file if it is missing
+        stat = os.stat(file_path)
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._first_line: bytes | None = None
+
+    def is_its_file(self) -> bool:
+        """Whether the file at this journal's path is still the one it has read: not deleted,
+        replaced, or cut below what was read (a sweep directory removed and made again, as
+        tests and notebooks do). Optuna's backend reads on from the byte it stopped at, so a
+        replaced file would be read from the middle, against a replayed study it never held.
+        """
+        try:
+            stat = os.stat(self._file_path)
+            with open(self._file_path, "rb") as handle:
+                first_line = handle.readline()
+        except FileNotFoundError:
+            return False
+        read = max(self._log_number_offset.values())  # Optuna's: bytes it has replayed
+        if (stat.st_dev, stat.st_ino) != self._identity or stat.st_size < read:
+            return False
+        # An inode number is reused at once after a delete; a journal's first line names the
+        # worker that wrote it (a random id), so a new file's differs.
+        return read == 0 or first_line == self._first_line
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        yield from super().read_logs(log_number_from)
+        if self._first_line is None and 1 in self._log_number_offset:  # the first line read
+            with open(self._file_path, "rb") as handle:
+                self._first_line = handle.read(self._log_number_offset[1])
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         if not self.deferred:
             super().append_logs(logs)
@@ -150,9 +181,13 @@ def open_storage(url: str) -> BaseStorage:
 
     Shared, because opening one is the expensive part: a journal replays its whole file, a
     database connects. The sweeper and the jobs it runs in its own process (basic or batched
-    launcher) then read each other's writes without replaying or reconnecting.
+    launcher) then read each other's writes without replaying or reconnecting. A journal whose
+    file is no longer the one it read (:meth:`BatchedJournalFile.is_its_file`) is opened anew.
     """
     storage = _storages.get(url)
+    journal = _journals.get(url)
+    if journal is not None and not journal.is_its_file():
+        storage = None
     if storage is None:
         if url.startswith("journal:"):
             path = Path(url.removeprefix("journal:"))
@@ -495,12 +530,18 @@ class TrialLink:
         storage = open_storage(url)
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
         self._trial = optuna.Trial(study, trial_id(storage, study_name, number))
+        self._url, self._storage = url, storage
         self.number = number
         self.study_name = study_name
         # Optuna takes intermediate values, and prunes, in single-objective studies only (the
         # sweeper refuses a pruner with several directions; another client may not).
         self._single_objective = len(study.directions) == 1
         self.has_pruner = pruner is not None and self._single_objective
+
+    def is_current(self) -> bool:
+        """Whether this link reaches its study through the storage its URL opens now (not one
+        replaced since, see :func:`open_storage`)."""
+        return open_storage(self._url) is self._storage
 
     def report(self, step: int, value: float) -> bool:
         """Report ``value`` at ``step``; True when the trial should stop now.

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -362,3 +363,49 @@ def test_no_private_optuna_api_reaches_a_study_or_trial():
         text = path.read_text()
         for private in ("study._storage", "trial._trial_id", "._cached_frozen_trial"):
             assert private not in text.replace(f"``{private}``", ""), (path, private)
+
+
+def test_a_cached_journal_storage_is_the_file_at_its_path(tmp_path):
+    """A journal deleted, replaced, or rewritten in place since this process read it is
+    opened anew (issue 22, 18): Optuna's backend would read on from the byte it had reached,
+    into a file it never replayed."""
+    url = storage_url(None, tmp_path / "s")
+    journal = tmp_path / "s" / "optuna.journal"
+    first = open_storage(url)
+    optuna.create_study(study_name="a", storage=first).ask()
+    assert open_storage(url) is first  # the same file: the same object, nothing replayed
+    shutil.rmtree(tmp_path / "s")  # the sweep directory removed and made again
+    second = open_storage(url)
+    assert second is not first
+    assert optuna.create_study(study_name="b", storage=second).study_name == "b"
+    assert [s.study_name for s in optuna.get_all_study_summaries(second)] == ["b"]
+    # Rewritten in place (the same inode), longer than what was read: another journal.
+    other = tmp_path / "other.journal"
+    replaced = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(other))
+    )
+    for name in ("c", "d"):
+        optuna.create_study(study_name=name, storage=replaced).ask()
+    journal.write_bytes(other.read_bytes())
+    third = open_storage(url)
+    assert third is not second
+    assert {s.study_name for s in optuna.get_all_study_summaries(third)} == {"c", "d"}
+    journal.write_bytes(b"")  # cut below what was read
+    assert open_storage(url) is not third
+
+
+def test_a_jobs_trial_link_follows_its_storage_when_it_is_opened_anew(tmp_path):
+    """A job of a second sweep of the same study (same URL, name and trial number) gets a link
+    to the new journal, not the first sweep's (issue 22, 18)."""
+    from sweeplr.pruning import trial_link_for
+
+    url = storage_url(None, tmp_path / "s")
+    env_set, sweeper = {"SWEEPLR_TRIAL": 0}, {"storage": url, "study_name": "s"}
+    for value in (0.25, 0.5):
+        shutil.rmtree(tmp_path / "s", ignore_errors=True)
+        study = optuna.create_study(study_name="s", storage=open_storage(url))
+        study.ask()
+        link = trial_link_for(OmegaConf.create(env_set), OmegaConf.create(sweeper))
+        assert link is not None and link.is_current()
+        assert link.report(3, value) is False
+        assert study.trials[0].intermediate_values == {3: value}
