@@ -241,9 +241,15 @@ def load_model_payload(run_dir: str | Path) -> dict[str, Any]:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise SweeplrError(f"{path} could not be loaded: {first_line(exc)}") from exc
+    if not isinstance(payload, dict):  # a list or a tensor loads safely too
+        raise SweeplrError(
+            f"{path} is not a sweeplr model (a {type(payload).__name__}, not a dict); "
+            "allowed: a run's model.pt"
+        )
+    return payload
 
 
 def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:

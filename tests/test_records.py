@@ -7,6 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
+from sweeplr.errors import SweeplrError
+
 
 def test_importing_sweeplr_changes_no_process_state(tmp_path):
     code = """
@@ -24,3 +29,24 @@ print(oct(os.stat(path).st_mode & 0o777))
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0o640"  # 0666 less the umask, as any file the user writes
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"), [([1.0, 2.0], "list"), (torch.zeros(2), "Tensor"), ("w", "str")]
+)
+def test_a_model_file_that_is_no_dict_is_one_line(tmp_path, capsys, payload, kind):
+    """A pickled list loads under weights_only too (issue 22, 16): one line, from the reader
+    every command shares."""
+    from sweeplr.cli import main
+    from sweeplr.records import MODEL_FILE, load_model_payload
+
+    torch.save(payload, tmp_path / MODEL_FILE)
+    message = (
+        f"{tmp_path}/{MODEL_FILE} is not a sweeplr model (a {kind}, not a dict); "
+        "allowed: a run's model.pt"
+    )
+    with pytest.raises(SweeplrError) as error:
+        load_model_payload(tmp_path)
+    assert str(error.value) == message
+    assert main(["predict", str(tmp_path), "1.0", "2.0"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
