@@ -107,6 +107,12 @@ def end_with_error(message: str) -> NoReturn:
     sys.exit(message)
 
 
+def _early_stopping_note(best_epoch: int | None) -> str:
+    if best_epoch is None:  # restore_best=false: the record names no weights it lacks
+        return " (early stopping, last weights kept)"
+    return f" (early stopping: best epoch {best_epoch})"
+
+
 def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     """The short block printed at the end of a single run."""
     hp = record["hyperparameters"]
@@ -120,15 +126,16 @@ def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     # Ended before its budget, and completed: L-BFGS converged, or early stopping stopped it.
     ended_early = record["status"] == "completed" and record["epochs_run"] < hp["epochs"]
     converged = lbfgs and ended_early
-    # A run that kept training to its last epoch did not stop early, whatever its best epoch.
-    stopped_early = best is not None and ended_early and not lbfgs
+    # A first-order run completed before its budget: early stopping stopped it (its best
+    # epoch is recorded only when the run kept that epoch's weights).
+    stopped_early = ended_early and not lbfgs
     lines = [
         f"sweeplr: {record['status']} after {record['epochs_run']} "
         f"{'iterations' if lbfgs else 'epochs'}"
         + (" (converged)" if converged else "")
         + f" in {record['wall_seconds']:.2f} s"
         + (f" (loss non-finite at epoch {diverged})" if diverged else "")
-        + (f" (early stopping: best epoch {best})" if stopped_early else ""),
+        + (_early_stopping_note(best) if stopped_early else ""),
         (
             f"  {hp['dataset']} ({data['n_train']} train / "
             + (f"{cv['folds']}-fold cv" if cv else f"{data['n_val']} val")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from sweeplr import __version__
 from sweeplr.errors import SweeplrError, first_line
-from sweeplr.schema import FAILED
+from sweeplr.schema import COMPLETED, FAILED
 
 if TYPE_CHECKING:
     from sweeplr.runner import Outcome
@@ -252,6 +252,16 @@ def load_model_payload(run_dir: str | Path) -> dict[str, Any]:
     return payload
 
 
+def kept_best_epoch(outcome: Outcome) -> int | None:
+    """Early stopping's best checked epoch when the run kept its weights, else None.
+
+    A run keeps them when it completes with ``early_stopping.restore_best`` (stopped early or
+    not); with ``restore_best=false``, or pruned, it ends with its last epoch's weights, and a
+    ``best_epoch`` beside them would name weights the run does not hold."""
+    restored = outcome.status == COMPLETED and outcome.spec.early_stopping.restore_best
+    return outcome.best_epoch if restored else None
+
+
 def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
     """The ``metrics.json`` of a trained run; ``extra`` adds the job's fields (job, trial...)."""
     spec, splits = outcome.spec, outcome.data.splits
@@ -259,7 +269,7 @@ def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
         "status": outcome.status,
         "epochs_run": outcome.epochs_run,
         "diverged_epoch": outcome.diverged_epoch,
-        "best_epoch": outcome.best_epoch,
+        "best_epoch": kept_best_epoch(outcome),
         "wall_seconds": round(outcome.wall_seconds, 4),
         "seed": spec.seed,
         "hyperparameters": spec.hyperparameters(),

@@ -26,6 +26,19 @@ def test_a_run_that_stopped_early_says_so(small_cfg, tmp_path):
     assert line.endswith("(early stopping: best epoch 10)")
 
 
+def test_a_run_that_stopped_early_keeping_its_last_weights_names_no_best_epoch(small_cfg, tmp_path):
+    """restore_best=false: the run holds its last epoch's weights (issue 22, 15)."""
+    line = first_line(
+        small_cfg,
+        tmp_path,
+        "early_stopping.patience=1",
+        "early_stopping.min_delta=1",
+        "early_stopping.restore_best=false",
+    )
+    assert line.startswith("sweeplr: completed after 20 epochs")
+    assert line.endswith("(early stopping, last weights kept)")
+
+
 def test_a_run_that_trained_to_its_last_epoch_does_not_claim_early_stopping(small_cfg, tmp_path):
     line = first_line(small_cfg, tmp_path, "early_stopping.patience=100")
     assert line.startswith("sweeplr: completed after 50 epochs")

@@ -50,3 +50,13 @@ def test_a_model_file_that_is_no_dict_is_one_line(tmp_path, capsys, payload, kin
     assert str(error.value) == message
     assert main(["predict", str(tmp_path), "1.0", "2.0"]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_pruned_run_names_no_best_epoch_it_did_not_keep(small_cfg, tmp_path):
+    """A pruned run ends with its last epoch's weights, early stopping or not (issue 22, 15)."""
+    from tests.conftest import train_and_record
+
+    cfg = small_cfg("early_stopping.patience=100")
+    outcome, record = train_and_record(cfg, tmp_path, on_log=lambda epoch, *_: epoch >= 30)
+    assert outcome.status == "pruned" and outcome.best_epoch is not None
+    assert record["status"] == "pruned" and record["best_epoch"] is None
