@@ -6,11 +6,13 @@ run's block again without torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -93,6 +95,37 @@ def file_log() -> logging.Logger:
         h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
     ]
     return logger
+
+
+def quiet_log_file_errors() -> None:
+    """A log file that cannot be written (a full disk) is one warning line, not logging's
+    ``--- Logging error ---`` traceback at every record.
+
+    Hydra's job logging owns the files (``logging.FileHandler``s of the root logger, configured
+    anew or re-pointed for each job); each gets this handler's ``handleError`` for an
+    ``OSError``. The run's own error (its record could not be written) stays the last word.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and "handleError" not in vars(handler):
+            handler.handleError = partial(_log_file_error, handler)  # type: ignore[method-assign]
+
+
+_unwritable_logs: set[str] = set()  # the files already warned about, once per process
+
+
+def _log_file_error(handler: logging.FileHandler, record: logging.LogRecord) -> None:
+    error = sys.exc_info()[1]
+    if not isinstance(error, OSError):
+        logging.FileHandler.handleError(handler, record)
+        return
+    if handler.baseFilename in _unwritable_logs:
+        return
+    _unwritable_logs.add(handler.baseFilename)
+    with contextlib.suppress(OSError, ValueError):  # a closed or full standard error too
+        sys.stderr.write(
+            f"warning: the log file {handler.baseFilename} is not written: "
+            f"{error.strerror or error}\n"
+        )
 
 
 def show(text: str, level: int = logging.INFO) -> None:
