@@ -91,9 +91,10 @@ def file_log() -> logging.Logger:
     """
     logger = logging.getLogger(FILE_LOGGER)
     logger.propagate = False  # the root's console handlers would print it twice
-    logger.handlers = [
-        h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
-    ]
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    # No file (a `sweeplr` command): a null handler, or logging's last resort would print a
+    # warning a second time.
+    logger.handlers = files or [logging.NullHandler()]
     return logger
 
 

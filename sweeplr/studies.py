@@ -200,13 +200,39 @@ def open_storage(url: str) -> BaseStorage:
     return storage
 
 
-def load_sweep_study(sweeper: Mapping[str, Any]) -> optuna.Study | None:
+def load_sweep_study(
+    sweeper: Mapping[str, Any], sweep_dir: str | Path | None = None
+) -> optuna.Study | None:
     """The study a sweeplr_optuna sweep names in its sweeper config (``storage`` and
-    ``study_name``, as the sweeper settles them); None for a sweep that has none."""
+    ``study_name``, as the sweeper settles them); None for a sweep that has none.
+
+    Reading creates nothing: a journal or SQLite file that is not there is a
+    :class:`SweeplrError` naming it (Optuna would start an empty one). A sweep directory moved
+    since, with its own journal, is read from where it is now (``sweep_dir``).
+    """
     storage, study_name = sweeper.get("storage"), sweeper.get("study_name")
     if not (storage and study_name):
         return None
-    return optuna.load_study(study_name=str(study_name), storage=open_storage(str(storage)))
+    url = str(storage)
+    path = _storage_file(url)
+    if path is not None and not path.is_file():
+        here = Path(sweep_dir) / DEFAULT_JOURNAL if sweep_dir is not None else None
+        if not (url.startswith("journal:") and here is not None and here.is_file()):
+            raise SweeplrError(
+                f"the study {study_name} is stored in {path}, which does not exist; "
+                "allowed: the storage the sweep wrote (or its sweep directory, moved whole)"
+            )
+        url = storage_url(None, here.parent)
+    return optuna.load_study(study_name=str(study_name), storage=open_storage(url))
+
+
+def _storage_file(url: str) -> Path | None:
+    """The file a journal or SQLite storage lives in; None for a database server."""
+    if url.startswith("journal:"):
+        return Path(public_storage(url))
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
 
 
 def repair_journal(url: str) -> str | None:

@@ -409,3 +409,23 @@ def test_a_jobs_trial_link_follows_its_storage_when_it_is_opened_anew(tmp_path):
         assert link is not None and link.is_current()
         assert link.report(3, value) is False
         assert study.trials[0].intermediate_values == {3: value}
+
+
+def test_a_sweeps_study_is_read_where_its_directory_is_now_and_nothing_is_created(tmp_path):
+    """``sweeplr plot`` of a sweep directory moved whole reads its own journal; a storage file
+    that is gone is one line, and reading it creates none (issue 22, 10)."""
+    from sweeplr.studies import load_sweep_study
+
+    first = tmp_path / "first"
+    url = storage_url(None, first)
+    optuna.create_study(study_name="s", storage=open_storage(url)).ask()
+    sweeper = {"storage": url, "study_name": "s"}
+    assert len(load_sweep_study(sweeper, first).trials) == 1
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert len(load_sweep_study(sweeper, moved).trials) == 1
+    for storage in (url, f"sqlite:///{tmp_path / 'gone.db'}"):
+        with pytest.raises(SweeplrError, match=r"^the study s is stored in .*, which does not"):
+            load_sweep_study({"storage": storage, "study_name": "s"}, tmp_path / "elsewhere")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved"]  # nothing made on the way
+    assert load_sweep_study({"storage": None, "study_name": "s"}) is None  # a grid
