@@ -23,7 +23,7 @@ class PreflightCallback(Callback):
 
     A closed standard output (``... | head``) stops the printing from here on, not the sweep;
     a launcher that cannot run here says so in one line before any job starts; a job's log
-    file that cannot be written (a full disk) is one warning line, not a traceback a record.
+    file that cannot be written (a full disk) is one warning line, not a traceback per record.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
