@@ -91,7 +91,9 @@ def file_log() -> logging.Logger:
     """
     logger = logging.getLogger(FILE_LOGGER)
     logger.propagate = False  # the root's console handlers would print it twice
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    files: list[logging.Handler] = [
+        h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
+    ]
     # No file (a `sweeplr` command): a null handler, or logging's last resort would print a
     # warning a second time.
     logger.handlers = files or [logging.NullHandler()]

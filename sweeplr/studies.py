@@ -18,7 +18,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,14 +122,15 @@ class BatchedJournalFile(JournalFileBackend):
                 first_line = handle.readline()
         except FileNotFoundError:
             return False
-        read = max(self._log_number_offset.values())  # Optuna's: bytes it has replayed
+        # Optuna 5 (pinned) keeps the byte offset of each line it has read.
+        read = max(self._log_number_offset.values())
         if (stat.st_dev, stat.st_ino) != self._identity or stat.st_size < read:
             return False
         # An inode number is reused at once after a delete; a journal's first line names the
         # worker that wrote it (a random id), so a new file's differs.
         return read == 0 or first_line == self._first_line
 
-    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         yield from super().read_logs(log_number_from)
         if self._first_line is None and 1 in self._log_number_offset:  # the first line read
             with open(self._file_path, "rb") as handle:
