@@ -22,7 +22,8 @@ class PreflightCallback(Callback):
     """Before a run or sweep starts: what would otherwise fail late, or with a traceback.
 
     A closed standard output (``... | head``) stops the printing from here on, not the sweep;
-    a launcher that cannot run here says so in one line before any job starts.
+    a launcher that cannot run here says so in one line before any job starts; a job's log
+    file that cannot be written (a full disk) is one warning line, not a traceback per record.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -34,6 +35,11 @@ class PreflightCallback(Callback):
         problem = _unwritable("hydra.run.dir", config.hydra.run.dir)
         if problem:
             sys.exit(problem)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from sweeplr.console import quiet_log_file_errors
+
+        quiet_log_file_errors()  # the job's log files, as Hydra has just set them up
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import shutil

@@ -6,11 +6,13 @@ run's block again without torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -89,10 +91,44 @@ def file_log() -> logging.Logger:
     """
     logger = logging.getLogger(FILE_LOGGER)
     logger.propagate = False  # the root's console handlers would print it twice
-    logger.handlers = [
+    files: list[logging.Handler] = [
         h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
     ]
+    # No file (a `sweeplr` command): a null handler, or logging's last resort would print a
+    # warning a second time.
+    logger.handlers = files or [logging.NullHandler()]
     return logger
+
+
+def quiet_log_file_errors() -> None:
+    """A log file that cannot be written (a full disk) is one warning line, not logging's
+    ``--- Logging error ---`` traceback at every record.
+
+    Hydra's job logging owns the files (``logging.FileHandler``s of the root logger, configured
+    anew or re-pointed for each job); each gets this handler's ``handleError`` for an
+    ``OSError``. The run's own error (its record could not be written) stays the last word.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and "handleError" not in vars(handler):
+            handler.handleError = partial(_log_file_error, handler)  # type: ignore[method-assign]
+
+
+_unwritable_logs: set[str] = set()  # the files already warned about, once per process
+
+
+def _log_file_error(handler: logging.FileHandler, record: logging.LogRecord) -> None:
+    error = sys.exc_info()[1]
+    if not isinstance(error, OSError):
+        logging.FileHandler.handleError(handler, record)
+        return
+    if handler.baseFilename in _unwritable_logs:
+        return
+    _unwritable_logs.add(handler.baseFilename)
+    with contextlib.suppress(OSError, ValueError):  # a closed or full standard error too
+        sys.stderr.write(
+            f"warning: the log file {handler.baseFilename} is not written: "
+            f"{error.strerror or error}\n"
+        )
 
 
 def show(text: str, level: int = logging.INFO) -> None:
@@ -105,6 +141,12 @@ def end_with_error(message: str) -> NoReturn:
     """End a single run with its one-line error (exit status 1), kept in its log file too."""
     file_log().error(message)
     sys.exit(message)
+
+
+def _early_stopping_note(best_epoch: int | None) -> str:
+    if best_epoch is None:  # restore_best=false: the record names no weights it lacks
+        return " (early stopping, last weights kept)"
+    return f" (early stopping: best epoch {best_epoch})"
 
 
 def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
@@ -120,15 +162,16 @@ def format_report(record: Mapping[str, Any], run_dir: str | Path) -> str:
     # Ended before its budget, and completed: L-BFGS converged, or early stopping stopped it.
     ended_early = record["status"] == "completed" and record["epochs_run"] < hp["epochs"]
     converged = lbfgs and ended_early
-    # A run that kept training to its last epoch did not stop early, whatever its best epoch.
-    stopped_early = best is not None and ended_early and not lbfgs
+    # A first-order run completed before its budget: early stopping stopped it (its best
+    # epoch is recorded only when the run kept that epoch's weights).
+    stopped_early = ended_early and not lbfgs
     lines = [
         f"sweeplr: {record['status']} after {record['epochs_run']} "
         f"{'iterations' if lbfgs else 'epochs'}"
         + (" (converged)" if converged else "")
         + f" in {record['wall_seconds']:.2f} s"
         + (f" (loss non-finite at epoch {diverged})" if diverged else "")
-        + (f" (early stopping: best epoch {best})" if stopped_early else ""),
+        + (_early_stopping_note(best) if stopped_early else ""),
         (
             f"  {hp['dataset']} ({data['n_train']} train / "
             + (f"{cv['folds']}-fold cv" if cv else f"{data['n_val']} val")

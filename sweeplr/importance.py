@@ -106,9 +106,12 @@ class PendingImportances:
 
 def start_importances(study: optuna.Study) -> PendingImportances | None:
     """Start working out ``study``'s importances beside this process (collect them with
-    ``result``); None where it has fewer than two completed trials, too few to compare."""
+    ``result``); None where it has fewer than two completed trials, too few to compare, or
+    several objectives (no one value to attribute)."""
     from optuna.trial import TrialState
 
+    if len(study.directions) > 1:
+        return None
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return PendingImportances(study) if len(complete) >= 2 else None
 

@@ -15,7 +15,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from sweeplr.errors import SweeplrError
+from sweeplr.errors import SweeplrError, first_line
 from sweeplr.records import COMMAND_FILE, METRICS_FILE, read_command, read_yaml
 from sweeplr.results import run_dirs
 
@@ -170,13 +170,20 @@ def study_distributions(study: optuna.Study) -> dict[str, Any]:
     return found
 
 
-def load_study(hydra_node: Mapping[str, Any]) -> optuna.Study | None:
-    """The sweep's study from the storage its jobs name; None if it cannot be read."""
+def load_study(
+    hydra_node: Mapping[str, Any],
+    sweep_dir: Path | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> optuna.Study | None:
+    """The sweep's study from the storage its jobs name (or the journal of ``sweep_dir``, moved
+    since); None if it cannot be read, after ``on_error(why)`` when given."""
     try:
         from sweeplr.studies import load_sweep_study
 
-        return load_sweep_study(hydra_node.get("sweeper") or {})
-    except Exception:  # noqa: BLE001 - a moved or damaged study: the report goes without it
+        return load_sweep_study(hydra_node.get("sweeper") or {}, sweep_dir)
+    except Exception as exc:  # noqa: BLE001 - a lost or damaged study: the report goes without it
+        if on_error is not None:
+            on_error(first_line(exc))
         return None
 
 
@@ -228,7 +235,7 @@ def sweep_command(
     typed = typed_command(sweep_dir)
     if node is not None and is_optuna(node):
         sweeper = node.get("sweeper") or {}
-        study = study if study is not None else load_study(node)
+        study = study if study is not None else load_study(node, sweep_dir)
         distributions = None if study is None else study_distributions(study)
         space = search_space(sweeper.get("params") or {}, distributions)
         if typed is not None:

@@ -69,7 +69,9 @@ def trial_link_for(env_set: Any, sweeper: Any) -> TrialLink | None:
 
     key = (str(url), str(study_name), int(number))
     link = _links.get(key)
-    if link is None:  # one per trial: the pruner and the study load once, not at every report
+    # One per trial: the pruner and the study load once, not at every report; anew when the
+    # storage is (a second sweep of the same study in this process, into a new directory).
+    if link is None or not link.is_current():
         link = _links[key] = TrialLink(*key, make_pruner(sweeper.get("pruner")))
     return link
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from sweeplr import __version__
 from sweeplr.errors import SweeplrError, first_line
-from sweeplr.schema import FAILED
+from sweeplr.schema import COMPLETED, FAILED
 
 if TYPE_CHECKING:
     from sweeplr.runner import Outcome
@@ -271,9 +271,25 @@ def load_model_payload(run_dir: str | Path) -> dict[str, Any]:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise SweeplrError(f"{path} could not be loaded: {first_line(exc)}") from exc
+    if not isinstance(payload, dict):  # a list or a tensor loads safely too
+        raise SweeplrError(
+            f"{path} is not a sweeplr model (a {type(payload).__name__}, not a dict); "
+            "allowed: a run's model.pt"
+        )
+    return payload
+
+
+def kept_best_epoch(outcome: Outcome) -> int | None:
+    """Early stopping's best checked epoch when the run kept its weights, else None.
+
+    A run keeps them when it completes with ``early_stopping.restore_best`` (stopped early or
+    not); with ``restore_best=false``, or pruned, it ends with its last epoch's weights, and a
+    ``best_epoch`` beside them would name weights the run does not hold."""
+    restored = outcome.status == COMPLETED and outcome.spec.early_stopping.restore_best
+    return outcome.best_epoch if restored else None
 
 
 def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,7 +299,7 @@ def run_record(outcome: Outcome, extra: Mapping[str, Any]) -> dict[str, Any]:
         "status": outcome.status,
         "epochs_run": outcome.epochs_run,
         "diverged_epoch": outcome.diverged_epoch,
-        "best_epoch": outcome.best_epoch,
+        "best_epoch": kept_best_epoch(outcome),
         "wall_seconds": round(outcome.wall_seconds, 4),
         "seed": spec.seed,
         "hyperparameters": spec.hyperparameters(),

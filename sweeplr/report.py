@@ -13,12 +13,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
+import logging
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from sweeplr.console import show
 from sweeplr.importance import start_importances
 from sweeplr.plots import plot_run
 from sweeplr.provenance import (
@@ -377,6 +380,13 @@ full precision.</p>
     return atomic_write_text(sweep_dir / REPORT_FILE, page)
 
 
+def _no_study(sweep_dir: Path, why: str) -> None:
+    show(
+        f"warning: the Optuna study of {sweep_dir} is not drawn again: {why}",
+        logging.WARNING,
+    )
+
+
 def draw_sweep(
     sweep_dir: str | Path, table: pd.DataFrame | None = None, study: optuna.Study | None = None
 ) -> list[Path]:
@@ -388,7 +398,8 @@ def draw_sweep(
     table = load_sweep(sweep_dir) if table is None else table
     if study is None:
         node = job_hydra(sweep_dir)
-        study = load_study(node) if node is not None and is_optuna(node) else None
+        if node is not None and is_optuna(node):
+            study = load_study(node, sweep_dir, on_error=partial(_no_study, sweep_dir))
     # The importances are worked out beside this process while the other pictures are drawn,
     # and collected last (see sweeplr.importance).
     pending = start_importances(study) if study is not None else None

@@ -18,7 +18,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,38 @@ class BatchedJournalFile(JournalFileBackend):
 
     deferred = False
 
+    def __init__(self, file_path: str) -> None:
+        super().__init__(file_path)  # creates the file if it is missing
+        stat = os.stat(file_path)
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._first_line: bytes | None = None
+
+    def is_its_file(self) -> bool:
+        """Whether the file at this journal's path is still the one it has read: not deleted,
+        replaced, or cut below what was read (a sweep directory removed and made again, as
+        tests and notebooks do). Optuna's backend reads on from the byte it stopped at, so a
+        replaced file would be read from the middle, against a replayed study it never held.
+        """
+        try:
+            stat = os.stat(self._file_path)
+            with open(self._file_path, "rb") as handle:
+                first_line = handle.readline()
+        except FileNotFoundError:
+            return False
+        # Optuna 5 (pinned) keeps the byte offset of each line it has read.
+        read = max(self._log_number_offset.values())
+        if (stat.st_dev, stat.st_ino) != self._identity or stat.st_size < read:
+            return False
+        # An inode number is reused at once after a delete; a journal's first line names the
+        # worker that wrote it (a random id), so a new file's differs.
+        return read == 0 or first_line == self._first_line
+
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        yield from super().read_logs(log_number_from)
+        if self._first_line is None and 1 in self._log_number_offset:  # the first line read
+            with open(self._file_path, "rb") as handle:
+                self._first_line = handle.read(self._log_number_offset[1])
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         if not self.deferred:
             super().append_logs(logs)
@@ -150,9 +182,13 @@ def open_storage(url: str) -> BaseStorage:
 
     Shared, because opening one is the expensive part: a journal replays its whole file, a
     database connects. The sweeper and the jobs it runs in its own process (basic or batched
-    launcher) then read each other's writes without replaying or reconnecting.
+    launcher) then read each other's writes without replaying or reconnecting. A journal whose
+    file is no longer the one it read (:meth:`BatchedJournalFile.is_its_file`) is opened anew.
     """
     storage = _storages.get(url)
+    journal = _journals.get(url)
+    if journal is not None and not journal.is_its_file():
+        storage = None
     if storage is None:
         if url.startswith("journal:"):
             path = Path(url.removeprefix("journal:"))
@@ -165,13 +201,39 @@ def open_storage(url: str) -> BaseStorage:
     return storage
 
 
-def load_sweep_study(sweeper: Mapping[str, Any]) -> optuna.Study | None:
+def load_sweep_study(
+    sweeper: Mapping[str, Any], sweep_dir: str | Path | None = None
+) -> optuna.Study | None:
     """The study a sweeplr_optuna sweep names in its sweeper config (``storage`` and
-    ``study_name``, as the sweeper settles them); None for a sweep that has none."""
+    ``study_name``, as the sweeper settles them); None for a sweep that has none.
+
+    Reading creates nothing: a journal or SQLite file that is not there is a
+    :class:`SweeplrError` naming it (Optuna would start an empty one). A sweep directory moved
+    since, with its own journal, is read from where it is now (``sweep_dir``).
+    """
     storage, study_name = sweeper.get("storage"), sweeper.get("study_name")
     if not (storage and study_name):
         return None
-    return optuna.load_study(study_name=str(study_name), storage=open_storage(str(storage)))
+    url = str(storage)
+    path = _storage_file(url)
+    if path is not None and not path.is_file():
+        here = Path(sweep_dir) / DEFAULT_JOURNAL if sweep_dir is not None else None
+        if not (url.startswith("journal:") and here is not None and here.is_file()):
+            raise SweeplrError(
+                f"the study {study_name} is stored in {path}, which does not exist; "
+                "allowed: the storage the sweep wrote (or its sweep directory, moved whole)"
+            )
+        url = storage_url(None, here.parent)
+    return optuna.load_study(study_name=str(study_name), storage=open_storage(url))
+
+
+def _storage_file(url: str) -> Path | None:
+    """The file a journal or SQLite storage lives in; None for a database server."""
+    if url.startswith("journal:"):
+        return Path(public_storage(url))
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
 
 
 def repair_journal(url: str) -> str | None:
@@ -495,21 +557,32 @@ class TrialLink:
         storage = open_storage(url)
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
         self._trial = optuna.Trial(study, trial_id(storage, study_name, number))
+        self._url, self._storage = url, storage
         self.number = number
         self.study_name = study_name
-        self.has_pruner = pruner is not None
+        # Optuna takes intermediate values, and prunes, in single-objective studies only (the
+        # sweeper refuses a pruner with several directions; another client may not).
+        self._single_objective = len(study.directions) == 1
+        self.has_pruner = pruner is not None and self._single_objective
+
+    def is_current(self) -> bool:
+        """Whether this link reaches its study through the storage its URL opens now (not one
+        replaced since, see :func:`open_storage`)."""
+        return open_storage(self._url) is self._storage
 
     def report(self, step: int, value: float) -> bool:
         """Report ``value`` at ``step``; True when the trial should stop now.
 
         A non-finite value stops the trial as ``diverged`` (not reported: an infinity would
         skew the pruner's statistics for every other trial); otherwise the pruner decides, and
-        a trial it stops is marked ``pruned`` for the sweeper.
+        a trial it stops is marked ``pruned`` for the sweeper. A multi-objective study's trial
+        only stops on divergence.
         """
         if not math.isfinite(value):
             self.stop(DIVERGED, step)
             return True
-        self._trial.report(value, step=step)
+        if self._single_objective:
+            self._trial.report(value, step=step)
         if self.has_pruner and self._trial.should_prune():
             self.stop(PRUNED, step)
             return True

@@ -255,11 +255,16 @@ def plot_optuna_study(
     say anything. ``objective_name`` labels the value (else read from the study or the runs).
 
     The history needs a completed trial; parallel coordinates need >= 2 (one trial is one
-    line); importances need >= 2 completed trials and >= 2 parameters that vary.
+    line); importances need >= 2 completed trials and >= 2 parameters that vary. A
+    multi-objective study has no one value to draw: none (the summary marks its Pareto front).
     ``pending``: the importances, started beside this process (`sweeplr.importance`).
     """
     import optuna
 
+    if len(study.directions) > 1:
+        if pending is not None:
+            pending.cancel()
+        return []
     out_dir = Path(out_dir)
     trials = study_trials(study)
     complete = trials[trials["status"] == COMPLETED]

@@ -148,6 +148,18 @@ def checked_values(returned: Any, n_directions: int) -> list[float]:
     return values
 
 
+def check_pruning(pruner: optuna.pruners.BasePruner | None, directions: Sequence[str]) -> None:
+    """:class:`SweeplrError` for a pruner on a study of several directions: Optuna prunes
+    single-objective studies only (``Trial.report`` raises ``NotImplementedError``), so the
+    sweep is refused before its study or directory is touched."""
+    if pruner is not None and len(directions) > 1:
+        raise SweeplrError(
+            f"hydra.sweeper.pruner={type(pruner).__name__} is invalid with "
+            f"hydra.sweeper.direction=[{','.join(directions)}]; allowed: no pruner "
+            "(pruner=null) with several directions, or one direction"
+        )
+
+
 @dataclass(frozen=True)
 class StudyPlan:
     """What a sweep asks of its study: which one, where, and how much."""
@@ -208,6 +220,7 @@ class StudySession:
 
         Raises :class:`SweeplrError` for a damaged journal, one of ``STORAGE_ERRORS`` for a
         storage out of reach."""
+        check_pruning(pruner, plan.directions)
         with study_lock(plan.url, plan.sweep_dir, plan.study_name):
             repaired = repair_journal(plan.url)
             if repaired:
@@ -333,7 +346,7 @@ class StudySession:
         stored_id = self._trial_id(trial.number)
         stopped = self.storage.get_trial_user_attrs(stored_id).get(STOPPED_ATTR)
         if outcome.raised and not isinstance(outcome.value, optuna.TrialPruned):
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._safe_tell(trial, state=TrialState.FAIL)
             log.warning(f"Trial {trial.number} failed: {first_line(outcome.value)}")
             return True
         if outcome.raised or stopped:
@@ -344,7 +357,7 @@ class StudySession:
         try:
             values = checked_values(outcome.value, len(self.plan.directions))
         except ValueError as exc:
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._safe_tell(trial, state=TrialState.FAIL)
             log.warning(f"Failed experiment: {exc}")
             return True
         self._safe_tell(trial, values=values)
@@ -352,7 +365,8 @@ class StudySession:
 
     def _safe_tell(self, trial: optuna.Trial | int, **kwargs: Any) -> None:
         """``study.tell``; the grid sampler's ``study.stop()`` at the last grid point, which
-        raises outside ``study.optimize``, is expected (Optuna stores the trial first)."""
+        raises outside ``study.optimize``, is expected (Optuna stores the trial first), whatever
+        the last point's state: a value, PRUNED or FAIL."""
         try:
             self.study.tell(trial, **kwargs)
         except RuntimeError as exc:

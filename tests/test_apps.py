@@ -114,3 +114,31 @@ def test_plugins_import_nothing_heavy_when_hydra_scans_them():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert proc.stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_a_pruner_on_a_multi_objective_study_is_one_line_before_any_run(tmp_path):
+    """Optuna prunes single-objective studies only (issue 22, 4): refused before the sweep
+    directory is claimed, so the same command without the pruner runs there."""
+    sweep = tmp_path / "s"
+    common = (
+        "--multirun",
+        "hydra/sweeper=sweeplr_optuna",
+        "hydra.sweeper.direction=[minimize,maximize]",
+        "hydra.sweeper.n_trials=2",
+        "epochs=30",
+        "plots=false",
+        f"hydra.sweep.dir={sweep}",
+    )
+    proc = run_app("two_objectives.py", tmp_path, *common, "pruner=median")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: hydra.sweeper.pruner=MedianPruner is invalid with "
+        "hydra.sweeper.direction=[minimize,maximize]; allowed: no pruner (pruner=null) with "
+        "several directions, or one direction"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not sweep.exists() or not any(sweep.iterdir())
+    proc = run_app("two_objectives.py", tmp_path, *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state for t in load_study(sweep).trials] == [TrialState.COMPLETE] * 2

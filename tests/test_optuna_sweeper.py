@@ -137,3 +137,28 @@ def test_a_trial_whose_worker_died_after_its_record_is_told_not_run_again(tmp_pa
     assert table.loc[3, "status"] == "superseded"
     counted = table[table["status"] != "superseded"]
     assert sorted(counted["trial"]) == [0, 1, 2, 4]  # every trial exactly once
+
+
+@pytest.mark.parametrize(
+    "searches", [("foo=choice(1,2)", "foo=choice(1,2)"), ("foo=1,2", "foo=1,2,3")]
+)
+def test_two_sweeps_into_one_remade_directory_in_one_process(
+    hydra_sweep_runner, tmp_path, searches
+):
+    """Hydra's sweep fixture removes its directory after each sweep; the second sweep (the same
+    study, or another) must not meet the first one's journal as this process had cached it
+    (issue 22, 18: ``AssertionError: Should not reach`` inside Optuna, or nothing run)."""
+    for search in searches:
+        sweep = hydra_sweep_runner(
+            calling_file=None,
+            calling_module="hydra.test_utils.a_module",
+            task_function=None,
+            config_path="configs",
+            config_name="compose.yaml",
+            overrides=["hydra/sweeper=sweeplr_optuna", "hydra.sweeper.n_trials=2", search],
+            temp_dir=tmp_path / "s",
+        )
+        with sweep:
+            study = study_in(tmp_path / "s")
+            assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+            assert [t.value for t in study.trials] == [100, 100]  # what the task returned

@@ -832,3 +832,16 @@ def test_a_damaged_model_file_is_refused_before_anything_is_allocated(tmp_path, 
         str(error.value)
         == f"{run}/{MODEL_FILE} is not a sweeplr model ({why}); allowed: a run's model.pt"
     )
+
+
+def test_a_multi_objective_study_draws_no_single_value_pictures(tmp_path: Path) -> None:
+    """Its trials have no one value (issue 22, 10: the sweep's summary and ``sweeplr plot``
+    ended on Optuna's RuntimeError); the summary marks its Pareto front instead."""
+    from sweeplr.importance import start_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.optimize(lambda t: (t.suggest_float("lr", 0, 1), t.suggest_float("wd", 0, 1)), 4)
+    assert start_importances(study) is None
+    assert plot_optuna_study(study, tmp_path) == []
+    assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from sweeplr.errors import SweeplrError
 from sweeplr.records import indented_json, json_safe
 
 
@@ -55,3 +57,34 @@ def test_a_records_json_is_the_standard_librarys_indented_json():
     assert indented_json((1, [])) == json.dumps([1, []], indent=2)
     with pytest.raises(TypeError, match="not JSON serializable"):
         indented_json({"a": object()})
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"), [([1.0, 2.0], "list"), (torch.zeros(2), "Tensor"), ("w", "str")]
+)
+def test_a_model_file_that_is_no_dict_is_one_line(tmp_path, capsys, payload, kind):
+    """A pickled list loads under weights_only too (issue 22, 16): one line, from the reader
+    every command shares."""
+    from sweeplr.cli import main
+    from sweeplr.records import MODEL_FILE, load_model_payload
+
+    torch.save(payload, tmp_path / MODEL_FILE)
+    message = (
+        f"{tmp_path}/{MODEL_FILE} is not a sweeplr model (a {kind}, not a dict); "
+        "allowed: a run's model.pt"
+    )
+    with pytest.raises(SweeplrError) as error:
+        load_model_payload(tmp_path)
+    assert str(error.value) == message
+    assert main(["predict", str(tmp_path), "1.0", "2.0"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_pruned_run_names_no_best_epoch_it_did_not_keep(small_cfg, tmp_path):
+    """A pruned run ends with its last epoch's weights, early stopping or not (issue 22, 15)."""
+    from tests.conftest import train_and_record
+
+    cfg = small_cfg("early_stopping.patience=100")
+    outcome, record = train_and_record(cfg, tmp_path, on_log=lambda epoch, *_: epoch >= 30)
+    assert outcome.status == "pruned" and outcome.best_epoch is not None
+    assert record["status"] == "pruned" and record["best_epoch"] is None

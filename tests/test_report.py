@@ -318,3 +318,35 @@ def test_the_summary_callback_keeps_the_process_command_line(
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "plots": False})
     SummaryCallback().on_multirun_end(config)
     assert read_command(tmp_path) == argv
+
+
+@pytest.mark.slow
+def test_sweeplr_plot_draws_an_optuna_sweeps_study_again_where_it_is_now(tmp_path, capsys):
+    """issue 22, 10: a moved Optuna sweep was plotted without its study's pictures (its
+    journal looked for where it was), and the page rewritten without them."""
+    from sweeplr.cli import main
+    from tests.conftest import OPTUNA, run_train
+
+    proc = run_train(tmp_path, *OPTUNA, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path}/s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    moved = tmp_path / "moved"
+    (tmp_path / "s").rename(moved)
+    for picture in moved.glob("*.png"):
+        picture.unlink()
+    assert main(["plot", str(moved)]) == 0
+    study_pictures = ["optuna_history.png", "optuna_parallel.png", "optuna_importance.png"]
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert all(f"wrote {moved / name}\n" in out.out for name in study_pictures)
+    page = (moved / "report.html").read_text()
+    assert all(f"<figcaption>{name}</figcaption>" in page for name in study_pictures)
+    assert "<h2>Search space</h2>" in page and "TPESampler" in page
+    assert not (tmp_path / "s").exists()  # nothing made where the sweep was
+    # The study gone: one warning; the pictures drawn before stay on the page.
+    (moved / "optuna.journal").unlink()
+    assert main(["plot", str(moved)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: the Optuna study of {moved} is not drawn again: the study ")
+    assert err.count("\n") == 1
+    page = (moved / "report.html").read_text()
+    assert all(f"<figcaption>{name}</figcaption>" in page for name in study_pictures)

@@ -1,6 +1,8 @@
 """Study bookkeeping shared by the Optuna sweeper and its jobs (no subprocess)."""
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -162,7 +164,8 @@ def test_worker_identity_names_this_process():
         ("auto", {"objective": "val_loss"}, ["minimize"]),
         ("auto", {"objective": "mse"}, ["minimize"]),  # not sweeplr's: the stock default
         ("auto", {"x": 1}, ["minimize"]),
-        ("maximize", {"objective": "val_loss"}, ["maximize"]),  # said outright: as said
+        ("minimize", {"objective": "val_loss"}, ["minimize"]),  # said outright: as said
+        ("maximize", {"objective": "mse"}, ["maximize"]),  # not sweeplr's: as said
         (["minimize", "maximize"], {"objective": "val_loss"}, ["minimize", "maximize"]),
     ],
 )
@@ -182,6 +185,40 @@ def test_the_study_direction(direction, app_config, expected):
     )
     sweeper.config = OmegaConf.create(app_config)
     assert sweeper._directions() == expected
+
+
+@pytest.mark.parametrize(
+    ("direction", "objective", "allowed"),
+    [("maximize", "val_loss", "minimize"), ("minimize", "test_roc_auc", "maximize")],
+)
+def test_a_direction_against_the_objectives_own_is_one_error(direction, objective, allowed):
+    """Optuna would rank trials against the summary (issue 22, 14)."""
+    from sweeplr.plugins.optuna_sweeper import SweeplrOptunaSweeper
+
+    sweeper = SweeplrOptunaSweeper(None, direction, None, None, 1, 1, 0.0, None, None)
+    sweeper.config = OmegaConf.create({"objective": objective})
+    message = (
+        f"hydra.sweeper.direction={direction} is invalid with objective={objective}; "
+        f"allowed: {allowed} or auto"
+    )
+    with pytest.raises(SweeplrError, match=f"^{re.escape(message)}"):
+        sweeper._directions()
+
+
+def test_a_multi_objective_trial_link_stops_on_divergence_alone(tmp_path):
+    """Optuna takes no intermediate value of a multi-objective study (issue 22, 4): a job's
+    report neither raises nor prunes; a non-finite value still stops it."""
+    url = storage_url(None, tmp_path)
+    study = optuna.create_study(
+        study_name="s", storage=open_storage(url), directions=["minimize", "maximize"]
+    )
+    first, second = study.ask(), study.ask()
+    link = TrialLink(url, "s", first.number, optuna.pruners.ThresholdPruner(upper=1.0))
+    assert link.has_pruner is False
+    assert link.report(10, 2.0) is False
+    assert TrialLink(url, "s", second.number, None).report(5, float("inf")) is True
+    assert study.trials[1].user_attrs[STOPPED_ATTR] == {"status": "diverged", "step": 5}
+    assert STOPPED_ATTR not in study.trials[0].user_attrs
 
 
 def test_journal_writes_in_one_fsync_are_read_at_once_and_synced_once(tmp_path, monkeypatch):
@@ -326,3 +363,69 @@ def test_no_private_optuna_api_reaches_a_study_or_trial():
         text = path.read_text()
         for private in ("study._storage", "trial._trial_id", "._cached_frozen_trial"):
             assert private not in text.replace(f"``{private}``", ""), (path, private)
+
+
+def test_a_cached_journal_storage_is_the_file_at_its_path(tmp_path):
+    """A journal deleted, replaced, or rewritten in place since this process read it is
+    opened anew (issue 22, 18): Optuna's backend would read on from the byte it had reached,
+    into a file it never replayed."""
+    url = storage_url(None, tmp_path / "s")
+    journal = tmp_path / "s" / "optuna.journal"
+    first = open_storage(url)
+    optuna.create_study(study_name="a", storage=first).ask()
+    assert open_storage(url) is first  # the same file: the same object, nothing replayed
+    shutil.rmtree(tmp_path / "s")  # the sweep directory removed and made again
+    second = open_storage(url)
+    assert second is not first
+    assert optuna.create_study(study_name="b", storage=second).study_name == "b"
+    assert [s.study_name for s in optuna.get_all_study_summaries(second)] == ["b"]
+    # Rewritten in place (the same inode), longer than what was read: another journal.
+    other = tmp_path / "other.journal"
+    replaced = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(other))
+    )
+    for name in ("c", "d"):
+        optuna.create_study(study_name=name, storage=replaced).ask()
+    journal.write_bytes(other.read_bytes())
+    third = open_storage(url)
+    assert third is not second
+    assert {s.study_name for s in optuna.get_all_study_summaries(third)} == {"c", "d"}
+    journal.write_bytes(b"")  # cut below what was read
+    assert open_storage(url) is not third
+
+
+def test_a_jobs_trial_link_follows_its_storage_when_it_is_opened_anew(tmp_path):
+    """A job of a second sweep of the same study (same URL, name and trial number) gets a link
+    to the new journal, not the first sweep's (issue 22, 18)."""
+    from sweeplr.pruning import trial_link_for
+
+    url = storage_url(None, tmp_path / "s")
+    env_set, sweeper = {"SWEEPLR_TRIAL": 0}, {"storage": url, "study_name": "s"}
+    for value in (0.25, 0.5):
+        shutil.rmtree(tmp_path / "s", ignore_errors=True)
+        study = optuna.create_study(study_name="s", storage=open_storage(url))
+        study.ask()
+        link = trial_link_for(OmegaConf.create(env_set), OmegaConf.create(sweeper))
+        assert link is not None and link.is_current()
+        assert link.report(3, value) is False
+        assert study.trials[0].intermediate_values == {3: value}
+
+
+def test_a_sweeps_study_is_read_where_its_directory_is_now_and_nothing_is_created(tmp_path):
+    """``sweeplr plot`` of a sweep directory moved whole reads its own journal; a storage file
+    that is gone is one line, and reading it creates none (issue 22, 10)."""
+    from sweeplr.studies import load_sweep_study
+
+    first = tmp_path / "first"
+    url = storage_url(None, first)
+    optuna.create_study(study_name="s", storage=open_storage(url)).ask()
+    sweeper = {"storage": url, "study_name": "s"}
+    assert len(load_sweep_study(sweeper, first).trials) == 1
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert len(load_sweep_study(sweeper, moved).trials) == 1
+    for storage in (url, f"sqlite:///{tmp_path / 'gone.db'}"):
+        with pytest.raises(SweeplrError, match=r"^the study s is stored in .*, which does not"):
+            load_sweep_study({"storage": storage, "study_name": "s"}, tmp_path / "elsewhere")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved"]  # nothing made on the way
+    assert load_sweep_study({"storage": None, "study_name": "s"}) is None  # a grid

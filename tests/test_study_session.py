@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,45 @@ def test_write_results_names_the_study_and_its_best_trial(tmp_path):
     assert results["best_value"] == 0.1 and results["best_trial"] == 1
     assert results["best_run_dir"] == "/r/0.1"
     assert results["dashboard"] == f"optuna-dashboard {tmp_path.resolve()}/optuna.journal"
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        JobOutcome(ValueError("lr=-2 is invalid"), raised=True),
+        JobOutcome(float("nan")),
+        JobOutcome(optuna.TrialPruned(), raised=True),
+        JobOutcome(0.25),
+    ],
+    ids=["raised", "nan", "pruned", "value"],
+)
+def test_the_last_grid_point_is_told_whatever_its_outcome(tmp_path, last):
+    """The grid sampler stops the study as its last point is told (``study.stop``, which
+    raises outside ``study.optimize``): a FAIL is told as safely as a value (issue 22, 5)."""
+    grid = optuna.samplers.GridSampler({"lr": [0.1, 0.2]})
+    plan = plan_for(tmp_path, n_trials=2, n_jobs=1, max_failure_rate=1.0)
+    with StudySession.open(plan, samplers=lambda number: grid) as session:
+        for outcome in (JobOutcome(0.5), last):
+            with session.next_batch() as trials:
+                proposed = [t.suggest_categorical("lr", [0.1, 0.2]) for t in trials]
+            assert len(proposed) == 1
+            assert session.tell_batch([outcome]) == []
+        with session.next_batch() as trials:
+            assert trials == []  # the budget is spent: the sweep ends normally
+    told = states(session.study)
+    assert told[0] == "COMPLETE" and told[1] != "RUNNING"
+    assert sorted(t.params["lr"] for t in session.study.trials) == [0.1, 0.2]
+
+
+def test_a_pruner_with_several_directions_is_refused_before_the_study_is_touched(tmp_path):
+    """Optuna prunes single-objective studies only (issue 22, 4)."""
+    plan = plan_for(tmp_path / "s", directions=("minimize", "maximize"))
+    message = (
+        "hydra.sweeper.pruner=MedianPruner is invalid with "
+        "hydra.sweeper.direction=[minimize,maximize]; allowed: no pruner"
+    )
+    with pytest.raises(SweeplrError, match=re.escape(message)):
+        StudySession.open(plan, optuna.pruners.MedianPruner())
+    assert not (tmp_path / "s").exists()
+    with StudySession.open(plan) as session:  # without the pruner, the same plan runs
+        assert run_to_the_end(session, value=[0.5, 1.0]) == [2, 1]

@@ -315,8 +315,12 @@ class JobLogs:
             try:
                 # The stream only: Handler.close() would also unregister the handler.
                 if handler.stream is not None:
-                    handler.flush()
-                    handler.stream.close()
+                    # A file that cannot take the rest (a full disk) is let go, as logging's
+                    # own shutdown lets it go when Hydra configures the logging anew.
+                    with suppress(OSError, ValueError):
+                        handler.flush()
+                    with suppress(OSError, ValueError):
+                        handler.stream.close()  # closes the file whatever its flush says
                     handler.stream = None
                 handler.baseFilename = os.path.abspath(os.fspath(filename))
                 if not handler.delay:

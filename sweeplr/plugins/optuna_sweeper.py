@@ -170,13 +170,21 @@ class SweeplrOptunaSweeper(Sweeper):
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def _directions(self) -> list[str]:
-        """The study's directions; ``auto`` follows the app's sweeplr ``objective`` if any."""
+        """The study's directions; ``auto`` follows the app's sweeplr ``objective`` if any.
+
+        One direction said outright must be that objective's: maximising a loss would make
+        Optuna's best trial the summary's worst. :class:`SweeplrError` if it is not."""
+        objective = self.config.get("objective")
+        own = OBJECTIVES.get(objective) if isinstance(objective, str) else None
         if str(self.impl.direction) == "auto":
-            objective = self.config.get("objective")
-            return [
-                OBJECTIVES.get(objective, "minimize") if isinstance(objective, str) else "minimize"
-            ]
-        return self.impl._get_directions()
+            return [own or "minimize"]
+        directions = self.impl._get_directions()
+        if own is not None and len(directions) == 1 and directions[0] != own:
+            raise SweeplrError(
+                f"hydra.sweeper.direction={directions[0]} is invalid with "
+                f"objective={objective}; allowed: {own} or auto (the objective's own direction)"
+            )
+        return directions
 
     def _samplers(self, distributions: dict[str, Any]) -> Samplers:
         """``number -> sampler``: the configured sampler, seeded with ``seed + number`` for the
@@ -311,24 +319,26 @@ class SweeplrOptunaSweeper(Sweeper):
         """Name the study, write it into the sweep's config, claim the sweep directory and open
         the study; one line and exit status 1 for anything in the way."""
         from sweeplr.studies import STORAGE_ERRORS
-        from sweeplr.study_session import StudyPlan, StudySession
+        from sweeplr.study_session import StudyPlan, StudySession, check_pruning
 
         impl, config = self.impl, self.config
         study_name = impl.study_name or default_study_name(
             container(config.hydra.overrides.task, list), config.hydra.sweeper
         )
         sweep_dir, url, trial_dirs = self._settle_master_config(study_name)
-        try:
+        pruner = make_pruner(self.pruner_cfg)
+        try:  # the settings first: a refused sweep leaves its directory unclaimed
+            directions = tuple(self._directions())
+            check_pruning(pruner, directions)
             claim_sweep_dir(sweep_dir, study_name, url)
         except SweeplrError as exc:
             refuse(config, f"error: {exc}")
-        pruner = make_pruner(self.pruner_cfg)
         plan = StudyPlan(
             study_name=study_name,
             url=url,
             sweep_dir=sweep_dir,
             n_trials=impl.n_trials,
-            directions=tuple(self._directions()),
+            directions=directions,
             n_jobs=impl.n_jobs,
             max_failure_rate=impl.max_failure_rate,
             sampler_cfg=self.sampler_cfg,
