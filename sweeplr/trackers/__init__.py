@@ -1,9 +1,10 @@
 """Trackers users already use: a run's numbers sent to TensorBoard or MLflow (``logger=``).
 
-``sweeplr.experiment.run`` calls :func:`check` before training (a missing package or an
-unwritable place is one line, not a lost run) and :func:`log_run` after it writes the run's
-record, in every job whatever the launcher; a sweep's end calls :func:`finish_sweep`. The
-packages are extras, imported only when their tracker is selected. No Hydra here.
+``sweeplr.experiment.run`` calls :func:`check` before training (a missing package, an
+unwritable place or an MLflow server that does not answer is one line, not a lost run) and
+:func:`log_run` after it writes the run's record, in every job whatever the launcher; a sweep's
+end calls :func:`finish_sweep`. The packages are extras, imported only when their tracker is
+selected. No Hydra here.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def check(logger: Any, base_dir: str | Path, run_dir: str | Path | None = None) 
     if name == "tensorboard" and run_dir is not None:
         require_writable("logger.subdir", str(logger.subdir), Path(run_dir) / str(logger.subdir))
     if name == "mlflow":
-        from sweeplr.trackers.mlflow_log import store_folder, tracking_uri
+        from sweeplr.trackers.mlflow_log import check_server, store_folder, tracking_uri
 
         uri = tracking_uri(logger.tracking_uri, base_dir)
         folder = store_folder(uri)
         if folder is not None:
             require_writable("logger.tracking_uri", str(logger.tracking_uri or uri), folder)
+        check_server(uri, str(logger.tracking_uri))
 
 
 def log_run(
