@@ -36,9 +36,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     """Print (or save) the table of one or more sweeps (pandas is loaded here, not for every
     subcommand)."""
-    from sweeplr.records import atomic_write_text
     from sweeplr.results import compact, format_table, group_runs, load_sweep, sort_runs
 
+    if args.out is not None:
+        check_out_file(args.out)
     df = load_sweep(args.dirs)
     if args.group_by is not None:
         df = group_runs(df, [c.strip() for c in args.group_by.split(",") if c.strip()])
@@ -50,8 +51,27 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.out is None:
         print(text)
         return 0
-    atomic_write_text(args.out, text + "\n")
+    write_out_file(args.out, text + "\n")
     return 0
+
+
+def check_out_file(out: str) -> None:
+    """``--out FILE``, checked before the work whose result it is to hold."""
+    from sweeplr.records import require_writable
+
+    if Path(out).is_dir():
+        raise SweeplrError(f"--out={out} is a directory; allowed: a file name")
+    require_writable("--out", out, Path(out).parent)
+
+
+def write_out_file(out: str, text: str) -> None:
+    """Write ``--out FILE`` whole or not at all; a disk that fails now is one line."""
+    from sweeplr.records import atomic_write_text
+
+    try:
+        atomic_write_text(out, text)
+    except OSError as exc:
+        raise SweeplrError(f"--out={out} could not be written: {exc.strerror or exc}") from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -66,6 +86,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"best run: {run_dir}")
     elif not (run_dir / MODEL_FILE).exists() and any(run_dir.glob(f"*/{METRICS_FILE}")):
         raise SweeplrError(f"{run_dir} is a sweep directory; add --best to use its best run")
+    if args.out is not None and args.csv is not None:
+        check_out_file(args.out)
     trained = load_run(run_dir)
     if args.csv is not None:
         if values:
@@ -91,7 +113,6 @@ def _predict_csv(trained: TrainedModel, csv: str, out: str | None) -> int:
     """Predict every row of ``csv``; print the predictions, or write them to ``out``."""
     from sweeplr.data import read_frame
     from sweeplr.predict import predictions_frame
-    from sweeplr.records import atomic_write_text
 
     if not Path(csv).is_file():
         raise SweeplrError(f"--csv {csv} does not exist; allowed: a CSV or Parquet file")
@@ -100,7 +121,7 @@ def _predict_csv(trained: TrainedModel, csv: str, out: str | None) -> int:
     if out is None:
         print(text, end="")
     else:
-        atomic_write_text(out, text)
+        write_out_file(out, text)
         print(f"wrote {len(frame)} predictions to {out}")
     return 0
 
@@ -152,29 +173,52 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     """Train every lr of a range, suggest one, and write ``lr_find.csv`` and ``lr_find.png``."""
     from datetime import datetime
 
-    from sweeplr.lr_find import find_lr, lr_range, write_finding
+    from sweeplr.lr_find import check_budget, check_out_dir, find_lr, lr_range, write_finding
     from sweeplr.spec import run_spec
 
     lrs = lr_range(args.min_lr, args.max_lr, args.num)
-    spec = run_spec(compose_app_config(args.config_dir, args.overrides), args.overrides)
-    finding = find_lr(spec, lrs, args.epochs)
     out = Path(args.out or f"lr_find/{datetime.now():%Y-%m-%d/%H-%M-%S-%f}")
+    check_out_dir(out, args.out or str(out))
+    if args.epochs is not None:
+        check_budget(args.epochs)
+    overrides = [*args.overrides, *lr_find_budget(args.epochs, args.overrides)]
+    cfg = compose_app_config(args.config_dir, overrides)
+    spec = run_spec(cfg, overrides)  # validated with the budget: a warm-up must fit in it
+    finding = find_lr(spec, lrs, spec.epochs)
     title = f"lr finder: {spec.data.dataset['name']}, {spec.optimizer.name}, {len(lrs)} lrs"
     table, picture = write_finding(finding, out, title)
     if finding.suggestion is None:
-        print(f"sweeplr: every lr diverged within {args.epochs} epochs; try a lower --max-lr")
+        print(f"sweeplr: every lr diverged within {finding.epochs} epochs; try a lower --max-lr")
     else:
         best = next(r for r in finding.rows if r["lr"] == finding.suggestion)
         kept = [o for o in args.overrides if not o.startswith("lr=")]
         print(
             f"sweeplr: suggested lr {finding.suggestion:.3g} (lowest {finding.metric} after "
-            f"{args.epochs} epochs: {best['loss']:.4g}; {finding.diverged} of {len(lrs)} lrs "
+            f"{finding.epochs} epochs: {best['loss']:.4g}; {finding.diverged} of {len(lrs)} lrs "
             "diverged)"
         )
         print(f"  python train.py {' '.join([*kept, f'lr={finding.suggestion:.3g}'])}")
     print(f"  {table}")
     print(f"  {picture}")
     return 0
+
+
+LR_FIND_EPOCHS = 100  # each lr's budget when neither --epochs nor epochs= names one
+
+
+def lr_find_budget(epochs: int | None, overrides: Sequence[str]) -> list[str]:
+    """The override that sets each lr's budget: ``--epochs`` or an ``epochs=`` override (then
+    none is added), never both; 100 epochs when neither is given."""
+    from sweeplr.validation import typed_values
+
+    typed = typed_values(overrides).get("epochs")
+    if typed is None:
+        return [f"epochs={epochs or LR_FIND_EPOCHS}"]
+    if epochs is not None:
+        raise SweeplrError(
+            f"--epochs {epochs} and epochs={typed} both set each lr's budget; allowed: one of them"
+        )
+    return []
 
 
 def add_command(commands: Any, name: str, summary: str, description: str, example: str) -> Any:
@@ -312,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     finder.add_argument("--min-lr", type=float, default=1e-5, help="smallest lr (1e-5)")
     finder.add_argument("--max-lr", type=float, default=10.0, help="largest lr (10)")
     finder.add_argument("--num", type=int, default=40, help="how many lrs (40)")
-    finder.add_argument("--epochs", type=int, default=100, help="each lr's budget (100)")
+    finder.add_argument(
+        "--epochs", type=int, help="each lr's budget (100), as an epochs= override would set it"
+    )
     finder.add_argument("--out", metavar="DIR", help="where to write (lr_find/DATE/TIME)")
     finder.add_argument(
         "--config-dir", metavar="DIR", default="conf", help="sweeplr's conf/ folder (conf)"

@@ -10,8 +10,10 @@ is imported only inside :func:`register_configs`.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, is_dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -345,6 +347,22 @@ def config_values(cfg: Any) -> Any:
                 value = OmegaConf.to_container(value, resolve=True, throw_on_missing=False)
             plain[name] = value
     return _values(plain)
+
+
+def data_path_from(values: Any, start_dir: str | Path) -> Any:
+    """``values`` (:func:`config_values`') with a CSV data set's relative ``dataset.path`` read
+    from ``start_dir``, the folder the command started in, when the job runs in another
+    (``hydra.job.chdir=true``): the path was typed there, as tracker paths are. Else
+    ``values`` itself, so a record keeps the path as typed."""
+    dataset = values.get("dataset")
+    if not isinstance(dataset, Mapping) or dataset.get("name") != "csv":
+        return values
+    path = dataset.get("path")
+    if not isinstance(path, str) or path == MISSING or Path(path).is_absolute():
+        return values
+    if Path.cwd().resolve() == Path(start_dir).resolve():
+        return values
+    return _values({**values, "dataset": {**dataset, "path": str(Path(start_dir) / path)}})
 
 
 class _NotPlain(Exception):

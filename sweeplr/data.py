@@ -40,6 +40,7 @@ class Table:
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...]
     weight: np.ndarray | None = None  # [n] float32 row weights in the loss (dataset.weight)
+    weight_column: str | None = None  # the column ``weight`` was read from
 
     @property
     def n_classes(self) -> int:
@@ -75,6 +76,7 @@ def _table(
     feature_names: Sequence[str],
     class_names: Sequence[Any],
     weight: np.ndarray | None = None,
+    weight_column: str | None = None,
 ) -> Table:
     return Table(
         X=np.ascontiguousarray(X, dtype=np.float32),
@@ -82,6 +84,7 @@ def _table(
         feature_names=tuple(str(n) for n in feature_names),
         class_names=tuple(str(n) for n in class_names),
         weight=None if weight is None else np.asarray(weight, dtype=np.float32),
+        weight_column=weight_column,
     )
 
 
@@ -196,7 +199,16 @@ def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -
                 f"{source}: column {column!r} has non-numeric value {frame[column].iloc[row]!r} "
                 f"(row {row}); allowed: numbers only"
             )
-    return frame[list(columns)].apply(pd.to_numeric).to_numpy(dtype=np.float32)
+    values = frame[list(columns)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+    # inf, or a number past float32's range (inf once cast), makes every loss inf or NaN
+    infinite = np.abs(values) > np.finfo(np.float32).max  # (NaN is not: a missing cell)
+    if infinite.any():
+        row, col = (int(i[0]) for i in np.nonzero(infinite))
+        raise SweeplrError(
+            f"{source}: column {columns[col]!r} has value {values[row, col]:g} (row {row}), "
+            "not a finite float32; allowed: finite numbers below 3.4e38 in size"
+        )
+    return values.astype(np.float32)
 
 
 def load_csv(
@@ -222,6 +234,8 @@ def load_csv(
         )
     if weight is not None and weight == target:
         raise SweeplrError(f"dataset.weight={weight} is the target column; allowed: another column")
+    if features:
+        _check_feature_columns(list(features), target, weight)
     feature_columns = (
         list(features) if features else [c for c in frame.columns if c not in (target, weight)]
     )
@@ -267,7 +281,21 @@ def load_csv(
         )
     codes = {value: code for code, value in enumerate(class_values)}
     y = labels.map(codes).to_numpy(dtype=np.int64)
-    return _table(X, y, feature_columns, class_values, row_weight)
+    return _table(X, y, feature_columns, class_values, row_weight, weight)
+
+
+def _check_feature_columns(features: list[str], target: str, weight: str | None) -> None:
+    """Each feature once, and neither the label nor the row weights among them."""
+    shown = f"dataset.features=[{','.join(map(str, features))}]"
+    for role, column in (("target", target), ("weight", weight)):
+        if column is not None and column in features:
+            raise SweeplrError(
+                f"{shown} names the {role} column {column!r}; "
+                f"allowed: columns other than dataset.{role}"
+            )
+    repeated = next((c for i, c in enumerate(features) if c in features[:i]), None)
+    if repeated is not None:
+        raise SweeplrError(f"{shown} names {repeated!r} twice; allowed: each column once")
 
 
 def load_dataset(spec: Mapping[str, Any]) -> Table:
@@ -336,6 +364,12 @@ def split(
     if table.weight is not None:
         w_train = np.ascontiguousarray(X_train[:, -1])
         X_train, X_val, X_test = (np.ascontiguousarray(x[:, :-1]) for x in (X_train, X_val, X_test))
+        if not w_train.any():  # the loss would be 0 everywhere: nothing to learn from
+            raise SweeplrError(
+                f"dataset.weight={table.weight_column} is 0 on every training row "
+                f"({len(w_train)} rows; its weight is on validation or test rows only); "
+                "allowed: a weight > 0 on some training row"
+            )
     return Splits(
         X_train,
         y_train,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplr import trackers
-from sweeplr.config import config_values, plain_dicts
+from sweeplr.config import config_values, data_path_from, plain_dicts
 from sweeplr.console import (
     end_interrupted,
     end_with_error,
@@ -48,16 +48,18 @@ def run(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     logger = cfg.get("logger")
-    values = config_values(cfg)  # once: the spec, the comparison and the record read it
+    start_dir = _start_dir(hydra_cfg)
+    # once: the spec, the comparison and the record read it
+    values = data_path_from(config_values(cfg), start_dir)
     try:
         spec = published_spec(hydra_cfg.job.get("num"), values) or run_spec(
             values, _task_overrides(hydra_cfg)
         )
         if logger is not None and logger.name != "none":  # before training: a tracker that
-            trackers.check(logger, _start_dir(hydra_cfg), run_dir)  # cannot log costs no run
+            trackers.check(logger, start_dir, run_dir)  # cannot log costs no run
         trial = trial_link(hydra_cfg)
         outcome = (
-            shared_outcome(hydra_cfg.job.get("num"), spec)
+            shared_outcome(hydra_cfg.job.get("num"), spec, start_dir)
             or train_runs(
                 [spec], [on_log(spec, trial, progress=bool(cfg.progress) and not multirun)]
             )[0]

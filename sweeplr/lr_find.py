@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sweeplr.errors import SweeplrError
-from sweeplr.records import atomic_write_text
+from sweeplr.records import atomic_write_text, require_writable
 from sweeplr.schema import COMPLETED, DIVERGED
 from sweeplr.spec import EarlyStoppingSpec, RunSpec
 
@@ -52,6 +52,20 @@ def lr_range(min_lr: float, max_lr: float, num: int) -> list[float]:
     return [float(lr) for lr in np.geomspace(min_lr, max_lr, num)]
 
 
+def check_budget(epochs: int) -> None:
+    """Each lr's epochs, ``--epochs``: at least one."""
+    if epochs < 1:
+        raise SweeplrError(f"--epochs={epochs} is invalid; allowed: an integer >= 1")
+
+
+def check_out_dir(out_dir: Path, shown: str) -> None:
+    """``out_dir`` (``--out``, ``shown`` as typed) can take a finding: checked before the
+    lrs train, so a finding is never trained only to be lost."""
+    if (out_dir / CSV_FILE).exists():
+        raise SweeplrError(f"{out_dir} already holds {CSV_FILE}; allowed: a new --out directory")
+    require_writable("--out", shown, out_dir)
+
+
 def find_lr(spec: RunSpec, lrs: list[float], epochs: int) -> LrFinding:
     """Train ``spec`` once for every lr in ``lrs`` (one batched pass), ``epochs`` epochs each.
 
@@ -61,8 +75,7 @@ def find_lr(spec: RunSpec, lrs: list[float], epochs: int) -> LrFinding:
     """
     from sweeplr.runner import train_runs  # torch: only when the finder runs
 
-    if epochs < 1:
-        raise SweeplrError(f"--epochs={epochs} is invalid; allowed: an integer >= 1")
+    check_budget(epochs)
     if spec.optimizer.name == "lbfgs":
         raise SweeplrError(
             "sweeplr lr-find does not apply to optimizer=lbfgs: its line search chooses every "
@@ -103,15 +116,19 @@ def write_finding(finding: LrFinding, out_dir: Path, title: str) -> tuple[Path, 
     from sweeplr.plots import plot_lr_find  # matplotlib: only to draw
 
     out_dir = Path(out_dir)
-    if (out_dir / CSV_FILE).exists():
-        raise SweeplrError(f"{out_dir} already holds {CSV_FILE}; allowed: a new --out directory")
+    check_out_dir(out_dir, str(out_dir))
     lines: list[list[object]] = [list(COLUMNS)]
     for row in finding.rows:
         lines.append(["" if row[c] is None else row[c] for c in COLUMNS])
     table = _csv_text(lines)
-    csv_path = atomic_write_text(out_dir / CSV_FILE, table)
     ylabel = f"{finding.metric} after {finding.epochs} epochs"
-    picture = plot_lr_find(finding.rows, finding.suggestion, ylabel, out_dir / PICTURE_FILE, title)
+    try:
+        csv_path = atomic_write_text(out_dir / CSV_FILE, table)
+        picture = plot_lr_find(
+            finding.rows, finding.suggestion, ylabel, out_dir / PICTURE_FILE, title
+        )
+    except OSError as exc:  # a disk that fills or a folder that vanished since the check
+        raise SweeplrError(f"could not write in {out_dir}: {exc.strerror or exc}") from None
     return csv_path, picture
 
 

@@ -363,14 +363,22 @@ def plot_lr_find(
     out_path: str | Path,
     title: str,
 ) -> Path:
-    """The lr finder's picture: each lr's final ``loss`` (``rows`` as in ``lr_find.csv``) on a
-    log lr axis, diverged lrs marked at the top, the ``suggestion`` marked."""
+    """The lr finder's picture (:func:`lr_find_figure`), saved to ``out_path``."""
+    return save_figure(lr_find_figure(rows, suggestion, ylabel, title), out_path)
+
+
+def lr_find_figure(
+    rows: Sequence[dict[str, Any]], suggestion: float | None, ylabel: str, title: str
+) -> Figure:
+    """Each lr's final ``loss`` (``rows`` as in ``lr_find.csv``) on a log lr axis that spans
+    every lr tried, diverged lrs marked at the top, the ``suggestion`` marked."""
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
+    ax.set_xscale("log")
     done = [r for r in rows if r["status"] != DIVERGED and r["loss"] is not None]
     losses = np.asarray([r["loss"] for r in done], dtype=float)
-    ax.plot([r["lr"] for r in done], losses, marker="o", markersize=3, label="final loss")
-    ax.set_xscale("log")
+    if done:
+        ax.plot([r["lr"] for r in done], losses, marker="o", markersize=3, label="final loss")
     if losses.size and (losses > 0).all():  # a loss of exactly 0 has no place on a log axis
         log_if_wide(ax, [losses])
     diverged = [r["lr"] for r in rows if r["status"] == DIVERGED]
@@ -384,6 +392,14 @@ def plot_lr_find(
             transform=top,
             label="diverged",
         )
+    if not done:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "every lr diverged", ha="center", transform=ax.transAxes)
+    # Set, not autoscaled: markers placed in axes coordinates (the diverged lrs) do not widen
+    # an axis, which would then cover the finished lrs only, or nothing.
+    lrs = np.asarray([r["lr"] for r in rows], dtype=float)
+    margin = max((lrs.max() / lrs.min()) ** 0.04, 1.5)
+    ax.set_xlim(lrs.min() / margin, lrs.max() * margin)
     if suggestion is not None:
         ax.axvline(
             suggestion, color="tab:green", linestyle="--", label=f"suggested lr {suggestion:.3g}"
@@ -393,4 +409,4 @@ def plot_lr_find(
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     below(fig, ax.get_legend_handles_labels()[0])
-    return save_figure(fig, out_path)
+    return fig

@@ -90,6 +90,18 @@ def nearest_existing(path: str | Path) -> Path:
     return folder
 
 
+def require_writable(key: str, value: str, folder: str | Path) -> None:
+    """One line naming ``key=value`` when ``folder`` cannot be made and written; nothing is
+    created here. Checked before the work whose result would go there."""
+    probe = nearest_existing(folder)
+    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
+        return
+    reason = "not a directory" if not probe.is_dir() else "no permission to write"
+    raise SweeplrError(
+        f"{key}={value} cannot be written ({probe}: {reason}); allowed: a place you can write"
+    )
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 

@@ -11,10 +11,11 @@ takes its outcome instead of training again, if its spec is still the one it was
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplr import job_batch
-from sweeplr.config import config_values
+from sweeplr.config import config_values, data_path_from
 from sweeplr.console import progress_printer
 from sweeplr.errors import SweeplrError
 from sweeplr.pruning import trial_link_for
@@ -62,22 +63,25 @@ def published_spec(num: int | None, values: Any) -> RunSpec | None:
     return member[0] if member is not None and member[2] == values else None
 
 
-def shared_outcome(num: int | None, spec: RunSpec) -> Outcome | None:
+def shared_outcome(num: int | None, spec: RunSpec, start_dir: str | Path) -> Outcome | None:
     """This job's outcome when it can train with its launch's other jobs, else None.
 
     The first job of a group to get here trains the whole group; the others find their outcome
     waiting. An outcome is only taken by a job whose spec is the one it was trained for.
+    ``start_dir`` is the folder the launch started in (relative data paths are read from it).
     """
     launched = job_batch.current()
     if launched is None or num is None or num not in launched.jobs:
         return None
     if num not in launched.trained:
-        _train_with_siblings(launched, num, spec)
+        _train_with_siblings(launched, num, spec, start_dir)
     trained_spec, outcome = launched.trained.pop(num)
     return outcome if trained_spec == spec else None
 
 
-def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSpec) -> None:
+def _train_with_siblings(
+    launched: job_batch.LaunchedJobs, num: int, spec: RunSpec, start_dir: str | Path
+) -> None:
     """Train ``spec`` with the launch's untrained jobs that share its batch key, in job order."""
     key = batch_key(spec)
     members: list[tuple[int, RunSpec, LogCallback | None]] = [
@@ -88,7 +92,7 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
             break
         if other != num and other not in launched.trained:
             if other not in launched.members:
-                launched.members[other] = _published_member(job)
+                launched.members[other] = _published_member(job, start_dir)
             member = launched.members[other]
             if member is not None and member[3] == key:
                 members.append((other, member[0], member[1]))
@@ -103,12 +107,13 @@ def _train_with_siblings(launched: job_batch.LaunchedJobs, num: int, spec: RunSp
 
 
 def _published_member(
-    job: job_batch.PublishedJob,
+    job: job_batch.PublishedJob, start_dir: str | Path
 ) -> tuple[RunSpec, LogCallback | None, Any, str] | None:
     """Spec, callback, config values and batch key of a published job, to train it with
-    others; None if it cannot."""
+    others; None if it cannot. Its values are read as its own ``run`` will read them
+    (``data_path_from``)."""
     try:
-        values = config_values(job.config)
+        values = data_path_from(config_values(job.config), start_dir)
         spec = run_spec(values)
         return spec, on_log(spec, published_trial(job), progress=False), values, batch_key(spec)
     except Exception:  # noqa: BLE001 - that job fails, or trains, in its own run

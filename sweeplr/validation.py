@@ -20,6 +20,7 @@ from sweeplr.config import (
     LOGGERS,
     OptimizerSchema,
     PenaltySchema,
+    SchedulerSchema,
     unknown_key,
     unknown_key_message,
 )
@@ -376,6 +377,33 @@ def _no_foreign_options(opt: Any) -> None:
         )
 
 
+# The options each schedule reads (sweeplr.schedules); any other must keep its default, as an
+# optimizer's: `scheduler.step_size=20` without scheduler=step would change nothing.
+SCHEDULER_OPTIONS = {
+    "constant": ("warmup_epochs", "warmup_start_factor"),
+    "step": ("warmup_epochs", "warmup_start_factor", "step_size", "gamma"),
+    "cosine": ("warmup_epochs", "warmup_start_factor", "min_lr"),
+    "onecycle": ("pct_start", "div_factor", "final_div_factor"),
+    "plateau": ("gamma", "min_lr", "patience", "threshold"),
+}
+
+
+def _no_foreign_schedule_options(sch: Any) -> None:
+    defaults = SchedulerSchema(name=sch.name)
+    own = SCHEDULER_OPTIONS[sch.name]
+    for name in dict.fromkeys(n for names in SCHEDULER_OPTIONS.values() for n in names):
+        if name in own or not hasattr(sch, name):
+            continue  # (a config composed before an option existed has not got it)
+        users = [s for s, names in SCHEDULER_OPTIONS.items() if name in names]
+        _require(
+            getattr(sch, name) == getattr(defaults, name),
+            f"scheduler.{name}",
+            getattr(sch, name),
+            f"scheduler={' or '.join(users)} (scheduler={sch.name}'s options: {', '.join(own)})",
+            f"does not apply to scheduler={sch.name}",
+        )
+
+
 def _validate_scheduler(cfg: Any) -> None:
     sch = cfg.scheduler
     _require(
@@ -401,6 +429,7 @@ def _validate_scheduler(cfg: Any) -> None:
         warmup,
         f"0 <= warmup_epochs < epochs ({cfg.epochs})",
     )
+    _no_foreign_schedule_options(sch)  # (after the warm-up's own rule, which says why)
     _require(
         0 < sch.warmup_start_factor <= 1,
         "scheduler.warmup_start_factor",

@@ -138,3 +138,48 @@ def test_blobs_and_split_are_scikit_learns_numbers():
         train, test = shuffle_split(n, size, seed)
         np.testing.assert_array_equal(train, sk_train)
         np.testing.assert_array_equal(test, sk_test)
+
+
+@pytest.mark.parametrize(
+    ("features", "weight", "message"),
+    [
+        (["a", "y"], None, r"^dataset.features=\[a,y\] names the target column 'y'; allowed: "),
+        (["a", "a"], None, r"^dataset.features=\[a,a\] names 'a' twice; allowed: each column once"),
+        (["a", "w"], "w", r"^dataset.features=\[a,w\] names the weight column 'w'; allowed: "),
+    ],
+)
+def test_a_feature_list_naming_the_target_weight_or_a_column_twice_is_one_line(
+    tmp_path, features, weight, message
+):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"a": [1.0, 2.0, 3.0], "w": [1.0, 1.0, 1.0], "y": [0, 1, 0]}).to_csv(path)
+    with pytest.raises(SweeplrError, match=message):
+        load_csv(path, "y", features=features, weight=weight)
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "1e39"])  # 1e39: finite, but not in float32
+def test_a_feature_cell_that_is_not_a_finite_float32_is_named(tmp_path, cell):
+    path = tmp_path / "d.csv"
+    path.write_text(f"a,b,y\n1,2,0\n3,{cell},1\n5,6,0\n")
+    with pytest.raises(SweeplrError) as error:
+        load_csv(path, "y")
+    shown = f"{float(cell):g}"
+    assert f"column 'b' has value {shown} (row 1), not a finite float32;" in str(error.value)
+
+
+def test_row_weights_that_are_0_on_every_training_row_are_one_line(tmp_path):
+    n = 30
+    blobs = make_blobs(n_samples=n)
+    path = tmp_path / "d.csv"
+    # Which rows the split holds out: read off a column of row numbers, split as a feature.
+    frame = pd.DataFrame({"x1": blobs.X[:, 0], "x2": blobs.X[:, 1], "y": blobs.y, "m": range(n)})
+    frame.to_csv(path, index=False)
+    table = load_csv(path, "y", features=["x1", "x2", "m"])
+    held = split(table, test_size=0.33, val_size=0.2)
+    outside_training = set(held.X_val[:, 2]) | set(held.X_test[:, 2])
+    frame["w"] = [1.0 if i in outside_training else 0.0 for i in range(n)]
+    frame.to_csv(path, index=False)
+    weighted = load_csv(path, "y", features=["x1", "x2"], weight="w")
+    assert weighted.weight is not None and weighted.weight.any()  # some weight, none training
+    with pytest.raises(SweeplrError, match=r"^dataset.weight=w is 0 on every training row"):
+        split(weighted, test_size=0.33, val_size=0.2)

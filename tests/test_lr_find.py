@@ -138,3 +138,90 @@ def test_a_missing_conf_folder_is_one_line(tmp_path, capsys, monkeypatch):
     assert main(["lr-find"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert "--config-dir=conf holds no config.yaml" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["scheduler=cosine", "scheduler.warmup_epochs=150", "--epochs", "100"],
+            "scheduler.warmup_epochs=150 is invalid; allowed: 0 <= warmup_epochs < epochs (100)",
+        ),
+        (
+            ["scheduler=cosine", "scheduler.warmup_epochs=150", "epochs=100"],
+            "scheduler.warmup_epochs=150 is invalid; allowed: 0 <= warmup_epochs < epochs (100)",
+        ),
+        (
+            ["epochs=500", "--epochs", "100"],
+            "--epochs 100 and epochs=500 both set each lr's budget; allowed: one of them",
+        ),
+    ],
+)
+def test_the_budget_is_epochs_or_an_epochs_override_and_a_warm_up_must_fit(
+    tmp_path, capsys, args, message
+):
+    argv = ["lr-find", *args, "--num", "3", "--out", str(tmp_path / "f")]
+    assert main([*argv, "--config-dir", str(CONF_DIR)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_an_epochs_override_is_the_budget_the_finding_reports(tmp_path, capsys, monkeypatch):
+    budgets: list[int] = []
+    train_runs = runner.train_runs
+
+    def recording(specs, *args, **kwargs):
+        budgets.extend(spec.epochs for spec in specs)
+        return train_runs(specs, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_runs", recording)
+    argv = ["lr-find", "epochs=7", "--num", "3", "--out", str(tmp_path / "f")]
+    assert main([*argv, "--config-dir", str(CONF_DIR)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert budgets == [7, 7, 7] and "after 7 epochs" in lines[0]
+    assert lines[1].startswith("  python train.py epochs=7 lr=")  # the budget it was found for
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(runner, "train_runs", no_training)
+    (tmp_path / "afile").write_text("mine\n")
+    out = tmp_path / "afile" / "sub"
+    argv = ["lr-find", "--num", "3", "--out", str(out), "--config-dir", str(CONF_DIR)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out={out} cannot be written ({tmp_path / 'afile'}: not a directory); "
+        "allowed: a place you can write\n"
+    )
+    assert (tmp_path / "afile").read_text() == "mine\n"
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "lr_find.csv").write_text("lr\n")
+    assert main([*argv[:-3], str(tmp_path / "used"), *argv[-2:]]) == 2
+    assert "already holds lr_find.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "statuses", [("completed", "diverged", "diverged"), ("diverged", "diverged", "diverged")]
+)
+def test_the_picture_shows_every_lr_tried_diverged_ones_included(statuses):
+    from matplotlib.collections import PathCollection
+
+    from sweeplr.plots import lr_find_figure
+
+    lrs = [1e30, 1.7e34, 3e38]
+    rows = [
+        {"lr": lr, "status": status, "loss": 6e34 if status == "completed" else None}
+        for lr, status in zip(lrs, statuses, strict=True)
+    ]
+    suggestion = 1e30 if "completed" in statuses else None
+    ax = lr_find_figure(rows, suggestion, "val_loss after 100 epochs", "title").axes[0]
+    low, high = ax.get_xlim()
+    assert low < min(lrs) and max(lrs) < high
+    [marks] = [c for c in ax.collections if isinstance(c, PathCollection)]
+    diverged = [r["lr"] for r in rows if r["status"] == "diverged"]
+    assert marks.get_label() == "diverged" and list(marks.get_offsets()[:, 0]) == diverged
+    texts = [t.get_text() for t in ax.texts]
+    assert ("every lr diverged" in texts) == (suggestion is None)

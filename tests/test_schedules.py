@@ -244,3 +244,43 @@ def test_step_scheduler_feeds_the_plateau_its_metric():
         step_scheduler(plateau, value)
     assert optimizer.param_groups[0]["lr"] == 0.25
     assert np.isfinite(optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "owner", "message"),
+    [
+        (
+            ("scheduler.step_size=20", "scheduler.gamma=0.5"),
+            "scheduler=step",
+            (
+                "scheduler.step_size=20 does not apply to scheduler=constant; allowed: scheduler=step "
+                "(scheduler=constant's options: warmup_epochs, warmup_start_factor)"
+            ),
+        ),
+        (
+            ("scheduler=cosine", "scheduler.patience=3"),
+            "scheduler=plateau",
+            "scheduler.patience=3 does not apply to scheduler=cosine; allowed: scheduler=plateau ",
+        ),
+        (
+            ("scheduler=step", "scheduler.min_lr=1e-4"),
+            "scheduler=cosine",
+            (
+                "scheduler.min_lr=1e-4 does not apply to scheduler=step; "
+                "allowed: scheduler=cosine or plateau "
+            ),
+        ),
+        (
+            ("scheduler=onecycle", "scheduler.warmup_start_factor=0.5"),
+            "scheduler=constant",
+            "scheduler.warmup_start_factor=0.5 does not apply to scheduler=onecycle",
+        ),
+    ],
+)
+def test_an_option_of_another_schedule_is_one_line(overrides, owner, message):
+    """As an option of another optimizer is: it would change nothing, silently."""
+    with pytest.raises(SweeplrError) as info:
+        run_spec(compose_config(*BASE, *overrides), overrides)
+    assert str(info.value).startswith(message)
+    options = [o for o in overrides if not o.startswith("scheduler=")]
+    assert run_spec(compose_config(*BASE, owner, *options)).schedule.name == owner.split("=")[1]

@@ -411,8 +411,7 @@ def test_schedules_and_early_stopping_in_a_grid_and_an_optuna_sweep(tmp_path):
         "--multirun",
         "sweep=optuna",
         "hydra.sweeper.n_trials=6",
-        "scheduler=choice(constant,onecycle,plateau)",
-        "scheduler.patience=choice(1,3)",
+        "scheduler=choice(constant,onecycle,plateau)",  # (a plateau option: plateau's jobs only)
         "early_stopping.patience=choice(2,5)",
         "epochs=choice(60)",
         "plots=false",

@@ -328,3 +328,23 @@ def test_bad_logger_is_one_line(tmp_path, args, needle):
         (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
         assert "logger.tracking_uri=sqlite:///f/m.db" in line and "allowed:" in line
         assert not list(tmp_path.glob("multirun/*/*/0"))  # refused before its first job
+
+
+def test_check_refuses_an_mlflow_server_that_does_not_answer(tmp_path):
+    """Before training: MLflow's client would retry for minutes after the run instead."""
+    import socket
+
+    require_module("mlflow", "mlflow")
+    with socket.socket() as listening, socket.socket() as silent:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        check(logger("mlflow", tracking_uri=f"http://127.0.0.1:{port}"), tmp_path)  # answers
+        silent.bind(("127.0.0.1", 0))  # a port held, so no one else takes it, never listened on
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(SweeplrError) as error:
+            check(logger("mlflow", tracking_uri=uri), tmp_path)
+    assert str(error.value) == (
+        f"logger.tracking_uri={uri} cannot be reached (Connection refused); "
+        "allowed: a running MLflow server, a sqlite:/// store, or logger=none"
+    )

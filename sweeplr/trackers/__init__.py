@@ -1,15 +1,15 @@
 """Trackers users already use: a run's numbers sent to TensorBoard or MLflow (``logger=``).
 
-``sweeplr.experiment.run`` calls :func:`check` before training (a missing package or an
-unwritable place is one line, not a lost run) and :func:`log_run` after it writes the run's
-record, in every job whatever the launcher; a sweep's end calls :func:`finish_sweep`. The
-packages are extras, imported only when their tracker is selected. No Hydra here.
+``sweeplr.experiment.run`` calls :func:`check` before training (a missing package, an
+unwritable place or an MLflow server that does not answer is one line, not a lost run) and
+:func:`log_run` after it writes the run's record, in every job whatever the launcher; a sweep's
+end calls :func:`finish_sweep`. The packages are extras, imported only when their tracker is
+selected. No Hydra here.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ def check(logger: Any, base_dir: str | Path, run_dir: str | Path | None = None) 
         raise SweeplrError(f"logger={name} is unknown; allowed: {', '.join(LOGGERS)}")
     if name == "none":
         return
+    from sweeplr.records import require_writable
+
     package = PACKAGES[name]
     if importlib.util.find_spec(package) is None:
         raise SweeplrError(
@@ -42,27 +44,15 @@ def check(logger: Any, base_dir: str | Path, run_dir: str | Path | None = None) 
             f'allowed: pip install -e ".[{package}]", or logger=none'
         )
     if name == "tensorboard" and run_dir is not None:
-        _need_writable("logger.subdir", str(logger.subdir), Path(run_dir) / str(logger.subdir))
+        require_writable("logger.subdir", str(logger.subdir), Path(run_dir) / str(logger.subdir))
     if name == "mlflow":
-        from sweeplr.trackers.mlflow_log import store_folder, tracking_uri
+        from sweeplr.trackers.mlflow_log import check_server, store_folder, tracking_uri
 
         uri = tracking_uri(logger.tracking_uri, base_dir)
         folder = store_folder(uri)
         if folder is not None:
-            _need_writable("logger.tracking_uri", str(logger.tracking_uri or uri), folder)
-
-
-def _need_writable(key: str, value: str, folder: Path) -> None:
-    """One line when ``folder`` cannot be made and written; nothing is created here."""
-    from sweeplr.records import nearest_existing
-
-    probe = nearest_existing(folder)
-    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
-        return
-    reason = "not a directory" if not probe.is_dir() else "no permission to write"
-    raise SweeplrError(
-        f"{key}={value} cannot be written ({probe}: {reason}); allowed: a place you can write"
-    )
+            require_writable("logger.tracking_uri", str(logger.tracking_uri or uri), folder)
+        check_server(uri, str(logger.tracking_uri))
 
 
 def log_run(

@@ -58,6 +58,26 @@ def store_folder(uri: str) -> Path | None:
     return Path(uri[len(SQLITE) :]).parent if uri.startswith(SQLITE) else None
 
 
+def check_server(uri: str, shown: str, timeout: float = 5.0) -> None:
+    """One line when the server of an ``http(s)://`` store does not take a connection: MLflow's
+    client would retry for minutes after the run, and log nothing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError) as exc:  # refused, no such host, timed out; a bad port number
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise SweeplrError(
+            f"logger.tracking_uri={shown} cannot be reached ({reason}); "
+            "allowed: a running MLflow server, a sqlite:/// store, or logger=none"
+        ) from None
+
+
 @contextmanager
 def _store_lock(uri: str, sweep_dir: Path | None) -> Iterator[None]:
     from filelock import FileLock
