@@ -1,4 +1,6 @@
-"""``hydra/launcher=sweeplr_slurm`` and ``sweeplr_submitit_local``: chunks of a launch per job.
+"""launcher=slurm and submitit_local: one Slurm job (process) per chunk of a launch's jobs.
+
+The launchers are ``hydra/launcher=sweeplr_slurm`` and ``sweeplr_submitit_local``.
 
 hydra-submitit-launcher submits every job of a launch as its own Slurm job (array task), so each
 trains one configuration and a 1,000-configuration grid is 1,000 Slurm jobs: on a cluster,
@@ -17,8 +19,8 @@ jobs that could go together), at most ``max_batch``.
 Waiting for the chunks reads their result files, and for Slurm asks ``squeue`` whether a chunk
 still runs: never ``sacct``, which fails on clusters without accounting and fills the log with
 its warnings (hydra-submitit-launcher's wait asks it). A chunk whose Slurm job ended without a
-result (``scancel``, node loss, time limit) fails each of its jobs with one line saying so;
-the sweep's resume (a grid's, an Optuna study's) runs them again.
+result (``scancel``, node loss, time limit) fails each of its jobs with one line saying so,
+and the chunks that finished keep their runs; an Optuna study's resume runs those trials again.
 
 Imports nothing heavy: Hydra imports every plugin of the environment when any app starts.
 """
@@ -256,7 +258,7 @@ def _died(job: Any) -> str:
     said = f" ({state})" if state else ""
     return (
         f"its {job_kind(job)} {job.job_id} ended without a result{said}: cancelled, its node "
-        f"lost or its time limit reached; run the command again to finish its jobs (see {job.paths.stderr})"
+        f"lost or its time limit reached (its log: {job.paths.stderr})"
     )
 
 
