@@ -32,7 +32,7 @@ require_module("hydra_plugins.hydra_submitit_launcher", "cluster")
 from sweeplr.plugins.submitit_chunks import (  # after the extra's check
     ChunkedLocalLauncher,
     ChunkedSlurmLauncher,
-    chunk_starts,
+    chunk_ranges,
     default_chunk_size,
 )
 
@@ -68,9 +68,9 @@ def test_default_chunk_is_about_one_training_pass():
 
 
 def test_chunks_cover_the_launch_in_order():
-    chunks = chunk_starts(10, 4)
+    chunks = chunk_ranges(10, 4)
     assert [list(c) for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert len(chunk_starts(64, 16)) == math.ceil(64 / 16)
+    assert len(chunk_ranges(64, 16)) == math.ceil(64 / 16)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "4"])
@@ -79,6 +79,13 @@ def test_a_bad_chunk_size_is_one_line_naming_it(bad):
         SweeplrError, match=rf"^hydra.launcher.chunk_size={bad} is invalid; allowed"
     ):
         ChunkedLocalLauncher(chunk_size=bad, submitit_folder="x")
+
+
+def test_an_unknown_job_runner_is_one_line_before_any_chunk():
+    with pytest.raises(
+        SweeplrError, match=r"^hydra.launcher.job_runner=fast is unknown; allowed: shared, hydra$"
+    ):
+        ChunkedSlurmLauncher(job_runner="fast", submitit_folder="x")
 
 
 @mark.slow  # each launch starts submitit processes that import Hydra

@@ -43,6 +43,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplr.plugins.batch_launcher import JOB_RUNNERS, BatchLauncher, JobComposer
+
 try:
     from hydra_plugins.hydra_submitit_launcher.config import (
         BaseQueueConf,
@@ -66,7 +68,7 @@ def default_chunk_size(batch_keys: Sequence[Any], max_batch: int) -> int:
     return max(1, min(max_batch, math.ceil(len(batch_keys) / passes)))
 
 
-def chunk_starts(n_jobs: int, chunk_size: int) -> list[range]:
+def chunk_ranges(n_jobs: int, chunk_size: int) -> list[range]:
     """The launch's job positions, in chunks of consecutive jobs."""
     return [range(start, min(start + chunk_size, n_jobs)) for start in range(0, n_jobs, chunk_size)]
 
@@ -82,18 +84,23 @@ class _ChunkedLauncher(BaseSubmititLauncher):
         **params: Any,
     ) -> None:
         super().__init__(**params)
-        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
-            from sweeplr.errors import SweeplrError
+        from sweeplr.errors import SweeplrError
 
+        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
             raise SweeplrError(
                 f"hydra.launcher.chunk_size={chunk_size} is invalid; allowed: an integer >= 1, "
                 "or null (about one training pass per chunk)"
+            )
+        if job_runner not in JOB_RUNNERS:  # said here, not by every chunk
+            raise SweeplrError(
+                f"hydra.launcher.job_runner={job_runner} is unknown; allowed: "
+                + ", ".join(JOB_RUNNERS)
             )
         self.chunk_size = chunk_size
         self.max_batch = max_batch
         self.job_runner = job_runner
 
-    def setup(
+    def setup(  # the base's, here too for the stand-in base without the extra
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config = config
@@ -107,8 +114,6 @@ class _ChunkedLauncher(BaseSubmititLauncher):
         singleton_state: dict[type, Singleton],
     ) -> list[JobReturn]:
         """Run one chunk, in its Slurm job (or local process), through the batch launcher."""
-        from sweeplr.plugins.batch_launcher import BatchLauncher
-
         assert self.hydra_context is not None and self.task_function is not None
         assert self.config is not None
         Singleton.set_state(singleton_state)
@@ -126,13 +131,17 @@ class _ChunkedLauncher(BaseSubmititLauncher):
         assert self.config is not None
         overrides = [list(job) for job in job_overrides]
         size = self.chunk_size or default_chunk_size(self._batch_keys(overrides), self.max_batch)
-        chunks = chunk_starts(len(overrides), size)
+        chunks = chunk_ranges(len(overrides), size)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(
-            f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}: {len(overrides)} jobs"
-            f" in {len(chunks)} chunks of at most {size}"
+        one, many = (
+            ("Slurm job", "Slurm jobs") if self._EXECUTOR == "slurm" else ("process", "processes")
         )
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        if len(chunks) == 1:
+            log.info(f"{len(overrides)} jobs in one {one}")
+        else:
+            log.info(f"{len(overrides)} jobs in {len(chunks)} {many} of {size} jobs at most")
         for idx, job in enumerate(overrides, initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(job))}")
         state = Singleton.get_state()
@@ -154,7 +163,6 @@ class _ChunkedLauncher(BaseSubmititLauncher):
     def _batch_keys(self, overrides: list[list[str]]) -> list[Any]:
         """Each job's batch key, composed as the batch launcher composes it (None for a job
         that is not one of sweeplr's runs)."""
-        from sweeplr.plugins.batch_launcher import JobComposer
         from sweeplr.spec import batch_key, run_spec
 
         assert self.hydra_context is not None and self.config is not None
