@@ -36,6 +36,8 @@ class PreflightCallback(Callback):
         if problem:
             sys.exit(problem)
 
+    job_hooks_read = "hydra"  # its job hook reads no config (plugins/job_runner.py)
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from sweeplr.console import quiet_log_file_errors
 
