@@ -402,3 +402,20 @@ def test_yaml_spelt_without_pyyaml_is_pyyamls_own():
     assert all(_simple_lines(2, k, v) is not None for k, v in usual.items())
     overrides = {"hydra": ["hydra.mode=MULTIRUN"], "task": ["seed=17", "optimizer=adam"]}
     assert _simple_lines(1, "overrides", overrides) is not None
+
+
+def test_sweeplrs_own_callbacks_need_no_whole_config_per_job():
+    """Every job hook ``conf/config.yaml`` registers reads the Hydra node at most, so a sweep
+    of train.py makes no second copy of each job's config (a new hook must say what it reads)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+
+    from sweeplr.config import register_configs
+    from sweeplr.plugins.job_runner import job_hooks_read_task_values
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
+        config = compose(config_name="config", return_hydra_config=True)
+    hooks = Callbacks(config)
+    assert len(hooks.callbacks) == len(config.hydra.callbacks) >= 4
+    assert not job_hooks_read_task_values(hooks)
