@@ -416,6 +416,7 @@ def test_sweeplrs_own_callbacks_need_no_whole_config_per_job():
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf")):
         config = compose(config_name="config", return_hydra_config=True)
-    hooks = Callbacks(config)
+    with execution_whitelist(["sweeplr.*"]):
+        hooks = Callbacks(config)
     assert len(hooks.callbacks) == len(config.hydra.callbacks) >= 4
     assert not job_hooks_read_task_values(hooks)
