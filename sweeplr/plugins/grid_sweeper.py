@@ -196,9 +196,10 @@ class SweeplrGridSweeper(BasicSweeper):
                 print(f"warning: {warning}", file=sys.stderr)
         todo = [num for num in range(len(jobs)) if num not in resume.kept]
         if resume.kept:
+            rest = f"running the other {len(todo)}" if todo else "nothing left to run"
             log.info(
                 f"Resuming {sweep_dir}: {len(resume.kept)} of {len(jobs)} jobs have a finished "
-                f"record, kept; running the other {len(todo)}"
+                f"record, kept; {rest}"
             )
         returns: list[Sequence[JobReturn]] = []
         try:
