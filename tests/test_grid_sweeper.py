@@ -59,8 +59,9 @@ def test_the_earlier_sweep_is_the_job_list_its_multirun_yaml_expands_to(tmp_path
     assert earlier_jobs(tmp_path, PARSER) is None  # a study: its jobs are no grid's
     multirun_yaml(tmp_path, ["lr=interval(0,1)"])  # no grid expands it
     assert earlier_jobs(tmp_path, PARSER) is None
-    (tmp_path / "multirun.yaml").write_text("hydra: [damaged\n")
-    assert earlier_jobs(tmp_path, PARSER) is None
+    for damaged in ("hydra: [damaged\n", "- a list\n", "hydra: {}\n"):
+        (tmp_path / "multirun.yaml").write_text(damaged)
+        assert earlier_jobs(tmp_path, PARSER) is None
 
 
 def grid_dir(sweep: Path) -> Path:
@@ -109,6 +110,8 @@ def test_folders_without_sweeplr_records_run_again_as_under_the_basic_sweeper(tm
     (sweep / "0" / ".hydra").mkdir(parents=True)  # a task that writes no record
     resume = plan_resume(sweep, [["b=3"]], earlier_jobs(sweep, PARSER))
     assert resume.kept == set() and resume.retried == []
+    (sweep / "multirun.yaml").write_text("hydra: [damaged\n")
+    assert plan_resume(sweep, [["b=3"]], earlier_jobs(sweep, PARSER)).kept == set()
     new = tmp_path / "new"
     assert plan_resume(new, JOBS, earlier_jobs(new, PARSER)).kept == set()
     assert not new.exists()  # nothing made before the sweep starts

@@ -67,19 +67,29 @@ class Resume:
     retried: list[Path]
 
 
-def expand(parser: OverridesParser, params: Mapping[str, Any], args: Sequence[str]) -> list[Any]:
+def expand(
+    parser: OverridesParser, params: Mapping[str, Any], args: Sequence[str]
+) -> list[list[str]]:
     """A grid's jobs, each one's overrides, by job number, as the basic sweeper expands them
     from ``hydra.sweeper.params`` and the command's overrides."""
     parsed = parser.parse_overrides([*(f"{k}={v}" for k, v in params.items()), *args])
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def earlier_jobs(sweep_dir: Path, parser: OverridesParser) -> list[Any] | None:
-    """The jobs of the grid whose ``multirun.yaml`` (Hydra's copy of the sweep's config) the
-    directory holds; None when there is none, or it is another sweeper's, or is unreadable."""
+def earlier_sweep(sweep_dir: Path) -> Any:
+    """The ``hydra`` node of the directory's ``multirun.yaml`` (Hydra's copy of the config of
+    the sweep it holds), None when there is none or it is damaged."""
     from sweeplr.records import read_yaml
 
-    hydra = (read_yaml(sweep_dir / "multirun.yaml") or {}).get("hydra")
+    node = read_yaml(sweep_dir / "multirun.yaml")
+    hydra = node.get("hydra") if isinstance(node, dict) else None
+    return hydra if isinstance(hydra, dict) else None
+
+
+def earlier_jobs(sweep_dir: Path, parser: OverridesParser) -> list[list[str]] | None:
+    """The jobs of the grid the directory holds, as its ``multirun.yaml`` expands; None when
+    there is none, or it is another sweeper's, or it is unreadable."""
+    hydra = earlier_sweep(sweep_dir)
     try:
         sweeper, task = hydra["sweeper"], hydra["overrides"]["task"]
         if sweeper["_target_"] not in GRID_SWEEPERS:
@@ -90,13 +100,13 @@ def earlier_jobs(sweep_dir: Path, parser: OverridesParser) -> list[Any] | None:
 
 
 def plan_resume(
-    sweep_dir: Path, jobs: Sequence[Sequence[str]], earlier: list[Any] | None
+    sweep_dir: Path, jobs: Sequence[Sequence[str]], earlier: list[list[str]] | None
 ) -> Resume:
     """Which of ``jobs`` the directory already holds finished records of.
 
-    Raises :class:`SweeplrError` when it holds sweeplr records (or another sweeper's sweep) and
-    ``earlier``, the jobs of the sweep it holds, are not ``jobs``: rerunning their job numbers
-    would overwrite another sweep's runs.
+    Raises :class:`SweeplrError` when it holds sweeplr records (or another sweeper's sweep: an
+    Optuna study's) and ``earlier``, the jobs of the sweep it holds, are not ``jobs``: rerunning
+    their job numbers would overwrite another sweep's runs.
     """
     from sweeplr.records import METRICS_FILE
     from sweeplr.run_rows import read_run, run_dirs
@@ -107,7 +117,9 @@ def plan_resume(
         with suppress(SweeplrError):  # no run folders
             folders = run_dirs(sweep_dir)
     recorded = [read_run(f, sweep_dir) for f in folders if (f / METRICS_FILE).exists()]
-    another_sweeper = earlier is None and (sweep_dir / "multirun.yaml").exists()
+    sweeper = (earlier_sweep(sweep_dir) or {}).get("sweeper")
+    target = sweeper.get("_target_") if isinstance(sweeper, dict) else None
+    another_sweeper = target is not None and target not in GRID_SWEEPERS
     if not recorded and not another_sweeper:
         return Resume(set(), [])  # nothing of sweeplr's: run every job, as the basic sweeper
     finished = [r for r in recorded if r.status in (COMPLETED, DIVERGED, PRUNED)]
