@@ -161,6 +161,22 @@ def launches(todo: Sequence[int], size: int | None) -> list[tuple[int, int]]:
     return spans
 
 
+def refuse_a_used_directory(sweep_dir: Path) -> None:
+    """An Optuna study's first claim of a directory (`sweeplr.study_session.claim_sweep_dir`)
+    never takes one that holds another sweep's runs: its trial numbers would overwrite their
+    folders, and the summary would mix the two sweeps. Raises :class:`SweeplrError` naming the
+    directory. (A grid resumes its own directory: `plan_resume`.)"""
+    used = (sweep_dir / "multirun.yaml").exists() or (
+        sweep_dir.is_dir()
+        and any(child.is_dir() and child.name.isdigit() for child in sweep_dir.iterdir())
+    )
+    if used:
+        raise SweeplrError(
+            f"hydra.sweep.dir={sweep_dir} already holds another sweep's runs; allowed: "
+            "a new directory (by default every launch gets its own)"
+        )
+
+
 def one_job_warning(overrides: Sequence[Override]) -> str | None:
     """Why a sweep expands to one job when it was given a sweep (``lr=range(0.001,0.1)``: one
     value, its step being 1); None when no sweep was given (``--multirun lr=0.1``)."""
