@@ -130,8 +130,9 @@ def plan_resume(
     ]
     if earlier != [list(job) for job in jobs] or strangers:
         raise SweeplrError(
-            f"hydra.sweep.dir={sweep_dir} already holds another sweep's runs; allowed: the same "
-            "command, to finish that sweep, or a new directory (by default every launch gets its own)"
+            f"hydra.sweep.dir={sweep_dir} already holds another sweep's runs; allowed: the "
+            "same command, to finish that sweep, or a new directory (by default every launch "
+            "gets its own)"
         )
     retried = [r.path for r in recorded if r not in finished and r.path is not None]
     return Resume({r.job for r in finished if r.job is not None}, retried)
