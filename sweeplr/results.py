@@ -2,9 +2,10 @@
 
 Every run directory of a sweep becomes one row, including runs that never wrote
 ``metrics.json`` (status ``missing``) or wrote a damaged one (status ``corrupt``), so a crashed
-job shows up instead of silently shrinking the sweep; a grid's planned jobs that never started
-are rows too (status ``not_run``, from its ``jobs.json``) (`sweeplr.run_rows` reads each). This module reads files only: it imports
-neither Hydra nor torch, so ``sweeplr summary`` and notebooks load it quickly.
+job shows up instead of silently shrinking the sweep, and a grid's planned jobs that never
+started (status ``not_run``, from its ``jobs.json``); `sweeplr.run_rows` reads each. This module
+reads files only: it imports neither Hydra nor torch, so ``sweeplr summary`` and notebooks load
+it quickly.
 """
 
 from __future__ import annotations
