@@ -35,6 +35,8 @@ SUPERSEDED_FILE = "superseded.json"  # a killed trial's folder, whose trial was 
 # A sweep's command line as its process got it, for its report: Hydra's own files keep the
 # task's and Hydra's overrides apart, so the order they were typed in is kept only here.
 COMMAND_FILE = "command.json"
+# A grid's planned jobs, each one's overrides by job number: its summary lists those not run.
+PLANNED_JOBS_FILE = "jobs.json"
 SCHEMA_VERSION = 1
 
 
@@ -433,3 +435,22 @@ def read_command(sweep_dir: str | Path) -> list[str] | None:
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         return None
     return argv
+
+
+def write_planned_jobs(sweep_dir: str | Path, jobs: Sequence[Sequence[str]]) -> Path:
+    """Keep a grid's planned jobs (each one's overrides, by job number) in its directory."""
+    text = json.dumps({"jobs": [[str(o) for o in job] for job in jobs]})
+    return atomic_write_text(Path(sweep_dir) / PLANNED_JOBS_FILE, text + "\n")
+
+
+def read_planned_jobs(sweep_dir: str | Path) -> list[list[str]] | None:
+    """The jobs `write_planned_jobs` kept; None when there are none or the file is damaged."""
+    try:
+        jobs = json.loads((Path(sweep_dir) / PLANNED_JOBS_FILE).read_text())["jobs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(jobs, list) or not all(
+        isinstance(job, list) and all(isinstance(o, str) for o in job) for job in jobs
+    ):
+        return None
+    return jobs

@@ -2,8 +2,10 @@
 
 Every run directory of a sweep becomes one row, including runs that never wrote
 ``metrics.json`` (status ``missing``) or wrote a damaged one (status ``corrupt``), so a crashed
-job shows up instead of silently shrinking the sweep (`sweeplr.run_rows` reads each). This module reads files only: it imports
-neither Hydra nor torch, so ``sweeplr summary`` and notebooks load it quickly.
+job shows up instead of silently shrinking the sweep, and a grid's planned jobs that never
+started (status ``not_run``, from its ``jobs.json``); `sweeplr.run_rows` reads each. This module
+reads files only: it imports neither Hydra nor torch, so ``sweeplr summary`` and notebooks load
+it quickly.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import numpy as np
 import pandas as pd
 
 from sweeplr.errors import SweeplrError
-from sweeplr.records import METRICS_FILE, atomic_write_text
+from sweeplr.records import atomic_write_text
 from sweeplr.run_rows import (
     RunDirectory,
-    is_run_dir,
-    job_number,
+    not_run,
     objective_attrs,
     read_run,
+    run_dirs,
     table_rows,
 )
 from sweeplr.schema import COMPLETED, FORMATS, HYPERPARAMETERS, METRIC_COLUMNS, PRUNED
@@ -57,7 +59,8 @@ def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
                 raise
             log.warning(f"{sweep} holds no runs; combining the other directories")
             continue
-        runs.extend(read_run(run_dir, Path(sweep)) for run_dir in found)
+        ran = [read_run(run_dir, Path(sweep)) for run_dir in found]
+        runs.extend([*ran, *not_run(Path(sweep), ran)])
     if not runs:
         raise SweeplrError(f"none of {', '.join(map(str, paths))} holds a run directory")
     rows, swept = table_rows(runs, with_sweep_dir=len(paths) > 1)
@@ -70,35 +73,6 @@ def load_sweep(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     df.attrs.update(objective_attrs(runs))
     df.attrs["swept"] = swept
     return sort_runs(df, "objective")
-
-
-def run_dirs(path: str | os.PathLike[str]) -> list[Path]:
-    """The run directories under a sweep directory, by job number; ``[path]`` for a run's own.
-
-    A job directory is a non-hidden folder named by a number or holding ``metrics.json`` or
-    ``.hydra/``: Hydra creates it before the job starts, so an empty numbered folder is a
-    job that never finished, not clutter.
-    """
-    root = Path(path)
-    if not root.exists():
-        raise SweeplrError(f"{root} does not exist; allowed: a sweep directory or a run directory")
-    if not root.is_dir():
-        raise SweeplrError(f"{root} is not a directory; allowed: a sweep or run directory")
-    if is_run_dir(root):
-        return [root]
-    found = [
-        child
-        for child in root.iterdir()
-        if child.is_dir()
-        and not child.name.startswith(".")
-        and (job_number(child.name) is not None or is_run_dir(child))
-    ]
-    if not found:
-        raise SweeplrError(
-            f"{root} holds no run directories (numbered job folders with {METRICS_FILE} or "
-            ".hydra/); allowed: a sweep directory or a run directory"
-        )
-    return sorted(found, key=lambda p: (job_number(p.name) is None, job_number(p.name), p.name))
 
 
 def sort_runs(df: pd.DataFrame, column: str, ascending: bool | None = None) -> pd.DataFrame:

@@ -12,12 +12,20 @@ import ast
 import json
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeplr.records import METRICS_FILE, SUPERSEDED_FILE, read_yaml, record_problem
+from sweeplr.errors import SweeplrError
+from sweeplr.records import (
+    METRICS_FILE,
+    SUPERSEDED_FILE,
+    read_planned_jobs,
+    read_yaml,
+    record_problem,
+)
 from sweeplr.schema import (
     COMPLETED,
     CORRUPT,
@@ -27,6 +35,7 @@ from sweeplr.schema import (
     METRIC_COLUMNS,
     METRICS,
     MISSING,
+    NOT_RUN,
     PRUNED,
     SPLITS,
     SUPERSEDED,
@@ -64,18 +73,34 @@ TRIAL_STATES = {COMPLETED: "COMPLETE", PRUNED: "PRUNED", DIVERGED: "PRUNED", FAI
 
 
 class RunDirectory:
-    """What one run directory says about its run, before it becomes a row."""
+    """What one run directory says about its run, before it becomes a row.
 
-    def __init__(self, path: Path, sweep: Path, status: str, record: dict[str, Any] | None) -> None:
+    ``path`` is None for a grid's planned job that never started (`not_run`): no folder, and
+    ``overrides`` and ``job`` from the grid's plan.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        sweep: Path,
+        status: str,
+        record: dict[str, Any] | None,
+        planned: tuple[int, Sequence[str]] | None = None,
+    ) -> None:
         self.path = path
         self.sweep = sweep
         self.status = status
         self.record = record or {}
         overrides = self.record.get("overrides")
-        if not isinstance(overrides, list):  # the run crashed first: Hydra's copy still exists
+        if planned is not None:
+            overrides = list(planned[1])
+        elif not isinstance(overrides, list) and path is not None:
+            # the run crashed first: Hydra's copy still exists
             overrides = _read_overrides(path / OVERRIDES_FILE)
-        self.overrides = [str(o) for o in overrides]
-        number = job_number(path.name)
+        self.overrides = [str(o) for o in overrides or []]
+        number = planned[0] if planned is not None else None
+        if number is None and path is not None:
+            number = job_number(path.name)
         if number is None:
             num = (self.record.get("job") or {}).get("num")
             number = num if isinstance(num, int) else None
@@ -98,6 +123,48 @@ def read_run(path: Path, sweep: Path) -> RunDirectory:
         log.warning("%s is not a run record (%s); listed with status %s", metrics, problem, CORRUPT)
         return RunDirectory(path, sweep, CORRUPT, None)
     return RunDirectory(path, sweep, str(record["status"]), record)
+
+
+def run_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """The run directories under a sweep directory, by job number; ``[path]`` for a run's own.
+
+    A job directory is a non-hidden folder named by a number or holding ``metrics.json`` or
+    ``.hydra/``: Hydra creates it before the job starts, so an empty numbered folder is a
+    job that never finished, not clutter.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise SweeplrError(f"{root} does not exist; allowed: a sweep directory or a run directory")
+    if not root.is_dir():
+        raise SweeplrError(f"{root} is not a directory; allowed: a sweep or run directory")
+    if is_run_dir(root):
+        return [root]
+    found = [
+        child
+        for child in root.iterdir()
+        if child.is_dir()
+        and not child.name.startswith(".")
+        and (job_number(child.name) is not None or is_run_dir(child))
+    ]
+    if not found:
+        raise SweeplrError(
+            f"{root} holds no run directories (numbered job folders with {METRICS_FILE} or "
+            ".hydra/); allowed: a sweep directory or a run directory"
+        )
+    return sorted(found, key=lambda p: (job_number(p.name) is None, job_number(p.name), p.name))
+
+
+def not_run(sweep: Path, runs: Sequence[RunDirectory]) -> list[RunDirectory]:
+    """A row for each job the grid of ``sweep`` planned and never started (a sweep stopped by
+    Ctrl-C before them): it has no folder, so only the grid's plan names it."""
+    planned = read_planned_jobs(sweep) or []
+    started = {run.job for run in runs}
+    unnumbered = {tuple(run.overrides) for run in runs if run.job is None}
+    return [
+        RunDirectory(None, sweep, NOT_RUN, None, planned=(num, overrides))
+        for num, overrides in enumerate(planned)
+        if num not in started and tuple(overrides) not in unnumbered
+    ]
 
 
 def _read_overrides(path: Path) -> list[Any]:
@@ -154,7 +221,7 @@ def table_rows(
             row["trial_state"] = TRIAL_STATES.get(run.status)
         if with_sweep_dir:
             row["sweep_dir"] = str(run.sweep)
-        row["run_dir"] = str(run.path)
+        row["run_dir"] = None if run.path is None else str(run.path)
         rows.append(row)
     swept = _order_swept(swept_names, rows)
     order = ["job", *swept, *(k for k in rows[0] if k != "job" and k not in swept)]

@@ -17,7 +17,8 @@ FAILED = "failed"  # the job raised (bad config value, bad data file, a bug in t
 MISSING = "missing"
 CORRUPT = "corrupt"
 SUPERSEDED = "superseded"  # a killed trial's folder: a retry of its trial holds the result
-UNFINISHED = (MISSING, CORRUPT, SUPERSEDED)
+NOT_RUN = "not_run"  # a grid's planned job that never started (the sweep was stopped first)
+UNFINISHED = (MISSING, CORRUPT, SUPERSEDED, NOT_RUN)
 Status = Literal["completed", "diverged", "pruned"]  # how training can end (the engine's view)
 
 # What `sweeplr summary --format` can print.

@@ -3,9 +3,14 @@
 `LauncherTestSuite`, `IntegrationTestSuite` and `BatchedSweeperTestSuite` ship with hydra-core
 (`hydra.test_utils.launcher_common_tests`); passing them is what makes a launcher a Hydra
 launcher: it runs the task function it is handed, for every job, through Hydra's job machinery.
-The batched suite also runs with sweeplr's grid sweeper, a subclass of Hydra's basic one.
+The batched and integration suites also run with sweeplr's grid sweeper, a subclass of Hydra's
+basic one: a task that writes no sweeplr record sweeps as under the basic sweeper, into a used
+``hydra.sweep.dir`` too (``test_to_absolute_path_multirun`` sweeps twice into ``cli_dir``).
 """
 
+import os
+
+import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
@@ -19,6 +24,15 @@ from pytest import mark, param
 from sweeplr.plugins.batch_launcher import BatchLauncher
 from sweeplr.plugins.grid_sweeper import SweeplrGridSweeper
 from sweeplr.plugins.optuna_sweeper import SweeplrOptunaSweeper
+from tests.conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integration suites' apps run in a subprocess: let them import this tree's sweeplr
+    (the plugins' entry points name its modules), not the one the environment installed."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", pythonpath)
 
 
 def test_discovery():
@@ -50,6 +64,25 @@ class TestBatchLauncher(LauncherTestSuite):
 )
 @mark.slow  # each test runs a Hydra app in a subprocess, as the copied Optuna plugin tests do
 class TestBatchLauncherIntegration(IntegrationTestSuite):
+    pass
+
+
+QUIET = ["hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]
+
+
+@mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [
+        param({}, ["-m", "hydra/sweeper=sweeplr_grid", *QUIET], id="sweeplr_grid_basic"),
+        param(
+            {},
+            ["-m", "hydra/sweeper=sweeplr_grid", "hydra/launcher=sweeplr_batch", *QUIET],
+            id="sweeplr_grid_sweeplr_batch",
+        ),
+    ],
+)
+@mark.slow  # as above: a Hydra app in a subprocess per test
+class TestGridSweeperIntegration(IntegrationTestSuite):
     pass
 
 

@@ -1,7 +1,9 @@
 """Sweeps as a user runs them: `python train.py --multirun ...` in a temp dir (slow)."""
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -438,8 +440,76 @@ def test_a_grid_refuses_a_directory_that_holds_runs(tmp_path):
     assert again.returncode == 1
     assert again.stdout == ""  # not the old sweep's table either
     assert again.stderr == (
-        f"error: hydra.sweep.dir={sweep} already holds another sweep's runs; allowed: "
-        "a new directory (by default every launch gets its own)\n"
+        f"error: hydra.sweep.dir={sweep} already holds another sweep's runs; allowed: the same "
+        "command, to finish that sweep, or a new directory (by default every launch gets its "
+        "own)\n"
     )
     assert record_files(sweep) == before
     assert (sweep / "summary.csv").read_bytes() == summary
+
+
+def file_hashes(folders: list[Path]) -> dict[str, str]:
+    """Every file under ``folders`` (their Hydra files and logs too), by path: its SHA-256."""
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_grid_stopped_by_ctrl_c_is_finished_by_the_same_command(tmp_path):
+    sweep = tmp_path / "G"
+    lrs = [f"0.{k}" for k in range(1, 9)]
+    args = [
+        "--multirun",
+        f"lr={','.join(lrs)}",
+        "seed=range(8)",  # 64 jobs, in 8 launches of 8
+        "epochs=300",
+        "hydra.sweeper.max_batch_size=8",
+        "plots=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(sweep.glob("*/metrics.json"))) < 8:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, once the first launch's records exist
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.splitlines()[-1] == (
+        f"interrupted: the finished runs are kept in {sweep}; the same command with "
+        f"hydra.sweep.dir={sweep} runs the rest"
+    )
+    kept = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    kept_jobs = {int(folder.name) for folder in kept}
+    assert 8 <= len(kept) < 64
+    before = file_hashes(kept)
+    summary = pd.read_csv(sweep / "summary.csv")  # every planned job, those not run as such
+    assert sorted(summary["job"]) == list(range(64))
+    assert set(summary.loc[summary["job"].isin(kept_jobs), "status"]) == {"completed"}
+    rest = summary.loc[~summary["job"].isin(kept_jobs), "status"]
+    assert "not_run" in set(rest) and set(rest) <= {"not_run", "missing"}
+
+    again = run_train(tmp_path, *args)  # the same command
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stdout + again.stderr
+    assert (
+        f"Resuming {sweep}: {len(kept)} of 64 jobs have a finished record, kept; "
+        f"running the other {64 - len(kept)}"
+    ) in output
+    ran = [int(n) for n in re.findall(r"^\[job (\d+)\] completed", output, re.MULTILINE)]
+    assert sorted(ran) == sorted(set(range(64)) - kept_jobs)  # each job once, over both runs
+    assert file_hashes(kept) == before  # the earlier records, byte for byte
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert sorted(summary["job"]) == list(range(64))
+    assert set(summary["status"]) == {"completed"}
+    for num, rec in records(sweep).items():
+        assert rec["overrides"][:2] == [f"lr={lrs[num // 8]}", f"seed={num % 8}"]
