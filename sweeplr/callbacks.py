@@ -253,15 +253,21 @@ class SummaryCallback(Callback):
                 return
             print(f"sweeplr: {path} ({_shown_runs(len(df), self.top)})")
             print(format_table(compact(df), "table", self.top))
-            if config.get("plots", True):
-                from sweeplr.report import draw_sweep
-
-                report = draw_sweep(sweep_dir, df, study)[-1]
-                print(f"sweeplr: pictures and {report} (open it in a browser)")
         except Exception as exc:  # noqa: BLE001 - a summary must never fail the sweep
             from sweeplr.errors import first_line
 
             log.warning(f"sweeplr: no sweep summary: {first_line(exc)}")
+            return
+        if config.get("plots", True):
+            try:
+                from sweeplr.report import draw_sweep
+
+                report = draw_sweep(sweep_dir, df, study)[-1]
+                print(f"sweeplr: pictures and {report} (open it in a browser)")
+            except Exception as exc:  # noqa: BLE001 - nor its pictures (the summary is written)
+                from sweeplr.errors import first_line
+
+                log.warning(f"sweeplr: no pictures: {first_line(exc)}")
 
 
 def _keep_command(sweep_dir: Path) -> None:

@@ -247,7 +247,8 @@ def objective_vs_lr_figure(table: pd.DataFrame, x: str = "lr") -> Figure:
         if column == "objective" and not accuracy_like:
             log_if_wide(ax, [table.loc[table["status"] != DIVERGED, column].to_numpy(dtype=float)])
         ax.set_xscale("log")
-        lrs = np.sort(table[x].dropna().unique())
+        drawn = table[table["status"].isin((COMPLETED, PRUNED, DIVERGED))]
+        lrs = np.sort(drawn[x].dropna().unique())  # (a failed job's lr may be anything)
         if len(lrs) <= GRID_TICKS:  # a grid's few lrs: each one named, where its runs are
             ax.set_xticks(lrs, [short_label(float(lr)) for lr in lrs])
             ax.xaxis.set_minor_formatter(mticker.NullFormatter())
@@ -356,12 +357,14 @@ def plot_sweep(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> list
     `sweep_axis`) and ``top_val_loss.png`` in the sweep directory.
 
     ``table`` is the sweep's table as :func:`sweeplr.results.load_sweep` returns it (read from
-    ``sweep_dir`` when not given).
+    ``sweep_dir`` when not given). None when no run completed, was pruned or diverged.
     """
     sweep_dir = Path(sweep_dir)
     table = load_sweep(sweep_dir) if table is None else table
     if table.empty:
         raise SweeplrError(f"{sweep_dir} holds no runs; allowed: a sweep directory")
+    if not table["status"].isin((COMPLETED, PRUNED, DIVERGED)).any():
+        return []  # every run failed or never ran: no value and no lr of a run to place
     x = sweep_axis(table)
     return [
         _plot_objective_vs_lr(table, sweep_dir / f"objective_vs_{x}.png", x),

@@ -570,6 +570,21 @@ def test_a_failed_job_without_an_optimizer_leaves_the_picture_to_the_others() ->
     assert markers(fig.axes[0]) == 2 and len(fig.axes[0].get_lines()) == 1
 
 
+def test_a_sweep_whose_every_job_failed_has_no_lr_picture(tmp_path) -> None:
+    """Failed jobs' lrs may be anything (``lr=choice(-1,-2)``): no picture places them, and a
+    failed lr is no tick on the others' log axis."""
+    failed = [
+        {"lr": lr, "optimizer": "sgd", "status": "failed", "objective": None,
+         "test_accuracy": None}
+        for lr in (-1.0, -2.0)
+    ]  # fmt: skip
+    assert plot_sweep(tmp_path, lr_table(failed)) == []
+    done = {"lr": 0.1, "optimizer": "sgd", "status": "completed", "objective": 0.3,
+            "test_accuracy": 0.9}  # fmt: skip
+    fig = objective_vs_lr_figure(lr_table([*failed, done]))
+    assert [tick.get_text() for tick in fig.axes[0].get_xticklabels()] == ["0.1"]
+
+
 def test_loss_names_and_csv_titles() -> None:
     assert loss_name(2) == "binary cross-entropy" and loss_name(3) == "cross-entropy"
     csv = OmegaConf.create({"name": "csv", "path": "/data/patients.csv", "target": "y"})

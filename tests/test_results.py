@@ -495,6 +495,22 @@ def test_callback_never_fails_the_sweep(grid, caplog, capsys, monkeypatch):
     assert message == "sweeplr: no sweep summary: disk on fire"
 
 
+def test_pictures_that_fail_leave_the_summary_and_say_so(grid, caplog, capsys, monkeypatch):
+    import sweeplr.report
+
+    def broken(*args, **kwargs):
+        raise ValueError("no ink\nsecond line")
+
+    monkeypatch.setattr(sweeplr.report, "draw_sweep", broken)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(grid)}}, "plots": True})
+    with caplog.at_level(logging.WARNING, logger="sweeplr.callbacks"):
+        SummaryCallback().on_multirun_end(config)
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message == "sweeplr: no pictures: no ink"
+    assert capsys.readouterr().out.startswith(f"sweeplr: {grid / 'summary.csv'}")
+    assert len(pd.read_csv(grid / "summary.csv")) == 5
+
+
 def test_callback_is_silent_when_the_sweep_ran_no_job(tmp_path, caplog, capsys):
     """A sweep that stopped before its first job (a bad value) prints its own error next: a
     summary warning before it would only bury it."""
