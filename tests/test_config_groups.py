@@ -162,3 +162,23 @@ def test_an_option_the_optimizer_lacks_is_one_line():
             run_spec(compose_config(*overrides), overrides)
         assert str(error.value) == message
     run_spec(compose_config("optimizer=sgd", "optimizer.momentum=0.9"))  # its own option
+
+
+@pytest.mark.parametrize("preset", ["optuna", "logistic_cv"])
+@pytest.mark.parametrize("sampler", ["random", "grid", "cmaes", "qmc"])
+def test_a_search_presets_sampler_is_replaced_whole(preset, sampler):
+    """sweep=optuna's TPE with constant_liar is a sampler option of its own: another sampler
+    replaces it, with no TPE-only key left over to refuse the config."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        chosen = compose("config", [f"sweep={preset}"], return_hydra_config=True)
+        other = compose(
+            "config",
+            [f"sweep={preset}", f"hydra/sweeper/sampler={sampler}"],
+            return_hydra_config=True,
+        )
+    assert chosen.hydra.sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert chosen.hydra.sweeper.sampler.constant_liar is True
+    assert "constant_liar" not in other.hydra.sweeper.sampler
+    assert other.hydra.sweeper.sampler.seed == 0
