@@ -129,10 +129,11 @@ class JobRecordCallback(Callback):
         from sweeplr.pruning import trial_number
         from sweeplr.records import write_job_return
 
+        completed = job_return.status == JobStatus.COMPLETED
+        if completed and trial_number(config.hydra.job.env_set) is None:
+            return  # not a trial of sweeplr_optuna: nothing would read it (and an fsync)
         run_dir = OmegaConf.select(config, "hydra.runtime.output_dir")
-        if job_return.status == JobStatus.COMPLETED and run_dir:
-            if trial_number(config.hydra.job.env_set) is None:
-                return  # not a trial of sweeplr_optuna: nothing would read it (and an fsync)
+        if completed and run_dir:
             try:
                 write_job_return(run_dir, job_return._return_value)
             except OSError as exc:

@@ -49,17 +49,17 @@ def run(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     logger = cfg.get("logger")
     start_dir = _start_dir(hydra_cfg)
+    num = hydra_cfg.job.get("num")  # (each read of Hydra's node goes through OmegaConf)
+    overrides = _task_overrides(hydra_cfg)
     # once: the spec, the comparison and the record read it
     values = data_path_from(config_values(cfg), start_dir)
     try:
-        spec = published_spec(hydra_cfg.job.get("num"), values) or run_spec(
-            values, _task_overrides(hydra_cfg)
-        )
+        spec = published_spec(num, values) or run_spec(values, overrides)
         if logger is not None and logger.name != "none":  # before training: a tracker that
             trackers.check(logger, start_dir, run_dir)  # cannot log costs no run
         trial = trial_link(hydra_cfg)
         outcome = (
-            shared_outcome(hydra_cfg.job.get("num"), spec, start_dir)
+            shared_outcome(num, spec, start_dir)
             or train_runs(
                 [spec], [on_log(spec, trial, progress=bool(cfg.progress) and not multirun)]
             )[0]
@@ -73,7 +73,8 @@ def run(cfg: DictConfig) -> float:
             raise  # the sweeper hands its trials back first
         end_interrupted("the run stopped before writing its record; run it again")
     try:
-        record = write_run(run_dir, outcome, plain_dicts(values), job_fields(hydra_cfg, trial))
+        fields = job_fields(hydra_cfg, trial, overrides)
+        record = write_run(run_dir, outcome, plain_dicts(values), fields)
     except OSError as exc:  # a full disk, a read-only or vanished folder: say which, once
         message = f"could not write the record in {run_dir}: {exc.strerror or exc}"
         if multirun:
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> float:
         trial.stop(DIVERGED, outcome.diverged_epoch)  # the sweeper tells Optuna it was pruned
     if multirun:
         _track(logger, run_dir, record, outcome, hydra_cfg)
-        show(job_line(record, hydra_cfg.job.get("num"), record["overrides"]))
+        show(job_line(record, num, record["overrides"]))
         return outcome.objective
     show(format_report(record, run_dir))
     if cfg.plots:  # a sweep draws its pictures once, at its end
@@ -139,11 +140,14 @@ def _task_overrides(hydra_cfg: Any) -> list[str]:
     return overrides
 
 
-def job_fields(hydra_cfg: Any, trial: TrialLink | None = None) -> dict[str, Any]:
-    """What a record says about its Hydra job: number, overrides, Optuna trial."""
+def job_fields(
+    hydra_cfg: Any, trial: TrialLink | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """What a record says about its Hydra job: number, overrides (read from ``hydra_cfg`` when
+    not given), Optuna trial."""
     fields: dict[str, Any] = {
         "job": {"num": hydra_cfg.job.get("num")},
-        "overrides": _task_overrides(hydra_cfg),
+        "overrides": _task_overrides(hydra_cfg) if overrides is None else overrides,
     }
     if trial is not None:
         fields["trial"] = {"number": trial.number, "study": trial.study_name}
