@@ -420,3 +420,23 @@ def test_sweeplrs_own_callbacks_need_no_whole_config_per_job():
         hooks = Callbacks(config)
     assert len(hooks.callbacks) == len(config.hydra.callbacks) >= 4
     assert not job_hooks_read_task_values(hooks)
+
+
+def test_a_jobs_hydra_node_alone_reads_the_time_the_sweep_resolved():
+    """``hydra.sweep.dir`` interpolates ``${now:...}``, cached in the config's root: a job
+    served the Hydra node alone reads the sweep's time, not a time of its own."""
+    import time
+
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(APP.parent / "contract")):
+        composed = compose(
+            config_name="config",
+            overrides=["hydra.sweep.dir=multirun/${now:%H-%M-%S-%f}"],
+            return_hydra_config=True,
+        )
+    swept = OmegaConf.select(composed, "hydra.sweep.dir")  # as the sweeper resolved it
+    time.sleep(0.01)
+    template = JobTemplate(composed)
+    assert template.select(template.hydra_only(), "hydra.sweep.dir") == swept
+    assert OmegaConf.select(template.hydra_only(), "hydra.sweep.dir") == swept

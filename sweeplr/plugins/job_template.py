@@ -168,6 +168,9 @@ class JobTemplate:
         self.hydra_root = DictConfig({})  # HydraConfig's masked copy, sharing the node
         with flag_override(self.hydra_root, "no_deepcopy_set_nodes", True):
             self.hydra_root["hydra"] = hydra
+        # Resolvers' cached values live in the root: `${now:...}` in `hydra.sweep.dir` must read
+        # the time the sweep resolved (Hydra copies it into every job's composition), not now.
+        OmegaConf.copy_cache(from_config=composed, to_config=self.hydra_root)
         self.hydra_blocks = {
             key: nested_block(("hydra",), key, value)
             for key, value in self.hydra_plain.items()
