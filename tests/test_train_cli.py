@@ -321,7 +321,7 @@ def wait_for(pattern: str, where: Path, proc: subprocess.Popen[str]) -> None:
                 "hydra.sweeper.max_batch_size=1",
             ],
             "g/0/metrics.json",
-            "the finished runs are kept in g",
+            "the finished runs are kept in g; the same command with hydra.sweep.dir=g runs the rest",
         ),
         (
             [
