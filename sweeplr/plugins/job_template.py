@@ -110,7 +110,7 @@ def _simple_lines(depth: int, key: str | None, value: Any) -> str | None:
     indent = "  " * depth
     head = ""
     if key is not None:
-        if type(key) is not str or (spelt := _simple_scalar(key)) != key:
+        if type(key) is not str or _simple_scalar(key) != key:
             return None
         head = f"{indent}{key}:"
     if isinstance(value, dict | list) and not value:
